@@ -1,0 +1,351 @@
+//! Event and map types shared by the kernel programs (`sensor-ebpf`) and the agent (`sensor`).
+//!
+//! Every record the kernel writes to the ring buffer starts with an [`EventHeader`] whose `kind`
+//! selects the payload struct. All structs are `#[repr(C)]`, sized to multiples of 8 bytes and
+//! free of implicit padding, so both sides agree on the layout byte for byte.
+#![no_std]
+
+/// Length of a task's `comm`.
+pub const COMM_LEN: usize = 16;
+/// Largest prefix of one read or write that the kernel copies into a data record.
+pub const CAPTURE_MAX: usize = 4096;
+/// Arguments of an `execve` that the kernel copies.
+pub const ARGV_MAX_ARGS: usize = 16;
+/// Bytes copied per argument (including the terminating NUL).
+pub const ARGV_ARG_LEN: usize = 256;
+/// Bytes of the executed file name kept by an exec record.
+pub const EXEC_PATH_LEN: usize = 256;
+/// `sizeof(sockaddr_un.sun_path)`.
+pub const UNIX_PATH_LEN: usize = 108;
+/// iovec segments of one `readv`/`writev`/`recvmsg`/`sendmsg` that the kernel copies.
+pub const IOV_MAX_SEGMENTS: usize = 4;
+/// Slots in the per-kind drop counter array; every [`EventKind`] value is below this.
+pub const LOSS_SLOTS: u32 = 32;
+
+/// What a record is. Values are grouped by family: 1.. process, 16.. socket.
+#[repr(u32)]
+#[derive(Clone, Copy, Debug, PartialEq, Eq, Hash)]
+pub enum EventKind {
+    ProcessFork = 1,
+    ProcessExec = 2,
+    ProcessExit = 3,
+    ProcessArgv = 4,
+    SocketConnect = 16,
+    SocketAccept = 17,
+    SocketData = 18,
+    SocketClose = 19,
+}
+
+impl EventKind {
+    pub const ALL: [EventKind; 8] = [
+        EventKind::ProcessFork,
+        EventKind::ProcessExec,
+        EventKind::ProcessExit,
+        EventKind::ProcessArgv,
+        EventKind::SocketConnect,
+        EventKind::SocketAccept,
+        EventKind::SocketData,
+        EventKind::SocketClose,
+    ];
+
+    pub fn from_u32(value: u32) -> Option<Self> {
+        Self::ALL.into_iter().find(|kind| *kind as u32 == value)
+    }
+
+    /// Exact size of the record the kernel writes for this kind. The match is exhaustive, so a
+    /// new kind without a payload struct does not compile.
+    pub const fn record_size(self) -> usize {
+        match self {
+            EventKind::ProcessFork => core::mem::size_of::<ForkEvent>(),
+            EventKind::ProcessExec => core::mem::size_of::<ExecEvent>(),
+            EventKind::ProcessExit => core::mem::size_of::<ExitEvent>(),
+            EventKind::ProcessArgv => core::mem::size_of::<ArgvEvent>(),
+            EventKind::SocketConnect | EventKind::SocketAccept => core::mem::size_of::<SocketEvent>(),
+            EventKind::SocketData => core::mem::size_of::<DataEvent>(),
+            EventKind::SocketClose => core::mem::size_of::<CloseEvent>(),
+        }
+    }
+
+    pub const fn name(self) -> &'static str {
+        match self {
+            EventKind::ProcessFork => "process.fork",
+            EventKind::ProcessExec => "process.exec",
+            EventKind::ProcessExit => "process.exit",
+            EventKind::ProcessArgv => "process.argv",
+            EventKind::SocketConnect => "socket.connect",
+            EventKind::SocketAccept => "socket.accept",
+            EventKind::SocketData => "socket.data",
+            EventKind::SocketClose => "socket.close",
+        }
+    }
+}
+
+/// Common first field of every record.
+#[repr(C)]
+#[derive(Clone, Copy, Debug)]
+pub struct EventHeader {
+    pub kind: u32,
+    pub _reserved: u32,
+    /// `bpf_ktime_get_boot_ns` (CLOCK_BOOTTIME) when the event happened.
+    pub boot_ns: u64,
+    /// Thread id.
+    pub pid: u32,
+    /// Process id.
+    pub tgid: u32,
+    pub uid: u32,
+    pub gid: u32,
+    pub cgroup_id: u64,
+    pub comm: [u8; COMM_LEN],
+}
+
+/// Who owns a tracked socket and why it is tracked.
+#[repr(u8)]
+#[derive(Clone, Copy, Debug, PartialEq, Eq)]
+pub enum SocketRole {
+    /// A process connected to a watched endpoint (docker.sock, TCP 2375...).
+    Client = 1,
+    /// A watched daemon accepted this connection.
+    DaemonAccepted = 2,
+    /// A watched daemon connected out (registry traffic).
+    DaemonOutbound = 3,
+}
+
+impl SocketRole {
+    pub fn from_u8(value: u8) -> Option<Self> {
+        match value {
+            1 => Some(Self::Client),
+            2 => Some(Self::DaemonAccepted),
+            3 => Some(Self::DaemonOutbound),
+            _ => None,
+        }
+    }
+
+    /// Data directions captured for this role, as a mask of [`Direction`] bits: what the client
+    /// or the outbound daemon sends, and what the daemon receives.
+    pub const fn capture_mask(self) -> u8 {
+        match self {
+            SocketRole::Client | SocketRole::DaemonOutbound => Direction::Send as u8,
+            SocketRole::DaemonAccepted => Direction::Recv as u8,
+        }
+    }
+}
+
+#[repr(u8)]
+#[derive(Clone, Copy, Debug, PartialEq, Eq)]
+pub enum Direction {
+    /// write, writev, sendto, sendmsg.
+    Send = 1,
+    /// read, readv, recvfrom, recvmsg.
+    Recv = 2,
+}
+
+impl Direction {
+    pub fn from_u8(value: u8) -> Option<Self> {
+        match value {
+            1 => Some(Self::Send),
+            2 => Some(Self::Recv),
+            _ => None,
+        }
+    }
+}
+
+pub const AF_UNIX: u16 = 1;
+pub const AF_INET: u16 = 2;
+pub const AF_INET6: u16 = 10;
+
+/// A socket address as the kernel saw it: `family` selects `addr`+`port` (IPv4 in the first four
+/// bytes, IPv6 in all sixteen; port in host order) or `path` (NUL-terminated unix path).
+#[repr(C)]
+#[derive(Clone, Copy, Debug)]
+pub struct SockAddr {
+    pub family: u16,
+    pub port: u16,
+    pub _pad: u32,
+    pub addr: [u8; 16],
+    pub path: [u8; UNIX_PATH_LEN],
+    pub _pad2: [u8; 4],
+}
+
+impl SockAddr {
+    pub const EMPTY: SockAddr = SockAddr {
+        family: 0,
+        port: 0,
+        _pad: 0,
+        addr: [0; 16],
+        path: [0; UNIX_PATH_LEN],
+        _pad2: [0; 4],
+    };
+}
+
+/// Key of the socket tracking table.
+#[repr(C)]
+#[derive(Clone, Copy, Debug, PartialEq, Eq)]
+pub struct FdKey {
+    pub tgid: u32,
+    pub fd: u32,
+}
+
+/// Value of the socket tracking table.
+#[repr(C)]
+#[derive(Clone, Copy, Debug)]
+pub struct TrackedSocket {
+    /// Unique per tracked connection (boot time of the connect/accept), so records of a reused fd
+    /// number never mix with the previous connection's.
+    pub conn_id: u64,
+    pub role: u8,
+    pub capture_mask: u8,
+    pub _pad: [u8; 6],
+    pub peer: SockAddr,
+}
+
+/// Key of the watched unix socket path map: the path, NUL-padded.
+#[repr(C)]
+#[derive(Clone, Copy, Debug)]
+pub struct UnixPathKey {
+    pub path: [u8; UNIX_PATH_LEN],
+}
+
+/// The parent (header) created a new process `child_pid`.
+#[repr(C)]
+#[derive(Clone, Copy, Debug)]
+pub struct ForkEvent {
+    pub header: EventHeader,
+    pub child_pid: u32,
+    pub _pad: u32,
+}
+
+/// The process in the header executed `filename`. `old_pid` is the thread that called exec.
+#[repr(C)]
+#[derive(Clone, Copy, Debug)]
+pub struct ExecEvent {
+    pub header: EventHeader,
+    pub old_pid: u32,
+    pub filename_len: u32,
+    pub filename: [u8; EXEC_PATH_LEN],
+}
+
+/// The whole process in the header ended (its last thread exited).
+#[repr(C)]
+#[derive(Clone, Copy, Debug)]
+pub struct ExitEvent {
+    pub header: EventHeader,
+}
+
+/// Set in [`ArgvEvent::truncated`] when the process had more than [`ARGV_MAX_ARGS`] arguments.
+pub const ARGV_TRUNCATED_COUNT: u32 = 1;
+/// Set in [`ArgvEvent::truncated`] when an argument was longer than [`ARGV_ARG_LEN`] - 1 bytes.
+pub const ARGV_TRUNCATED_ARG: u32 = 2;
+
+/// Arguments passed to `execve`/`execveat` by the thread in the header; the exec event that
+/// follows (if the call succeeds) has `old_pid` equal to this header's `pid`.
+#[repr(C)]
+#[derive(Clone, Copy, Debug)]
+pub struct ArgvEvent {
+    pub header: EventHeader,
+    pub argc: u32,
+    pub truncated: u32,
+    /// Bytes of each argument, without its NUL.
+    pub lens: [u16; ARGV_MAX_ARGS],
+    pub args: [[u8; ARGV_ARG_LEN]; ARGV_MAX_ARGS],
+}
+
+/// A socket became tracked: `SocketConnect` (`listen_fd` = -1) or `SocketAccept`.
+#[repr(C)]
+#[derive(Clone, Copy, Debug)]
+pub struct SocketEvent {
+    pub header: EventHeader,
+    pub conn_id: u64,
+    pub fd: i32,
+    pub listen_fd: i32,
+    /// Return value of connect (0 or -EINPROGRESS); 0 for accept.
+    pub result: i32,
+    pub role: u8,
+    pub _pad: [u8; 3],
+    pub peer: SockAddr,
+}
+
+/// A tracked socket was closed by its process.
+#[repr(C)]
+#[derive(Clone, Copy, Debug)]
+pub struct CloseEvent {
+    pub header: EventHeader,
+    pub conn_id: u64,
+    pub fd: i32,
+    pub role: u8,
+    pub _pad: [u8; 3],
+}
+
+/// Bytes that moved on a tracked socket. `total_len` is what the syscall really moved for this
+/// segment; only the first `captured_len` bytes are in `data`.
+#[repr(C)]
+#[derive(Clone, Copy, Debug)]
+pub struct DataEvent {
+    pub header: EventHeader,
+    pub conn_id: u64,
+    pub fd: i32,
+    pub total_len: u32,
+    pub captured_len: u32,
+    pub role: u8,
+    pub direction: u8,
+    /// iovec index for vectored calls, 0 otherwise.
+    pub segment: u8,
+    pub _pad: u8,
+    pub peer: SockAddr,
+    pub data: [u8; CAPTURE_MAX],
+}
+
+/// Arguments of an in-flight read-like or write-like call, saved at entry for the exit program.
+#[repr(C)]
+#[derive(Clone, Copy, Debug)]
+pub struct PendingIo {
+    pub fd: u32,
+    pub direction: u8,
+    /// 0: plain buffer; 1: iovec array.
+    pub vectored: u8,
+    pub _pad: [u8; 2],
+    pub buf: u64,
+    /// Number of iovecs when `vectored`.
+    pub iov_count: u64,
+}
+
+/// Arguments of an in-flight connect or accept, saved at entry for the exit program.
+#[repr(C)]
+#[derive(Clone, Copy, Debug)]
+pub struct PendingSocket {
+    pub fd: i32,
+    pub role: u8,
+    pub _pad: [u8; 3],
+    /// accept: user pointer to the peer sockaddr (0 when the caller passed none).
+    pub addr_ptr: u64,
+    /// connect: the destination, already read at entry.
+    pub peer: SockAddr,
+}
+
+// Offsets into tracepoint records that changed between kernels; the agent reads them from
+// tracefs `format` files and patches these globals before load.
+pub const GLOBAL_SELF_TGID: &str = "SELF_TGID";
+pub const GLOBAL_CAPTURE_BYTES: &str = "CAPTURE_BYTES";
+pub const GLOBAL_FORK_CHILD_PID_OFFSET: &str = "FORK_CHILD_PID_OFFSET";
+pub const GLOBAL_EXEC_FILENAME_OFFSET: &str = "EXEC_FILENAME_OFFSET";
+pub const GLOBAL_EXEC_OLD_PID_OFFSET: &str = "EXEC_OLD_PID_OFFSET";
+pub const GLOBAL_EXIT_GROUP_DEAD_OFFSET: &str = "EXIT_GROUP_DEAD_OFFSET";
+
+#[cfg(feature = "user")]
+mod pod {
+    use super::*;
+    unsafe impl aya::Pod for FdKey {}
+    unsafe impl aya::Pod for TrackedSocket {}
+    unsafe impl aya::Pod for UnixPathKey {}
+    unsafe impl aya::Pod for SockAddr {}
+}
+
+const _: () = {
+    assert!(core::mem::size_of::<EventHeader>() == 56);
+    assert!(core::mem::size_of::<SockAddr>() == 136);
+    assert!(core::mem::size_of::<EventHeader>().is_multiple_of(8));
+    assert!(core::mem::size_of::<DataEvent>().is_multiple_of(8));
+    assert!(core::mem::size_of::<ArgvEvent>().is_multiple_of(8));
+    assert!(core::mem::size_of::<ExecEvent>().is_multiple_of(8));
+    assert!(core::mem::size_of::<SocketEvent>().is_multiple_of(8));
+    assert!(core::mem::size_of::<PendingSocket>().is_multiple_of(8));
+};

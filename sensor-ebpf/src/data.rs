@@ -1,0 +1,180 @@
+//! Byte capture on tracked sockets. Entry programs run on every read/write of the host, so they
+//! do exactly one map lookup on an untracked fd and return. For tracked fds the arguments are
+//! saved and the bytes are copied at exit, when the syscall's return value says how many really
+//! moved (non-blocking sockets write short, and the retry must not duplicate bytes).
+use aya_ebpf::{
+    helpers::{bpf_get_current_pid_tgid, bpf_probe_read_user, bpf_probe_read_user_buf},
+    macros::tracepoint,
+    programs::TracePointContext,
+};
+use sensor_common::{
+    DataEvent, Direction, EventKind, FdKey, PendingIo, TrackedSocket, CAPTURE_MAX, IOV_MAX_SEGMENTS,
+};
+
+use crate::{
+    event::{fill_header, reserve},
+    maps,
+    maps::{CAPTURE_BYTES, PENDING_IO, TRACKED},
+    syscall,
+};
+
+/// How the syscall passes its buffer.
+#[derive(Clone, Copy, PartialEq, Eq)]
+enum Buffer {
+    /// (fd, buf, count): read, write, recvfrom, sendto.
+    Plain,
+    /// (fd, iov, iovcnt): readv, writev.
+    Iovec,
+    /// (fd, msghdr, flags): recvmsg, sendmsg.
+    Msghdr,
+}
+
+#[tracepoint]
+pub fn sys_enter_send(ctx: TracePointContext) -> u32 {
+    let _ = try_enter_io(&ctx, Direction::Send, Buffer::Plain);
+    0
+}
+
+#[tracepoint]
+pub fn sys_enter_recv(ctx: TracePointContext) -> u32 {
+    let _ = try_enter_io(&ctx, Direction::Recv, Buffer::Plain);
+    0
+}
+
+#[tracepoint]
+pub fn sys_enter_writev(ctx: TracePointContext) -> u32 {
+    let _ = try_enter_io(&ctx, Direction::Send, Buffer::Iovec);
+    0
+}
+
+#[tracepoint]
+pub fn sys_enter_readv(ctx: TracePointContext) -> u32 {
+    let _ = try_enter_io(&ctx, Direction::Recv, Buffer::Iovec);
+    0
+}
+
+#[tracepoint]
+pub fn sys_enter_sendmsg(ctx: TracePointContext) -> u32 {
+    let _ = try_enter_io(&ctx, Direction::Send, Buffer::Msghdr);
+    0
+}
+
+#[tracepoint]
+pub fn sys_enter_recvmsg(ctx: TracePointContext) -> u32 {
+    let _ = try_enter_io(&ctx, Direction::Recv, Buffer::Msghdr);
+    0
+}
+
+#[inline(always)]
+fn try_enter_io(ctx: &TracePointContext, direction: Direction, buffer: Buffer) -> Result<(), i64> {
+    let pid_tgid = bpf_get_current_pid_tgid();
+    let fd = syscall::arg(ctx, 0)? as u32;
+    let key = FdKey {
+        tgid: (pid_tgid >> 32) as u32,
+        fd,
+    };
+    let Some(tracked) = TRACKED.get_ptr(key) else {
+        return Ok(());
+    };
+    // SAFETY: map value pointer valid for this program run.
+    if unsafe { (*tracked).capture_mask } & direction as u8 == 0 {
+        return Ok(());
+    }
+    let ptr = syscall::arg(ctx, 1)?;
+    let (buf, iov_count, vectored) = match buffer {
+        Buffer::Plain => (ptr, 0, 0),
+        Buffer::Iovec => (ptr, syscall::arg(ctx, 2)?, 1),
+        Buffer::Msghdr => {
+            // user_msghdr: msg_iov at offset 16, msg_iovlen at offset 24 (64-bit).
+            let msg = ptr as *const u8;
+            // SAFETY: user memory read through the helper.
+            let iov: u64 = unsafe { bpf_probe_read_user(msg.add(16).cast()) }.map_err(i64::from)?;
+            let count: u64 = unsafe { bpf_probe_read_user(msg.add(24).cast()) }.map_err(i64::from)?;
+            (iov, count, 1)
+        }
+    };
+    let pending = PendingIo {
+        fd,
+        direction: direction as u8,
+        vectored,
+        _pad: [0; 2],
+        buf,
+        iov_count,
+    };
+    PENDING_IO.insert(pid_tgid, pending, 0).map_err(i64::from)
+}
+
+/// Attached to the exit of every read-like and write-like syscall.
+#[tracepoint]
+pub fn sys_exit_io(ctx: TracePointContext) -> u32 {
+    let _ = try_exit_io(&ctx);
+    0
+}
+
+fn try_exit_io(ctx: &TracePointContext) -> Result<(), i64> {
+    let pid_tgid = bpf_get_current_pid_tgid();
+    let Some(saved) = PENDING_IO.get_ptr(pid_tgid) else {
+        return Ok(());
+    };
+    // SAFETY: map value pointer valid for this program run; copied before the remove.
+    let pending = unsafe { *saved };
+    let _ = PENDING_IO.remove(pid_tgid);
+    let moved = syscall::ret(ctx)?;
+    if moved <= 0 {
+        return Ok(());
+    }
+    let key = FdKey {
+        tgid: (pid_tgid >> 32) as u32,
+        fd: pending.fd,
+    };
+    let Some(tracked) = TRACKED.get_ptr(key) else {
+        return Ok(());
+    };
+    // SAFETY: map value pointer valid for this program run.
+    let tracked = unsafe { &*tracked };
+    if pending.vectored == 0 {
+        emit_data(tracked, &pending, pending.buf as *const u8, moved as u64, 0);
+        return Ok(());
+    }
+    let iov = pending.buf as *const u64;
+    let mut remaining = moved as u64;
+    for segment in 0..IOV_MAX_SEGMENTS {
+        if segment as u64 >= pending.iov_count || remaining == 0 {
+            break;
+        }
+        // struct iovec { void *iov_base; size_t iov_len; }
+        // SAFETY: user memory read through the helper.
+        let base: u64 = unsafe { bpf_probe_read_user(iov.add(segment * 2)) }.map_err(i64::from)?;
+        let len: u64 = unsafe { bpf_probe_read_user(iov.add(segment * 2 + 1)) }.map_err(i64::from)?;
+        let moved_here = if len < remaining { len } else { remaining };
+        if moved_here > 0 {
+            emit_data(tracked, &pending, base as *const u8, moved_here, segment as u8);
+        }
+        remaining -= moved_here;
+    }
+    Ok(())
+}
+
+#[inline(always)]
+fn emit_data(tracked: &TrackedSocket, pending: &PendingIo, src: *const u8, len: u64, segment: u8) {
+    let Some(mut entry) = reserve::<DataEvent>(EventKind::SocketData) else {
+        return;
+    };
+    // SAFETY: the reserved record is ours until submit.
+    let event = unsafe { &mut *entry.as_mut_ptr() };
+    fill_header(&mut event.header, EventKind::SocketData);
+    event.conn_id = tracked.conn_id;
+    event.fd = pending.fd as i32;
+    event.total_len = len as u32;
+    event.role = tracked.role;
+    event.direction = pending.direction;
+    event.segment = segment;
+    event._pad = 0;
+    event.peer = tracked.peer;
+    let limit = core::cmp::min(maps::load(&CAPTURE_BYTES) as usize, CAPTURE_MAX);
+    let captured = core::cmp::min(len as usize, limit);
+    // SAFETY: user memory read through the helper; `captured` <= CAPTURE_MAX.
+    let ok = unsafe { bpf_probe_read_user_buf(src, &mut event.data[..captured]) }.is_ok();
+    event.captured_len = if ok { captured as u32 } else { 0 };
+    entry.submit(0);
+}

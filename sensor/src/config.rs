@@ -1,0 +1,172 @@
+//! The agent's TOML configuration. Unknown keys are errors (with their line), so a typo never
+//! silently turns a setting off.
+use std::path::{Path, PathBuf};
+
+use anyhow::{bail, Context as _};
+use sensor_common::{CAPTURE_MAX, UNIX_PATH_LEN};
+use serde::{Deserialize, Serialize};
+
+pub const DEFAULT_PATH: &str = "/etc/buildwatch/config.toml";
+
+#[derive(Debug, Clone, Default, PartialEq, Deserialize, Serialize)]
+#[serde(deny_unknown_fields, default)]
+pub struct Config {
+    pub watch: Watch,
+    pub capture: Capture,
+    pub output: Output,
+    pub kernel: Kernel,
+}
+
+#[derive(Debug, Clone, PartialEq, Deserialize, Serialize)]
+#[serde(deny_unknown_fields, default)]
+pub struct Watch {
+    /// Unix socket paths of container APIs; a connect() to one makes the socket tracked.
+    pub unix_sockets: Vec<PathBuf>,
+    /// TCP ports of container APIs, any address.
+    pub tcp_ports: Vec<u16>,
+    /// Process names (comm or executable basename) of daemons whose accepted connections and
+    /// outbound connections are tracked.
+    pub daemons: Vec<String>,
+}
+
+#[derive(Debug, Clone, PartialEq, Deserialize, Serialize)]
+#[serde(deny_unknown_fields, default)]
+pub struct Capture {
+    /// Bytes copied per read/write syscall (at most 4096).
+    pub bytes: u32,
+}
+
+#[derive(Debug, Clone, Default, PartialEq, Deserialize, Serialize)]
+#[serde(deny_unknown_fields, default)]
+pub struct Output {
+    /// Append JSON lines to this file instead of stdout. `--output` overrides it.
+    pub path: Option<PathBuf>,
+}
+
+#[derive(Debug, Clone, Default, PartialEq, Deserialize, Serialize)]
+#[serde(deny_unknown_fields, default)]
+pub struct Kernel {
+    /// Forward aya-log diagnostics from the kernel programs to stderr.
+    pub log: bool,
+}
+
+impl Default for Watch {
+    fn default() -> Self {
+        Self {
+            unix_sockets: [
+                "/var/run/docker.sock",
+                "/run/docker.sock",
+                "/run/podman/podman.sock",
+                "/run/buildkit/buildkitd.sock",
+                "/run/containerd/containerd.sock",
+            ]
+            .into_iter()
+            .map(PathBuf::from)
+            .collect(),
+            tcp_ports: vec![2375, 2376],
+            daemons: ["dockerd", "podman", "buildkitd", "containerd"]
+                .map(String::from)
+                .to_vec(),
+        }
+    }
+}
+
+impl Default for Capture {
+    fn default() -> Self {
+        Self {
+            bytes: CAPTURE_MAX as u32,
+        }
+    }
+}
+
+impl Config {
+    /// Loads `path`, or the default path when it exists, or the built-in defaults.
+    pub fn load(path: Option<&Path>) -> anyhow::Result<(Self, Option<PathBuf>)> {
+        let path = match path {
+            Some(path) => path.to_path_buf(),
+            None if Path::new(DEFAULT_PATH).exists() => PathBuf::from(DEFAULT_PATH),
+            None => return Ok((Self::default(), None)),
+        };
+        let text = std::fs::read_to_string(&path)
+            .with_context(|| format!("cannot read config {}", path.display()))?;
+        let config = Self::parse(&text).with_context(|| format!("invalid config {}", path.display()))?;
+        Ok((config, Some(path)))
+    }
+
+    pub fn parse(text: &str) -> anyhow::Result<Self> {
+        let config: Config = toml::from_str(text).map_err(|err| anyhow::anyhow!(one_line(&err, text)))?;
+        config.validate()?;
+        Ok(config)
+    }
+
+    fn validate(&self) -> anyhow::Result<()> {
+        if self.capture.bytes == 0 || self.capture.bytes as usize > CAPTURE_MAX {
+            bail!(
+                "capture.bytes must be between 1 and {CAPTURE_MAX}, not {}",
+                self.capture.bytes
+            );
+        }
+        for path in &self.watch.unix_sockets {
+            let len = path.as_os_str().len();
+            if len == 0 || len >= UNIX_PATH_LEN || !path.is_absolute() {
+                bail!(
+                    "watch.unix_sockets: {} is not an absolute path shorter than {UNIX_PATH_LEN} bytes",
+                    path.display()
+                );
+            }
+        }
+        if self
+            .watch
+            .daemons
+            .iter()
+            .any(|name| name.is_empty() || name.contains('/'))
+        {
+            bail!("watch.daemons holds process names, not paths or empty strings");
+        }
+        Ok(())
+    }
+}
+
+/// toml's messages span several lines with a source excerpt; keep the line number and message.
+fn one_line(err: &toml::de::Error, text: &str) -> String {
+    let message = err.message().trim();
+    match err.span() {
+        Some(span) => {
+            let line = text[..span.start.min(text.len())].matches('\n').count() + 1;
+            format!("line {line}: {message}")
+        }
+        None => message.to_string(),
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn empty_file_gives_defaults() {
+        assert_eq!(Config::parse("").unwrap(), Config::default());
+    }
+
+    #[test]
+    fn unknown_key_names_its_line() {
+        let err = Config::parse("[watch]\ntcp_ports = [2375]\nunix_socket = []\n").unwrap_err();
+        let text = format!("{err:#}");
+        assert!(text.contains("line 3"), "{text}");
+        assert!(text.contains("unix_socket"), "{text}");
+    }
+
+    #[test]
+    fn capture_size_is_bounded() {
+        assert!(Config::parse("[capture]\nbytes = 8192\n").is_err());
+        assert_eq!(
+            Config::parse("[capture]\nbytes = 512\n").unwrap().capture.bytes,
+            512
+        );
+    }
+
+    #[test]
+    fn relative_socket_path_is_rejected() {
+        assert!(Config::parse("[watch]\nunix_sockets = [\"docker.sock\"]\n").is_err());
+    }
+}

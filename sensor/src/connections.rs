@@ -1,0 +1,73 @@
+//! Tracked connections as the agent knows them: who opened them, the peer, and for accepted
+//! connections the daemon's listening address (resolved once per listener from /proc).
+use std::{collections::HashMap, path::PathBuf};
+
+use crate::{
+    decode::{Endpoint, SocketOpen},
+    procfs,
+};
+
+const MAX_CONNECTIONS: usize = 65_536;
+
+#[derive(Debug, Clone)]
+pub struct Connection {
+    pub tgid: u32,
+    pub peer: Endpoint,
+    pub local: Option<Endpoint>,
+}
+
+pub struct ConnectionTable {
+    proc_root: PathBuf,
+    by_id: HashMap<u64, Connection>,
+    /// (tgid, listening fd) -> bound address.
+    listeners: HashMap<(u32, i32), Option<Endpoint>>,
+}
+
+impl ConnectionTable {
+    pub fn new(proc_root: PathBuf) -> Self {
+        Self {
+            proc_root,
+            by_id: HashMap::new(),
+            listeners: HashMap::new(),
+        }
+    }
+
+    pub fn open(&mut self, tgid: u32, socket: &SocketOpen) -> &Connection {
+        let local = socket.listen_fd.and_then(|listen_fd| {
+            let proc_root = &self.proc_root;
+            self.listeners
+                .entry((tgid, listen_fd))
+                .or_insert_with(|| procfs::listening_address(proc_root, tgid, listen_fd))
+                .clone()
+        });
+        if self.by_id.len() >= MAX_CONNECTIONS {
+            // Close events were lost; the kernel table is LRU-bounded the same way.
+            self.by_id.clear();
+        }
+        let connection = Connection {
+            tgid,
+            peer: socket.peer.clone(),
+            local,
+        };
+        self.by_id.insert(socket.conn_id, connection);
+        &self.by_id[&socket.conn_id]
+    }
+
+    pub fn get(&self, conn_id: u64) -> Option<&Connection> {
+        self.by_id.get(&conn_id)
+    }
+
+    pub fn close(&mut self, conn_id: u64) -> Option<Connection> {
+        self.by_id.remove(&conn_id)
+    }
+
+    /// A process ended: its listeners' cached addresses are stale (fds get reused).
+    pub fn process_exited(&mut self, tgid: u32) {
+        self.listeners.retain(|(owner, _), _| *owner != tgid);
+        self.by_id.retain(|_, c| c.tgid != tgid);
+    }
+
+    pub fn len(&self) -> usize {
+        self.by_id.len()
+    }
+}

@@ -1,0 +1,271 @@
+//! Raw kernel events in, JSON lines out: keeps the process, daemon and connection tables current
+//! and renders each event with what they know. Independent of the kernel, so it runs the same
+//! on live events and in tests.
+use std::collections::BTreeMap;
+
+use crate::{
+    connections::ConnectionTable,
+    daemons::Daemons,
+    decode::{Dir, Header, RawEvent, SocketData, SocketOpen},
+    output::{
+        schema::{
+            DataBody, DataView, LossBody, LossView, ProcessBody, ProcessView, SocketBody, SocketView, Stats,
+        },
+        Emitter, Sink,
+    },
+    process_table::ProcessTable,
+    redact::Redactor,
+};
+
+pub struct Engine {
+    pub processes: ProcessTable,
+    pub connections: ConnectionTable,
+    pub daemons: Daemons,
+    pub emitter: Emitter,
+    redactor: Redactor,
+    events: BTreeMap<&'static str, u64>,
+    decode_errors: u64,
+    kernel_drops: BTreeMap<&'static str, u64>,
+    reported_decode_errors: u64,
+}
+
+impl Engine {
+    pub fn new(
+        processes: ProcessTable,
+        connections: ConnectionTable,
+        daemons: Daemons,
+        emitter: Emitter,
+    ) -> Self {
+        Self {
+            processes,
+            connections,
+            daemons,
+            emitter,
+            redactor: Redactor::default(),
+            events: BTreeMap::new(),
+            decode_errors: 0,
+            kernel_drops: BTreeMap::new(),
+            reported_decode_errors: 0,
+        }
+    }
+
+    /// Marks every already-running daemon (after the process table was seeded).
+    pub fn discover_daemons(&mut self) {
+        let found: Vec<(u32, String, Option<String>)> = self
+            .processes
+            .iter()
+            .map(|p| (p.pid, p.comm.clone(), p.exe.clone()))
+            .collect();
+        for (pid, comm, exe) in found {
+            self.daemons.update(pid, &comm, exe.as_deref());
+        }
+    }
+
+    pub fn handle(&mut self, event: RawEvent, sink: &mut Sink) -> anyhow::Result<()> {
+        match event {
+            RawEvent::Fork { header, child_pid } => {
+                self.processes.on_fork(&header, child_pid);
+                let process = ProcessView::new(&header, self.processes.get(header.tgid));
+                self.write(
+                    sink,
+                    "process.fork",
+                    &header,
+                    ProcessBody {
+                        process,
+                        child_pid: Some(child_pid),
+                        old_pid: None,
+                        filename: None,
+                    },
+                )
+            }
+            RawEvent::Argv {
+                header,
+                args,
+                truncated,
+            } => {
+                self.processes.on_argv(&header, args, truncated);
+                Ok(())
+            }
+            RawEvent::Exec {
+                header,
+                old_pid,
+                filename,
+            } => {
+                let process = self.processes.on_exec(&header, old_pid, &filename).clone();
+                self.daemons
+                    .update(header.tgid, &process.comm, process.exe.as_deref());
+                let ancestry = self.processes.ancestry(header.tgid);
+                let body = ProcessBody {
+                    process: ProcessView::full(&header, &process, ancestry),
+                    child_pid: None,
+                    old_pid: (old_pid != header.tgid).then_some(old_pid),
+                    filename: Some(filename),
+                };
+                self.write(sink, "process.exec", &header, body)
+            }
+            RawEvent::Exit { header } => {
+                let process = ProcessView::new(&header, self.processes.get(header.tgid));
+                self.processes.on_exit(&header);
+                self.daemons.remove(header.tgid);
+                self.connections.process_exited(header.tgid);
+                self.write(
+                    sink,
+                    "process.exit",
+                    &header,
+                    ProcessBody {
+                        process,
+                        child_pid: None,
+                        old_pid: None,
+                        filename: None,
+                    },
+                )
+            }
+            RawEvent::Connect { header, socket } => {
+                self.socket_opened(sink, "socket.connect", header, socket)
+            }
+            RawEvent::Accept { header, socket } => self.socket_opened(sink, "socket.accept", header, socket),
+            RawEvent::Data { header, data } => self.data(sink, header, data),
+            RawEvent::Close {
+                header,
+                conn_id,
+                fd,
+                role,
+            } => {
+                let known = self.connections.close(conn_id);
+                self.redactor.close(conn_id);
+                let socket = SocketView {
+                    conn_id,
+                    fd,
+                    role,
+                    peer: known
+                        .as_ref()
+                        .map(|c| c.peer.to_string())
+                        .unwrap_or_else(|| "unknown".into()),
+                    local: known.and_then(|c| c.local).map(|l| l.to_string()),
+                    listen_fd: None,
+                    result: None,
+                };
+                let process = ProcessView::new(&header, self.processes.get(header.tgid));
+                self.write(sink, "socket.close", &header, SocketBody { process, socket })
+            }
+        }
+    }
+
+    fn socket_opened(
+        &mut self,
+        sink: &mut Sink,
+        kind: &'static str,
+        header: Header,
+        socket: SocketOpen,
+    ) -> anyhow::Result<()> {
+        let connection = self.connections.open(header.tgid, &socket).clone();
+        let process = match self.processes.get_or_load(header.tgid).cloned() {
+            Some(known) => {
+                let ancestry = self.processes.ancestry(header.tgid);
+                ProcessView::full(&header, &known, ancestry)
+            }
+            None => ProcessView::new(&header, None),
+        };
+        let view = SocketView {
+            conn_id: socket.conn_id,
+            fd: socket.fd,
+            role: socket.role,
+            peer: socket.peer.to_string(),
+            local: connection.local.map(|l| l.to_string()),
+            listen_fd: socket.listen_fd,
+            result: (kind == "socket.connect").then_some(socket.result),
+        };
+        self.write(
+            sink,
+            kind,
+            &header,
+            SocketBody {
+                process,
+                socket: view,
+            },
+        )
+    }
+
+    fn data(&mut self, sink: &mut Sink, header: Header, data: SocketData) -> anyhow::Result<()> {
+        let direction = match data.direction {
+            Dir::Send => 1,
+            Dir::Recv => 2,
+        };
+        let (bytes, redacted) = self.redactor.redact(data.conn_id, direction, &data.bytes);
+        if (data.bytes.len() as u32) < data.total_len {
+            self.redactor.gap(data.conn_id, direction);
+        }
+        let local = self
+            .connections
+            .get(data.conn_id)
+            .and_then(|c| c.local.as_ref())
+            .map(|l| l.to_string());
+        let socket = SocketView {
+            conn_id: data.conn_id,
+            fd: data.fd,
+            role: data.role,
+            peer: data.peer.to_string(),
+            local,
+            listen_fd: None,
+            result: None,
+        };
+        let body = DataBody {
+            process: ProcessView::new(&header, self.processes.get(header.tgid)),
+            socket,
+            data: DataView::new(
+                data.direction,
+                data.segment,
+                data.total_len,
+                data.bytes.len() as u32,
+                &bytes,
+                redacted,
+            ),
+        };
+        self.write(sink, "socket.data", &header, body)
+    }
+
+    fn write<B: serde::Serialize>(
+        &mut self,
+        sink: &mut Sink,
+        kind: &'static str,
+        header: &Header,
+        body: B,
+    ) -> anyhow::Result<()> {
+        *self.events.entry(kind).or_default() += 1;
+        let line = self.emitter.line(kind, Some(header.boot_ns), body);
+        sink.write(&line)
+    }
+
+    pub fn decode_error(&mut self) {
+        self.decode_errors += 1;
+    }
+
+    /// Records the kernel's cumulative drop counts; writes `sensor.loss` when they or the decode
+    /// errors grew since the last report.
+    pub fn report_loss(&mut self, drops: BTreeMap<&'static str, u64>, sink: &mut Sink) -> anyhow::Result<()> {
+        if drops == self.kernel_drops && self.decode_errors == self.reported_decode_errors {
+            return Ok(());
+        }
+        self.kernel_drops = drops.clone();
+        self.reported_decode_errors = self.decode_errors;
+        let body = LossBody {
+            loss: LossView {
+                kernel_drops: drops,
+                decode_errors: self.decode_errors,
+            },
+        };
+        *self.events.entry("sensor.loss").or_default() += 1;
+        let line = self.emitter.line("sensor.loss", None, body);
+        sink.write(&line)
+    }
+
+    pub fn stats(&self) -> Stats {
+        Stats {
+            events: self.events.clone(),
+            decode_errors: self.decode_errors,
+            kernel_drops: self.kernel_drops.values().sum(),
+            processes_tracked: self.processes.len(),
+            connections_tracked: self.connections.len(),
+        }
+    }
+}

@@ -1,0 +1,276 @@
+//! Loading the eBPF object, patching its globals, attaching the programs from one table, and
+//! handing out the maps the agent uses.
+use std::{os::unix::ffi::OsStrExt as _, path::Path};
+
+use anyhow::{anyhow, bail, Context as _};
+use aya::{
+    maps::{HashMap, MapData, PerCpuArray, RingBuf},
+    programs::TracePoint,
+    Ebpf, EbpfLoader,
+};
+use sensor_common::{
+    EventKind, UnixPathKey, GLOBAL_CAPTURE_BYTES, GLOBAL_EXEC_FILENAME_OFFSET, GLOBAL_EXEC_OLD_PID_OFFSET,
+    GLOBAL_EXIT_GROUP_DEAD_OFFSET, GLOBAL_FORK_CHILD_PID_OFFSET, GLOBAL_SELF_TGID, LOSS_SLOTS, UNIX_PATH_LEN,
+};
+
+use super::tracefs;
+use crate::config::Config;
+
+static EBPF_OBJECT: &[u8] = aya::include_bytes_aligned!(concat!(env!("OUT_DIR"), "/sensor"));
+
+/// One program attached to one tracepoint. `required` probes abort the start when they fail;
+/// the others are skipped with the reason reported in `sensor.start`.
+struct Probe {
+    program: &'static str,
+    category: &'static str,
+    tracepoint: &'static str,
+    required: bool,
+}
+
+const fn probe(
+    program: &'static str,
+    category: &'static str,
+    tracepoint: &'static str,
+    required: bool,
+) -> Probe {
+    Probe {
+        program,
+        category,
+        tracepoint,
+        required,
+    }
+}
+
+const PROBES: &[Probe] = &[
+    // Process lifecycle.
+    probe("sched_process_fork", "sched", "sched_process_fork", true),
+    probe("sched_process_exec", "sched", "sched_process_exec", true),
+    probe("sched_process_exit", "sched", "sched_process_exit", true),
+    probe("sys_enter_clone", "syscalls", "sys_enter_clone", true),
+    probe("sys_enter_clone3", "syscalls", "sys_enter_clone3", false),
+    probe("sys_enter_execve", "syscalls", "sys_enter_execve", true),
+    probe("sys_enter_execveat", "syscalls", "sys_enter_execveat", false),
+    // Socket tracking.
+    probe("sys_enter_connect", "syscalls", "sys_enter_connect", true),
+    probe("sys_exit_connect", "syscalls", "sys_exit_connect", true),
+    probe("sys_enter_accept", "syscalls", "sys_enter_accept4", true),
+    probe("sys_exit_accept", "syscalls", "sys_exit_accept4", true),
+    probe("sys_enter_accept", "syscalls", "sys_enter_accept", false),
+    probe("sys_exit_accept", "syscalls", "sys_exit_accept", false),
+    probe("sys_enter_close", "syscalls", "sys_enter_close", true),
+    // Data capture.
+    probe("sys_enter_send", "syscalls", "sys_enter_write", true),
+    probe("sys_enter_send", "syscalls", "sys_enter_sendto", true),
+    probe("sys_enter_writev", "syscalls", "sys_enter_writev", true),
+    probe("sys_enter_sendmsg", "syscalls", "sys_enter_sendmsg", true),
+    probe("sys_enter_recv", "syscalls", "sys_enter_read", true),
+    probe("sys_enter_recv", "syscalls", "sys_enter_recvfrom", true),
+    probe("sys_enter_readv", "syscalls", "sys_enter_readv", true),
+    probe("sys_enter_recvmsg", "syscalls", "sys_enter_recvmsg", true),
+    probe("sys_exit_io", "syscalls", "sys_exit_write", true),
+    probe("sys_exit_io", "syscalls", "sys_exit_sendto", true),
+    probe("sys_exit_io", "syscalls", "sys_exit_writev", true),
+    probe("sys_exit_io", "syscalls", "sys_exit_sendmsg", true),
+    probe("sys_exit_io", "syscalls", "sys_exit_read", true),
+    probe("sys_exit_io", "syscalls", "sys_exit_recvfrom", true),
+    probe("sys_exit_io", "syscalls", "sys_exit_readv", true),
+    probe("sys_exit_io", "syscalls", "sys_exit_recvmsg", true),
+];
+
+#[derive(Debug, Clone, serde::Serialize)]
+pub struct SkippedProbe {
+    pub tracepoint: String,
+    pub reason: String,
+}
+
+pub struct KernelSensor {
+    ebpf: Ebpf,
+    pub attached: Vec<String>,
+    pub skipped: Vec<SkippedProbe>,
+}
+
+impl KernelSensor {
+    pub fn load(config: &Config, tracefs_root: &Path) -> anyhow::Result<Self> {
+        if EBPF_OBJECT.is_empty() {
+            bail!("this buildwatch binary was built without its eBPF programs (bpf-linker was missing at build time); rebuild it with `cargo xtask build`");
+        }
+        raise_memlock_limit();
+        let offset = |category, name, field| -> anyhow::Result<u32> {
+            tracefs::field_offset(tracefs_root, category, name, field)?
+                .ok_or_else(|| anyhow!("tracepoint {category}/{name} has no field {field}"))
+        };
+        let fork_child_pid = offset("sched", "sched_process_fork", "child_pid")?;
+        let exec_filename = offset("sched", "sched_process_exec", "filename")?;
+        let exec_old_pid = offset("sched", "sched_process_exec", "old_pid")?;
+        // Kernels before 6.? have no group_dead; 0 tells the program to use pid == tgid.
+        let exit_group_dead =
+            tracefs::field_offset(tracefs_root, "sched", "sched_process_exit", "group_dead")?.unwrap_or(0);
+        let self_tgid = std::process::id();
+        let log_level: u8 = if config.kernel.log { 5 } else { 0 };
+
+        let ebpf = EbpfLoader::new()
+            .override_global(GLOBAL_SELF_TGID, &self_tgid, true)
+            .override_global(GLOBAL_CAPTURE_BYTES, &config.capture.bytes, true)
+            .override_global(GLOBAL_FORK_CHILD_PID_OFFSET, &fork_child_pid, true)
+            .override_global(GLOBAL_EXEC_FILENAME_OFFSET, &exec_filename, true)
+            .override_global(GLOBAL_EXEC_OLD_PID_OFFSET, &exec_old_pid, true)
+            .override_global(GLOBAL_EXIT_GROUP_DEAD_OFFSET, &exit_group_dead, true)
+            .override_global(aya_log::LEVEL, &log_level, false)
+            .load(EBPF_OBJECT)
+            .map_err(|err| anyhow!("loading the eBPF object failed: {err} (buildwatch needs Linux >= 5.8 with BPF ring buffer support, and root)"))?;
+
+        let mut sensor = Self {
+            ebpf,
+            attached: Vec::new(),
+            skipped: Vec::new(),
+        };
+        sensor.fill_watch_maps(config)?;
+        sensor.attach_all(tracefs_root)?;
+        Ok(sensor)
+    }
+
+    fn attach_all(&mut self, tracefs_root: &Path) -> anyhow::Result<()> {
+        for probe in PROBES {
+            let program: &mut TracePoint = self
+                .ebpf
+                .program_mut(probe.program)
+                .ok_or_else(|| anyhow!("the eBPF object has no program {}", probe.program))?
+                .try_into()
+                .with_context(|| format!("{} is not a tracepoint program", probe.program))?;
+            let name = format!("{}/{}", probe.category, probe.tracepoint);
+            let exists = tracefs_root
+                .join("events")
+                .join(probe.category)
+                .join(probe.tracepoint)
+                .is_dir();
+            let result = if !exists {
+                Err(anyhow!("this kernel has no tracepoint {name}"))
+            } else {
+                // A program is loaded once and may be attached to several tracepoints.
+                let loaded = if program.fd().is_ok() {
+                    Ok(())
+                } else {
+                    program.load()
+                };
+                loaded
+                    .map_err(|err| anyhow!("the kernel rejected program {}: {err}", probe.program))
+                    .and_then(|()| {
+                        program
+                            .attach(probe.category, probe.tracepoint)
+                            .map(drop)
+                            .map_err(|err| anyhow!("attaching {} to {name} failed: {err}", probe.program))
+                    })
+            };
+            match result {
+                Ok(()) => self.attached.push(name),
+                Err(err) if probe.required => return Err(err),
+                Err(err) => {
+                    tracing::warn!(tracepoint = %name, "skipped: {err}");
+                    self.skipped.push(SkippedProbe {
+                        tracepoint: name,
+                        reason: err.to_string(),
+                    });
+                }
+            }
+        }
+        Ok(())
+    }
+
+    fn fill_watch_maps(&mut self, config: &Config) -> anyhow::Result<()> {
+        let mut paths: HashMap<_, UnixPathKey, u8> = HashMap::try_from(self.map_mut("WATCHED_UNIX_PATHS")?)?;
+        for path in &config.watch.unix_sockets {
+            let bytes = path.as_os_str().as_bytes();
+            let mut key = UnixPathKey {
+                path: [0; UNIX_PATH_LEN],
+            };
+            key.path[..bytes.len()].copy_from_slice(bytes);
+            paths
+                .insert(key, 1, 0)
+                .with_context(|| format!("watching {}", path.display()))?;
+        }
+        let mut ports: HashMap<_, u16, u8> = HashMap::try_from(self.map_mut("WATCHED_TCP_PORTS")?)?;
+        for port in &config.watch.tcp_ports {
+            ports
+                .insert(port, 1, 0)
+                .with_context(|| format!("watching TCP port {port}"))?;
+        }
+        Ok(())
+    }
+
+    fn map_mut(&mut self, name: &str) -> anyhow::Result<&mut aya::maps::Map> {
+        self.ebpf
+            .map_mut(name)
+            .ok_or_else(|| anyhow!("the eBPF object has no map {name}"))
+    }
+
+    fn take_map(&mut self, name: &str) -> anyhow::Result<aya::maps::Map> {
+        self.ebpf
+            .take_map(name)
+            .ok_or_else(|| anyhow!("the eBPF object has no map {name} (or it was taken)"))
+    }
+
+    pub fn take_events(&mut self) -> anyhow::Result<RingBuf<MapData>> {
+        Ok(RingBuf::try_from(self.take_map("EVENTS")?)?)
+    }
+
+    pub fn take_daemon_map(&mut self) -> anyhow::Result<DaemonMap> {
+        Ok(DaemonMap(HashMap::try_from(self.take_map("DAEMONS")?)?))
+    }
+
+    pub fn take_loss_counters(&mut self) -> anyhow::Result<LossCounters> {
+        Ok(LossCounters(PerCpuArray::try_from(self.take_map("LOSSES")?)?))
+    }
+
+    /// The aya-log reader, when kernel logging is on and the object logs at all.
+    pub fn kernel_logger(&mut self) -> Option<aya_log::EbpfLogger<&'static dyn log::Log>> {
+        aya_log::EbpfLogger::init(&mut self.ebpf).ok()
+    }
+}
+
+fn raise_memlock_limit() {
+    // Kernels before 5.11 charge BPF maps against RLIMIT_MEMLOCK.
+    let limit = libc::rlimit {
+        rlim_cur: libc::RLIM_INFINITY,
+        rlim_max: libc::RLIM_INFINITY,
+    };
+    // SAFETY: plain syscall with a valid pointer.
+    if unsafe { libc::setrlimit(libc::RLIMIT_MEMLOCK, &limit) } != 0 {
+        tracing::debug!(
+            "could not raise RLIMIT_MEMLOCK: {}",
+            std::io::Error::last_os_error()
+        );
+    }
+}
+
+/// The kernel's set of watched daemon tgids.
+pub struct DaemonMap(HashMap<MapData, u32, u8>);
+
+impl DaemonMap {
+    pub fn insert(&mut self, tgid: u32) {
+        if let Err(err) = self.0.insert(tgid, 1, 0) {
+            tracing::warn!(tgid, "cannot watch daemon: {err}");
+        }
+    }
+
+    pub fn remove(&mut self, tgid: u32) {
+        let _ = self.0.remove(&tgid);
+    }
+}
+
+/// Per-kind counts of records the kernel could not reserve.
+pub struct LossCounters(PerCpuArray<MapData, u64>);
+
+impl LossCounters {
+    /// Total drops so far per event kind (only kinds with drops).
+    pub fn read(&self) -> Vec<(EventKind, u64)> {
+        EventKind::ALL
+            .into_iter()
+            .filter(|kind| (*kind as u32) < LOSS_SLOTS)
+            .filter_map(|kind| {
+                let values = self.0.get(&(kind as u32), 0).ok()?;
+                let total: u64 = values.iter().sum();
+                (total > 0).then_some((kind, total))
+            })
+            .collect()
+    }
+}

@@ -1,0 +1,309 @@
+//! The JSON line schema. Every line has `id`, `kind`, `time` (RFC 3339, ns) and `host`; the rest
+//! depends on the kind. docs/events.md documents each field.
+use std::{
+    collections::BTreeMap,
+    time::{Duration, SystemTime},
+};
+
+use base64::Engine as _;
+use serde::Serialize;
+
+use crate::{
+    decode::{Dir, Role},
+    process_table::{Ancestor, Process},
+};
+
+#[derive(Debug, Serialize)]
+pub struct Line<B: Serialize> {
+    pub id: String,
+    pub kind: &'static str,
+    pub time: String,
+    pub host: String,
+    #[serde(flatten)]
+    pub body: B,
+}
+
+/// Stamps lines with ids, wall-clock times and the host name.
+pub struct Emitter {
+    run_id: String,
+    next: u64,
+    host: String,
+    /// CLOCK_REALTIME - CLOCK_BOOTTIME, to turn kernel boot times into wall times.
+    boot_to_wall_ns: i128,
+}
+
+impl Emitter {
+    pub fn new(host: String) -> Self {
+        let wall = clock_ns(libc::CLOCK_REALTIME);
+        let boot = clock_ns(libc::CLOCK_BOOTTIME);
+        let run_id = format!(
+            "{:08x}",
+            (wall as u64 ^ u64::from(std::process::id()) << 32) as u32
+        );
+        Self {
+            run_id,
+            next: 0,
+            host,
+            boot_to_wall_ns: wall - boot,
+        }
+    }
+
+    pub fn line<B: Serialize>(&mut self, kind: &'static str, boot_ns: Option<u64>, body: B) -> Line<B> {
+        self.next += 1;
+        let wall_ns = match boot_ns {
+            Some(boot) => i128::from(boot) + self.boot_to_wall_ns,
+            None => clock_ns(libc::CLOCK_REALTIME),
+        };
+        let time = SystemTime::UNIX_EPOCH + Duration::from_nanos(wall_ns.max(0) as u64);
+        Line {
+            id: format!("{}-{}", self.run_id, self.next),
+            kind,
+            time: humantime::format_rfc3339_nanos(time).to_string(),
+            host: self.host.clone(),
+            body,
+        }
+    }
+
+    pub fn run_id(&self) -> &str {
+        &self.run_id
+    }
+}
+
+fn clock_ns(clock: libc::clockid_t) -> i128 {
+    let mut ts = libc::timespec {
+        tv_sec: 0,
+        tv_nsec: 0,
+    };
+    // SAFETY: valid out-pointer.
+    unsafe { libc::clock_gettime(clock, &mut ts) };
+    i128::from(ts.tv_sec) * 1_000_000_000 + i128::from(ts.tv_nsec)
+}
+
+/// The acting process, as every event names it.
+#[derive(Debug, Clone, Serialize)]
+pub struct ProcessView {
+    pub pid: u32,
+    pub tid: u32,
+    pub ppid: Option<u32>,
+    pub comm: String,
+    pub uid: u32,
+    pub gid: u32,
+    #[serde(skip_serializing_if = "Option::is_none")]
+    pub exe: Option<String>,
+    #[serde(skip_serializing_if = "Option::is_none")]
+    pub argv: Option<Vec<String>>,
+    #[serde(skip_serializing_if = "std::ops::Not::not")]
+    pub argv_truncated: bool,
+    #[serde(skip_serializing_if = "Option::is_none")]
+    pub cwd: Option<String>,
+    #[serde(skip_serializing_if = "Option::is_none")]
+    pub container_id: Option<String>,
+    #[serde(skip_serializing_if = "Option::is_none")]
+    pub ancestry: Option<Vec<Ancestor>>,
+}
+
+impl ProcessView {
+    /// From the kernel header alone, enriched with what the table knows.
+    pub fn new(header: &crate::decode::Header, known: Option<&Process>) -> Self {
+        Self {
+            pid: header.tgid,
+            tid: header.pid,
+            ppid: known.map(|p| p.ppid),
+            comm: header.comm.clone(),
+            uid: header.uid,
+            gid: header.gid,
+            exe: known.and_then(|p| p.exe.clone()),
+            argv: None,
+            argv_truncated: false,
+            cwd: None,
+            container_id: known.and_then(|p| p.container_id.clone()),
+            ancestry: None,
+        }
+    }
+
+    /// Everything: argv, cwd and the ancestry chain.
+    pub fn full(header: &crate::decode::Header, known: &Process, ancestry: Vec<Ancestor>) -> Self {
+        Self {
+            argv: Some(known.argv.clone()),
+            argv_truncated: known.argv_truncated,
+            cwd: known.cwd.clone(),
+            ancestry: Some(ancestry),
+            ..Self::new(header, Some(known))
+        }
+    }
+}
+
+#[derive(Debug, Serialize)]
+pub struct ProcessBody {
+    pub process: ProcessView,
+    #[serde(skip_serializing_if = "Option::is_none")]
+    pub child_pid: Option<u32>,
+    /// exec: the thread that called exec, when not the process leader.
+    #[serde(skip_serializing_if = "Option::is_none")]
+    pub old_pid: Option<u32>,
+    #[serde(skip_serializing_if = "Option::is_none")]
+    pub filename: Option<String>,
+}
+
+#[derive(Debug, Clone, Serialize)]
+pub struct SocketView {
+    pub conn_id: u64,
+    pub fd: i32,
+    pub role: Role,
+    pub peer: String,
+    /// The watched daemon's listening address (accept) when it could be resolved.
+    #[serde(skip_serializing_if = "Option::is_none")]
+    pub local: Option<String>,
+    #[serde(skip_serializing_if = "Option::is_none")]
+    pub listen_fd: Option<i32>,
+    #[serde(skip_serializing_if = "Option::is_none")]
+    pub result: Option<i32>,
+}
+
+#[derive(Debug, Serialize)]
+pub struct SocketBody {
+    pub process: ProcessView,
+    pub socket: SocketView,
+}
+
+#[derive(Debug, Serialize)]
+pub struct DataView {
+    pub direction: Dir,
+    pub segment: u8,
+    /// Bytes the syscall moved.
+    pub length: u32,
+    /// Bytes captured (a prefix of `length`).
+    pub captured: u32,
+    #[serde(skip_serializing_if = "std::ops::Not::not")]
+    pub redacted: bool,
+    /// `text` (valid UTF-8, JSON-escaped) or `base64` (anything else).
+    pub encoding: &'static str,
+    pub content: String,
+}
+
+impl DataView {
+    pub fn new(
+        direction: Dir,
+        segment: u8,
+        length: u32,
+        captured: u32,
+        bytes: &[u8],
+        redacted: bool,
+    ) -> Self {
+        let (encoding, content) = encode(bytes);
+        Self {
+            direction,
+            segment,
+            length,
+            captured,
+            redacted,
+            encoding,
+            content,
+        }
+    }
+}
+
+/// Text when the bytes are valid UTF-8 (JSON escapes control characters, so nothing is lost and
+/// an HTTP head followed by a tar body stays readable); base64 otherwise.
+pub fn encode(bytes: &[u8]) -> (&'static str, String) {
+    match std::str::from_utf8(bytes) {
+        Ok(text) => ("text", text.to_string()),
+        Err(_) => ("base64", base64::engine::general_purpose::STANDARD.encode(bytes)),
+    }
+}
+
+#[derive(Debug, Serialize)]
+pub struct DataBody {
+    pub process: ProcessView,
+    pub socket: SocketView,
+    pub data: DataView,
+}
+
+#[derive(Debug, Serialize)]
+pub struct StartBody {
+    pub sensor: SensorInfo,
+}
+
+#[derive(Debug, Serialize)]
+pub struct SensorInfo {
+    pub version: &'static str,
+    pub run_id: String,
+    pub pid: u32,
+    pub kernel: String,
+    pub programs_attached: Vec<String>,
+    pub programs_skipped: Vec<crate::kernel::loader::SkippedProbe>,
+    pub config: Option<String>,
+    pub capture_bytes: u32,
+    pub watched_unix_sockets: Vec<String>,
+    pub watched_tcp_ports: Vec<u16>,
+    pub daemons: Vec<String>,
+    pub daemon_pids: Vec<u32>,
+}
+
+#[derive(Debug, Serialize)]
+pub struct LossBody {
+    pub loss: LossView,
+}
+
+#[derive(Debug, Serialize)]
+pub struct LossView {
+    /// Records the kernel could not write (ring buffer full), per event kind, since start.
+    pub kernel_drops: BTreeMap<&'static str, u64>,
+    /// Records the agent could not decode, since start.
+    pub decode_errors: u64,
+}
+
+#[derive(Debug, Serialize)]
+pub struct StopBody {
+    pub stats: Stats,
+}
+
+#[derive(Debug, Default, Clone, Serialize)]
+pub struct Stats {
+    pub events: BTreeMap<&'static str, u64>,
+    pub decode_errors: u64,
+    pub kernel_drops: u64,
+    pub processes_tracked: usize,
+    pub connections_tracked: usize,
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn text_and_binary_encodings() {
+        assert_eq!(
+            encode(b"GET / HTTP/1.1\r\n\r\n"),
+            ("text", "GET / HTTP/1.1\r\n\r\n".to_string())
+        );
+        assert_eq!(encode(b"\x00\x01PRI"), ("text", "\u{0}\u{1}PRI".to_string()));
+        assert_eq!(encode(b"\xff\x00"), ("base64", "/wA=".to_string()));
+        assert_eq!(
+            encode(&[0xe2, 0x82]).0,
+            "base64",
+            "a cut UTF-8 sequence keeps its bytes"
+        );
+    }
+
+    #[test]
+    fn lines_have_the_common_fields() {
+        let mut emitter = Emitter::new("host1".into());
+        let line = emitter.line(
+            "sensor.loss",
+            Some(1),
+            LossBody {
+                loss: LossView {
+                    kernel_drops: BTreeMap::new(),
+                    decode_errors: 2,
+                },
+            },
+        );
+        let json = serde_json::to_value(&line).unwrap();
+        assert_eq!(json["kind"], "sensor.loss");
+        assert_eq!(json["host"], "host1");
+        assert_eq!(json["loss"]["decode_errors"], 2);
+        assert!(json["time"].as_str().unwrap().ends_with('Z'));
+        assert!(json["id"].as_str().unwrap().ends_with("-1"));
+    }
+}

@@ -1,0 +1,343 @@
+//! The world the tests drive: two network namespaces joined by a veth pair, a registry and a
+//! dockerd in the "daemon" namespace, a busybox base image pushed to that registry, and a
+//! "remote" namespace for clients that reach the daemon over TCP. Dropping the environment tears
+//! down everything it created, also after a failed or panicking test.
+use std::{
+    fs,
+    path::{Path, PathBuf},
+    process::{Child, Command, Stdio},
+    time::{Duration, Instant},
+};
+
+use crate::command::{quietly, run, run_command, run_with_input};
+
+/// The Debian docker.io client: it still speaks the legacy BuildKit protocol (`DOCKER_BUILDKIT=1`
+/// without buildx), which the scenarios exercise.
+pub const DOCKER: &str = "/usr/bin/docker";
+pub const REGISTRY: &str = "127.0.0.1:5000";
+pub const BASE_IMAGE: &str = "127.0.0.1:5000/bwbase:1";
+const DOCKERD_START_TIMEOUT: Duration = Duration::from_secs(90);
+
+/// What must be installed, and why, for the environment to start.
+pub fn missing_prerequisites() -> Vec<String> {
+    let mut missing = Vec::new();
+    // SAFETY: geteuid has no preconditions.
+    if unsafe { libc::geteuid() } != 0 {
+        missing.push("root (the tests load eBPF programs and start dockerd)".to_string());
+    }
+    for (binary, package) in [
+        ("dockerd", "docker.io"),
+        ("containerd", "containerd"),
+        ("runc", "runc"),
+        ("docker-registry", "docker-registry"),
+        ("busybox", "busybox-static"),
+        ("ip", "iproute2"),
+        ("nsenter", "util-linux"),
+        ("tar", "tar"),
+    ] {
+        if find_binary(binary).is_none() {
+            missing.push(format!("{binary} (Debian package {package})"));
+        }
+    }
+    if !Path::new(DOCKER).is_file() {
+        missing.push(format!("{DOCKER} (Debian package docker.io)"));
+    }
+    missing
+}
+
+pub fn find_binary(name: &str) -> Option<PathBuf> {
+    let paths = std::env::var_os("PATH").unwrap_or_default();
+    std::env::split_paths(&paths)
+        .chain(["/usr/sbin", "/sbin", "/usr/bin", "/bin"].map(PathBuf::from))
+        .map(|dir| dir.join(name))
+        .find(|path| path.is_file())
+}
+
+pub struct Environment {
+    /// Unique per run; used in names, tags and RUN markers so nothing is served from cache.
+    pub nonce: String,
+    pub dir: PathBuf,
+    pub daemon_ns: String,
+    pub remote_ns: String,
+    pub daemon_ip: String,
+    pub remote_ip: String,
+    pub socket: PathBuf,
+    pub dockerd_pid: u32,
+    veth: String,
+    children: Vec<Child>,
+}
+
+impl Environment {
+    pub fn start() -> Self {
+        let pid = std::process::id();
+        let subnet = 20 + pid % 200;
+        let dir = PathBuf::from(format!("/tmp/buildwatch-test-{pid}"));
+        let mut environment = Self {
+            nonce: format!("{pid:x}{:x}", now_nanos()),
+            socket: dir.join("docker.sock"),
+            dir,
+            daemon_ns: format!("bwtd{pid}"),
+            remote_ns: format!("bwtr{pid}"),
+            daemon_ip: format!("10.253.{subnet}.1"),
+            remote_ip: format!("10.253.{subnet}.2"),
+            dockerd_pid: 0,
+            veth: format!("bwv{pid}"),
+            children: Vec::new(),
+        };
+        // From here on, Drop cleans up whatever was created if a step panics.
+        environment.create_network();
+        environment.start_registry();
+        environment.start_dockerd();
+        environment.push_base_image();
+        environment
+    }
+
+    fn create_network(&mut self) {
+        let _ = fs::remove_dir_all(&self.dir);
+        fs::create_dir_all(&self.dir).expect("creating the test directory");
+        let (daemon, remote, veth) = (&self.daemon_ns, &self.remote_ns, &self.veth);
+        let peer = format!("{veth}p");
+        run("ip", &["netns", "add", daemon]);
+        run("ip", &["netns", "add", remote]);
+        run(
+            "ip",
+            &["link", "add", veth, "type", "veth", "peer", "name", &peer],
+        );
+        run("ip", &["link", "set", veth, "netns", daemon]);
+        run("ip", &["link", "set", &peer, "netns", remote]);
+        run(
+            "ip",
+            &[
+                "-n",
+                daemon,
+                "addr",
+                "add",
+                &format!("{}/24", self.daemon_ip),
+                "dev",
+                veth,
+            ],
+        );
+        run(
+            "ip",
+            &[
+                "-n",
+                remote,
+                "addr",
+                "add",
+                &format!("{}/24", self.remote_ip),
+                "dev",
+                &peer,
+            ],
+        );
+        for (ns, link) in [
+            (daemon, veth.as_str()),
+            (remote, peer.as_str()),
+            (daemon, "lo"),
+            (remote, "lo"),
+        ] {
+            run("ip", &["-n", ns, "link", "set", link, "up"]);
+        }
+    }
+
+    /// A command run inside the daemon's network namespace. `nsenter --net` changes only the
+    /// network namespace; `ip netns exec` would also remount /sys and hide the cgroup
+    /// hierarchies dockerd needs.
+    fn in_daemon_ns(&self, program: &str) -> Command {
+        let mut command = Command::new("nsenter");
+        command
+            .arg(format!("--net=/var/run/netns/{}", self.daemon_ns))
+            .arg(program);
+        command
+    }
+
+    fn spawn_logged(&mut self, mut command: Command, log: &str) -> u32 {
+        let log = fs::File::create(self.dir.join(log)).expect("creating a log file");
+        let child = command
+            .stdin(Stdio::null())
+            .stdout(log.try_clone().expect("cloning the log file"))
+            .stderr(log)
+            .spawn()
+            .unwrap_or_else(|err| panic!("cannot start {command:?}: {err}"));
+        let pid = child.id();
+        self.children.push(child);
+        pid
+    }
+
+    fn start_registry(&mut self) {
+        let storage = self.dir.join("registry");
+        fs::create_dir_all(&storage).expect("creating registry storage");
+        let config = self.dir.join("registry.yml");
+        fs::write(
+            &config,
+            format!(
+                "version: 0.1\nlog:\n  level: warn\nstorage:\n  filesystem:\n    rootdirectory: {}\nhttp:\n  addr: {REGISTRY}\n",
+                storage.display()
+            ),
+        )
+        .expect("writing the registry config");
+        let mut command = self.in_daemon_ns("docker-registry");
+        command.arg("serve").arg(&config);
+        self.spawn_logged(command, "registry.log");
+    }
+
+    fn start_dockerd(&mut self) {
+        let mut command = self.in_daemon_ns("dockerd");
+        command
+            .arg("--data-root")
+            .arg(self.dir.join("data"))
+            .arg("--exec-root")
+            .arg(self.dir.join("exec"))
+            .arg("--pidfile")
+            .arg(self.dir.join("dockerd.pid"))
+            .arg("-H")
+            .arg(format!("unix://{}", self.socket.display()))
+            .arg("-H")
+            .arg(format!("tcp://{}:2375", self.daemon_ip))
+            .args([
+                "--bridge=none",
+                "--iptables=false",
+                "--ip6tables=false",
+                "--log-level=warn",
+            ]);
+        let nsenter_pid = self.spawn_logged(command, "dockerd.log");
+        let deadline = Instant::now() + DOCKERD_START_TIMEOUT;
+        loop {
+            let ready = Command::new(DOCKER)
+                .args(["-H", &format!("unix://{}", self.socket.display()), "version"])
+                .stdout(Stdio::null())
+                .stderr(Stdio::null())
+                .status()
+                .is_ok_and(|s| s.success());
+            if ready {
+                break;
+            }
+            if self
+                .children
+                .iter_mut()
+                .any(|c| c.try_wait().ok().flatten().is_some())
+                || Instant::now() > deadline
+            {
+                panic!(
+                    "dockerd did not start:\n{}",
+                    fs::read_to_string(self.dir.join("dockerd.log")).unwrap_or_default()
+                );
+            }
+            std::thread::sleep(Duration::from_millis(250));
+        }
+        // nsenter execs dockerd, so the pid is dockerd's own.
+        self.dockerd_pid = nsenter_pid;
+        let pidfile = fs::read_to_string(self.dir.join("dockerd.pid")).unwrap_or_default();
+        assert_eq!(
+            pidfile.trim(),
+            nsenter_pid.to_string(),
+            "dockerd runs as the spawned process"
+        );
+    }
+
+    fn push_base_image(&mut self) {
+        let rootfs = self.dir.join("rootfs");
+        let bin = rootfs.join("bin");
+        fs::create_dir_all(&bin).expect("creating the rootfs");
+        fs::copy(find_binary("busybox").expect("busybox"), bin.join("busybox")).expect("copying busybox");
+        for applet in ["sh", "echo", "cat", "ls", "true", "sleep", "wget", "id"] {
+            std::os::unix::fs::symlink("busybox", bin.join(applet)).expect("linking a busybox applet");
+        }
+        let tarball = Command::new("tar")
+            .arg("-C")
+            .arg(&rootfs)
+            .args(["-c", "."])
+            .output()
+            .expect("running tar");
+        assert!(tarball.status.success(), "tar failed");
+        run_with_input(self.docker().args(["import", "-", BASE_IMAGE]), &tarball.stdout);
+        run_command(self.docker().args(["push", BASE_IMAGE]));
+        run_command(self.docker().args(["rmi", BASE_IMAGE]));
+    }
+
+    /// The Debian docker client talking to the test daemon over its unix socket.
+    pub fn docker(&self) -> Command {
+        let mut command = Command::new(DOCKER);
+        command
+            .env("DOCKER_BUILDKIT", "0")
+            .args(["-H", &format!("unix://{}", self.socket.display())]);
+        command
+    }
+
+    /// The docker client in the remote namespace, talking to the daemon over plain TCP.
+    pub fn remote_docker(&self) -> Command {
+        let mut command = Command::new("ip");
+        command
+            .args([
+                "netns",
+                "exec",
+                &self.remote_ns,
+                DOCKER,
+                "-H",
+                &format!("tcp://{}:2375", self.daemon_ip),
+            ])
+            .env("DOCKER_BUILDKIT", "0");
+        command
+    }
+
+    /// A build context with a Dockerfile.
+    pub fn context(&self, name: &str, dockerfile: &str) -> PathBuf {
+        let dir = self.dir.join("contexts").join(name);
+        fs::create_dir_all(&dir).expect("creating a build context");
+        fs::write(dir.join("Dockerfile"), dockerfile).expect("writing a Dockerfile");
+        dir
+    }
+
+    fn stop_children(&mut self) {
+        for child in &mut self.children {
+            // SAFETY: signalling our own child.
+            unsafe { libc::kill(child.id() as i32, libc::SIGTERM) };
+        }
+        let deadline = Instant::now() + Duration::from_secs(20);
+        for child in &mut self.children {
+            while child.try_wait().ok().flatten().is_none() {
+                if Instant::now() > deadline {
+                    let _ = child.kill();
+                    let _ = child.wait();
+                    break;
+                }
+                std::thread::sleep(Duration::from_millis(100));
+            }
+        }
+        self.children.clear();
+    }
+
+    /// Lazily unmounts whatever dockerd or containerd left mounted below the test directory.
+    fn unmount_leftovers(&self) {
+        let mounts = fs::read_to_string("/proc/self/mounts").unwrap_or_default();
+        let prefix = self.dir.to_string_lossy().into_owned();
+        let mut targets: Vec<&str> = mounts
+            .lines()
+            .filter_map(|line| line.split_whitespace().nth(1))
+            .filter(|t| t.starts_with(&prefix))
+            .collect();
+        targets.sort_by_key(|t| std::cmp::Reverse(t.len()));
+        for target in targets {
+            quietly("umount", &["-l", target]);
+        }
+    }
+}
+
+impl Drop for Environment {
+    fn drop(&mut self) {
+        self.stop_children();
+        // containerd-shim processes outlive a daemon that died; end any still under our dir.
+        let dir = self.dir.to_string_lossy().into_owned();
+        quietly("pkill", &["-TERM", "-f", &dir]);
+        self.unmount_leftovers();
+        quietly("ip", &["netns", "delete", &self.daemon_ns]);
+        quietly("ip", &["netns", "delete", &self.remote_ns]);
+        let _ = fs::remove_dir_all(&self.dir);
+    }
+}
+
+fn now_nanos() -> u32 {
+    std::time::SystemTime::now()
+        .duration_since(std::time::UNIX_EPOCH)
+        .map(|d| d.as_nanos() as u32)
+        .unwrap_or(0)
+}

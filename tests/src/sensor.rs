@@ -1,0 +1,303 @@
+//! The real `buildwatch` binary, its JSON lines collected as they arrive, and waits with a
+//! deadline for the events a scenario expects.
+use std::{
+    io::{BufRead as _, BufReader, Read as _},
+    path::Path,
+    process::{Child, Command, ExitStatus, Stdio},
+    sync::{Arc, Condvar, Mutex},
+    time::{Duration, Instant},
+};
+
+use serde_json::Value;
+
+#[derive(Default)]
+struct Collected {
+    events: Vec<Value>,
+    /// Lines on stdout that were not JSON objects (there must be none).
+    invalid: Vec<String>,
+    closed: bool,
+}
+
+pub struct Sensor {
+    child: Mutex<Child>,
+    collected: Arc<(Mutex<Collected>, Condvar)>,
+    stderr: Arc<Mutex<String>>,
+}
+
+impl Sensor {
+    /// Starts `buildwatch run --config CONFIG` and waits for its `sensor.start` line.
+    pub fn start(binary: &Path, config: &Path) -> Self {
+        let mut child = Command::new(binary)
+            .arg("run")
+            .arg("--config")
+            .arg(config)
+            .env("RUST_LOG", "info")
+            .stdin(Stdio::null())
+            .stdout(Stdio::piped())
+            .stderr(Stdio::piped())
+            .spawn()
+            .unwrap_or_else(|err| panic!("cannot start {}: {err}", binary.display()));
+        let collected = Arc::new((Mutex::new(Collected::default()), Condvar::new()));
+        let stdout = child.stdout.take().expect("piped stdout");
+        let sink = Arc::clone(&collected);
+        std::thread::spawn(move || {
+            for line in BufReader::new(stdout).lines() {
+                let Ok(line) = line else { break };
+                let (lock, ready) = &*sink;
+                let mut collected = lock.lock().unwrap_or_else(std::sync::PoisonError::into_inner);
+                match serde_json::from_str::<Value>(&line) {
+                    Ok(value) if value.is_object() => collected.events.push(value),
+                    _ => collected.invalid.push(line),
+                }
+                ready.notify_all();
+            }
+            let (lock, ready) = &*sink;
+            lock.lock()
+                .unwrap_or_else(std::sync::PoisonError::into_inner)
+                .closed = true;
+            ready.notify_all();
+        });
+        let stderr = Arc::new(Mutex::new(String::new()));
+        let mut stderr_pipe = child.stderr.take().expect("piped stderr");
+        let stderr_sink = Arc::clone(&stderr);
+        std::thread::spawn(move || {
+            let mut buffer = [0u8; 4096];
+            while let Ok(n) = stderr_pipe.read(&mut buffer) {
+                if n == 0 {
+                    break;
+                }
+                stderr_sink
+                    .lock()
+                    .unwrap_or_else(std::sync::PoisonError::into_inner)
+                    .push_str(&String::from_utf8_lossy(&buffer[..n]));
+            }
+        });
+        let sensor = Self {
+            child: Mutex::new(child),
+            collected,
+            stderr,
+        };
+        sensor.wait_for(0, Duration::from_secs(30), "sensor.start", |e| {
+            e["kind"] == "sensor.start"
+        });
+        sensor
+    }
+
+    /// Index of the next event; pass it to `wait_for` to only look at what happens after now.
+    pub fn mark(&self) -> usize {
+        self.collected
+            .0
+            .lock()
+            .unwrap_or_else(std::sync::PoisonError::into_inner)
+            .events
+            .len()
+    }
+
+    /// Waits until an event at or after `from` satisfies `predicate`; panics with context when
+    /// the deadline passes.
+    pub fn wait_for(
+        &self,
+        from: usize,
+        timeout: Duration,
+        what: &str,
+        predicate: impl Fn(&Value) -> bool,
+    ) -> Value {
+        let deadline = Instant::now() + timeout;
+        let (lock, ready) = &*self.collected;
+        let mut collected = lock.lock().unwrap_or_else(std::sync::PoisonError::into_inner);
+        let mut checked = from;
+        loop {
+            if let Some(found) = collected.events.iter().skip(checked).find(|e| predicate(e)) {
+                return found.clone();
+            }
+            checked = collected.events.len().max(from);
+            let now = Instant::now();
+            if now >= deadline || collected.closed {
+                let recent: Vec<String> = collected
+                    .events
+                    .iter()
+                    .skip(from)
+                    .filter(|e| e["kind"] != "process.fork" && e["kind"] != "process.exit")
+                    .rev()
+                    .take(40)
+                    .map(|e| truncate(&e.to_string(), 600))
+                    .collect();
+                let state = if collected.closed { "exited" } else { "running" };
+                drop(collected);
+                panic!(
+                    "no {what} within {timeout:?} (sensor {state}); last events since the mark, newest first:\n{}\nsensor stderr:\n{}",
+                    recent.join("\n"),
+                    self.stderr()
+                );
+            }
+            collected = ready
+                .wait_timeout(collected, deadline - now)
+                .unwrap_or_else(std::sync::PoisonError::into_inner)
+                .0;
+        }
+    }
+
+    /// Every event at or after `from` that satisfies `predicate`.
+    pub fn all(&self, from: usize, predicate: impl Fn(&Value) -> bool) -> Vec<Value> {
+        let collected = self
+            .collected
+            .0
+            .lock()
+            .unwrap_or_else(std::sync::PoisonError::into_inner);
+        collected
+            .events
+            .iter()
+            .skip(from)
+            .filter(|e| predicate(e))
+            .cloned()
+            .collect()
+    }
+
+    pub fn invalid_lines(&self) -> Vec<String> {
+        self.collected
+            .0
+            .lock()
+            .unwrap_or_else(std::sync::PoisonError::into_inner)
+            .invalid
+            .clone()
+    }
+
+    pub fn is_running(&self) -> bool {
+        self.child
+            .lock()
+            .unwrap_or_else(std::sync::PoisonError::into_inner)
+            .try_wait()
+            .ok()
+            .flatten()
+            .is_none()
+    }
+
+    pub fn stderr(&self) -> String {
+        self.stderr
+            .lock()
+            .unwrap_or_else(std::sync::PoisonError::into_inner)
+            .clone()
+    }
+
+    /// SIGTERM, then waits for the exit (and for stdout to close).
+    pub fn terminate(&self, timeout: Duration) -> Option<ExitStatus> {
+        let mut child = self
+            .child
+            .lock()
+            .unwrap_or_else(std::sync::PoisonError::into_inner);
+        // SAFETY: signalling our own child.
+        unsafe { libc::kill(child.id() as i32, libc::SIGTERM) };
+        let deadline = Instant::now() + timeout;
+        loop {
+            if let Ok(Some(status)) = child.try_wait() {
+                drop(child);
+                self.wait_closed(deadline);
+                return Some(status);
+            }
+            if Instant::now() > deadline {
+                return None;
+            }
+            std::thread::sleep(Duration::from_millis(50));
+        }
+    }
+
+    fn wait_closed(&self, deadline: Instant) {
+        let (lock, ready) = &*self.collected;
+        let mut collected = lock.lock().unwrap_or_else(std::sync::PoisonError::into_inner);
+        while !collected.closed {
+            let now = Instant::now();
+            if now >= deadline {
+                return;
+            }
+            collected = ready
+                .wait_timeout(collected, deadline - now)
+                .unwrap_or_else(std::sync::PoisonError::into_inner)
+                .0;
+        }
+    }
+}
+
+impl Drop for Sensor {
+    fn drop(&mut self) {
+        if let Ok(mut child) = self.child.lock() {
+            let _ = child.kill();
+            let _ = child.wait();
+        }
+    }
+}
+
+fn truncate(text: &str, max: usize) -> String {
+    if text.len() <= max {
+        return text.to_string();
+    }
+    let mut end = max;
+    while !text.is_char_boundary(end) {
+        end -= 1;
+    }
+    format!("{}…", &text[..end])
+}
+
+/// Helpers to read events.
+pub mod event {
+    use base64::Engine as _;
+    use serde_json::Value;
+
+    pub fn kind(event: &Value) -> &str {
+        event["kind"].as_str().unwrap_or_default()
+    }
+
+    /// Captured bytes of a `socket.data` event (base64 decoded), as lossy text.
+    pub fn content(event: &Value) -> String {
+        let content = event["data"]["content"].as_str().unwrap_or_default();
+        if event["data"]["encoding"] == "base64" {
+            let bytes = base64::engine::general_purpose::STANDARD
+                .decode(content)
+                .unwrap_or_default();
+            String::from_utf8_lossy(&bytes).into_owned()
+        } else {
+            content.to_string()
+        }
+    }
+
+    pub fn role(event: &Value) -> &str {
+        event["socket"]["role"].as_str().unwrap_or_default()
+    }
+
+    pub fn pid(event: &Value) -> u64 {
+        event["process"]["pid"].as_u64().unwrap_or_default()
+    }
+
+    pub fn argv(event: &Value) -> Vec<String> {
+        event["process"]["argv"]
+            .as_array()
+            .map(|args| args.iter().filter_map(|a| a.as_str().map(String::from)).collect())
+            .unwrap_or_default()
+    }
+
+    pub fn ancestry_pids(event: &Value) -> Vec<u64> {
+        event["process"]["ancestry"]
+            .as_array()
+            .map(|chain| chain.iter().filter_map(|a| a["pid"].as_u64()).collect())
+            .unwrap_or_default()
+    }
+
+    pub fn ancestry_comms(event: &Value) -> Vec<String> {
+        event["process"]["ancestry"]
+            .as_array()
+            .map(|chain| {
+                chain
+                    .iter()
+                    .filter_map(|a| a["comm"].as_str().map(String::from))
+                    .collect()
+            })
+            .unwrap_or_default()
+    }
+
+    /// A `socket.data` event of `role` and `direction` whose text contains every needle.
+    pub fn is_data(event: &Value, role_name: &str, direction: &str, needles: &[&str]) -> bool {
+        kind(event) == "socket.data"
+            && role(event) == role_name
+            && event["data"]["direction"] == direction
+            && needles.iter().all(|needle| content(event).contains(needle))
+    }
+}

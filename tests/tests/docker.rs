@@ -1,0 +1,413 @@
+//! End-to-end scenarios: the real buildwatch binary (real eBPF programs) watching a real
+//! dockerd, registry and remote client. Run by `cargo xtask test`, which builds the binary and
+//! passes its path in BUILDWATCH_BIN.
+use std::{
+    io::{Read as _, Write as _},
+    os::unix::net::UnixStream,
+    path::PathBuf,
+    process::ExitCode,
+    time::Duration,
+};
+
+use buildwatch_integration_tests::{
+    command::run_command,
+    environment::{missing_prerequisites, Environment, BASE_IMAGE},
+    runner::{run_all, Scenario},
+    sensor::{event::*, Sensor},
+};
+use serde_json::Value;
+
+const EVENT_TIMEOUT: Duration = Duration::from_secs(60);
+
+struct World {
+    env: Environment,
+    sensor: Sensor,
+}
+
+fn main() -> ExitCode {
+    let ci = std::env::var("CI").is_ok_and(|v| v == "true" || v == "1");
+    let missing = missing_prerequisites();
+    let binary = std::env::var_os("BUILDWATCH_BIN").map(PathBuf::from);
+    let mut problems = missing;
+    match &binary {
+        Some(path) if path.is_file() => {}
+        Some(path) => problems.push(format!("BUILDWATCH_BIN={} does not exist", path.display())),
+        None => problems.push("BUILDWATCH_BIN (run the tests with `cargo xtask test`)".to_string()),
+    }
+    if !problems.is_empty() {
+        let message = format!("integration tests need: {}", problems.join("; "));
+        if ci {
+            eprintln!("FAIL (CI=true, nothing may be skipped): {message}");
+            return ExitCode::FAILURE;
+        }
+        println!("skipping: {message}");
+        println!("0 passed, 0 failed, 1 skipped");
+        return ExitCode::SUCCESS;
+    }
+    let binary = binary.expect("checked above");
+
+    let env = Environment::start();
+    let config = env.dir.join("buildwatch.toml");
+    std::fs::write(
+        &config,
+        format!(
+            "[watch]\nunix_sockets = [\"{}\"]\ntcp_ports = [2375]\ndaemons = [\"dockerd\", \"containerd\"]\n",
+            env.socket.display()
+        ),
+    )
+    .expect("writing the sensor config");
+    let world = World {
+        sensor: Sensor::start(&binary, &config),
+        env,
+    };
+
+    let passed = run_all(
+        &world,
+        &[
+            Scenario {
+                name: "pull_from_registry",
+                run: pull_from_registry,
+            },
+            Scenario {
+                name: "classic_build",
+                run: classic_build,
+            },
+            Scenario {
+                name: "buildkit_build",
+                run: buildkit_build,
+            },
+            Scenario {
+                name: "remote_tcp_build",
+                run: remote_tcp_build,
+            },
+            Scenario {
+                name: "daemon_registry_fetch",
+                run: daemon_registry_fetch,
+            },
+            Scenario {
+                name: "malformed_input",
+                run: malformed_input,
+            },
+            Scenario {
+                name: "graceful_shutdown",
+                run: graceful_shutdown,
+            },
+        ],
+    );
+    drop(world);
+    if passed {
+        ExitCode::SUCCESS
+    } else {
+        ExitCode::FAILURE
+    }
+}
+
+/// The client's socket.connect for a data event's connection (full process identity).
+fn connect_of(world: &World, data: &Value) -> Value {
+    let conn_id = data["socket"]["conn_id"].clone();
+    world.sensor.wait_for(
+        0,
+        EVENT_TIMEOUT,
+        "the socket.connect of the client connection",
+        |e| kind(e) == "socket.connect" && e["socket"]["conn_id"] == conn_id,
+    )
+}
+
+fn pull_from_registry(world: &World) {
+    let mark = world.sensor.mark();
+    run_command(world.env.docker().args(["pull", BASE_IMAGE]));
+    let request = "/images/create?fromImage=127.0.0.1%3A5000%2Fbwbase&tag=1";
+    let sent = world
+        .sensor
+        .wait_for(mark, EVENT_TIMEOUT, "client write of the pull request", |e| {
+            is_data(e, "client", "send", &["POST /v1.", request])
+        });
+    assert_eq!(sent["process"]["comm"], "docker");
+    assert_eq!(
+        sent["socket"]["peer"],
+        format!("unix:{}", world.env.socket.display())
+    );
+    let connect = connect_of(world, &sent);
+    assert_eq!(pid(&connect), pid(&sent));
+    assert!(
+        argv(&connect).iter().any(|a| a == "pull"),
+        "client argv: {:?}",
+        argv(&connect)
+    );
+    assert!(
+        connect["process"]["exe"]
+            .as_str()
+            .unwrap_or_default()
+            .ends_with("/docker"),
+        "{connect}"
+    );
+    assert!(!connect["process"]["ancestry"]
+        .as_array()
+        .expect("ancestry")
+        .is_empty());
+
+    let received = world
+        .sensor
+        .wait_for(mark, EVENT_TIMEOUT, "dockerd's read of the pull request", |e| {
+            is_data(e, "daemon_accepted", "recv", &["POST /v1.", request])
+        });
+    assert_eq!(pid(&received), u64::from(world.env.dockerd_pid), "{received}");
+    assert_eq!(
+        received["socket"]["local"],
+        format!("unix:{}", world.env.socket.display())
+    );
+}
+
+/// Asserts the RUN step `marker` was exec'd as `/bin/sh -c ...` under the test dockerd.
+fn assert_run_step(world: &World, mark: usize, command: &str) -> Value {
+    let exec = world.sensor.wait_for(
+        mark,
+        EVENT_TIMEOUT,
+        &format!("exec of the RUN step `{command}`"),
+        |e| kind(e) == "process.exec" && argv(e) == ["/bin/sh", "-c", command],
+    );
+    let chain = ancestry_pids(&exec);
+    assert!(
+        chain.contains(&u64::from(world.env.dockerd_pid)),
+        "RUN step ancestry {:?} ({:?}) does not reach dockerd {}",
+        chain,
+        ancestry_comms(&exec),
+        world.env.dockerd_pid
+    );
+    exec
+}
+
+fn classic_build(world: &World) {
+    let nonce = &world.env.nonce;
+    let command = format!("echo classic-{nonce} > /marker");
+    let context = world
+        .env
+        .context("classic", &format!("FROM {BASE_IMAGE}\nRUN {command}\n"));
+    let tag = format!("bwtest/classic:{nonce}");
+    let mark = world.sensor.mark();
+    run_command(world.env.docker().arg("build").arg("-t").arg(&tag).arg(&context));
+    let query = format!("t=bwtest%2Fclassic%3A{nonce}");
+    let sent = world
+        .sensor
+        .wait_for(mark, EVENT_TIMEOUT, "client write of POST /build", |e| {
+            is_data(e, "client", "send", &["POST /v1.", "/build?", &query])
+        });
+    assert_eq!(sent["process"]["comm"], "docker");
+    world
+        .sensor
+        .wait_for(mark, EVENT_TIMEOUT, "dockerd's read of POST /build", |e| {
+            is_data(e, "daemon_accepted", "recv", &["POST /v1.", "/build?", &query])
+                && pid(e) == u64::from(world.env.dockerd_pid)
+        });
+    assert_run_step(world, mark, &command);
+}
+
+fn buildkit_build(world: &World) {
+    let nonce = &world.env.nonce;
+    let command = format!("echo buildkit-{nonce} > /marker");
+    let context = world
+        .env
+        .context("buildkit", &format!("FROM {BASE_IMAGE}\nRUN {command}\n"));
+    let tag = format!("bwtest/buildkit:{nonce}");
+    let mark = world.sensor.mark();
+    run_command(
+        world
+            .env
+            .docker()
+            .env("DOCKER_BUILDKIT", "1")
+            .args(["build", "--network", "none", "-t", &tag])
+            .arg(&context),
+    );
+    let query = format!("t=bwtest%2Fbuildkit%3A{nonce}");
+    for (role, direction) in [("client", "send"), ("daemon_accepted", "recv")] {
+        world.sensor.wait_for(
+            mark,
+            EVENT_TIMEOUT,
+            &format!("{role} {direction} of POST /session"),
+            |e| is_data(e, role, direction, &["POST /session", "Upgrade: h2c"]),
+        );
+        world.sensor.wait_for(
+            mark,
+            EVENT_TIMEOUT,
+            &format!("{role} {direction} of POST /build?version=2"),
+            |e| is_data(e, role, direction, &["/build?", "version=2", &query]),
+        );
+    }
+    let exec = assert_run_step(world, mark, &command);
+    assert!(
+        ancestry_comms(&exec).iter().any(|c| c.starts_with("runc")),
+        "BuildKit RUN steps run under runc: {:?}",
+        ancestry_comms(&exec)
+    );
+}
+
+fn remote_tcp_build(world: &World) {
+    let env = &world.env;
+    let nonce = &env.nonce;
+    let command = format!("echo remote-{nonce} > /marker");
+    let context = env.context("remote", &format!("FROM {BASE_IMAGE}\nRUN {command}\n"));
+    let tag = format!("bwtest/remote:{nonce}");
+    let mark = world.sensor.mark();
+    run_command(env.remote_docker().arg("build").arg("-t").arg(&tag).arg(&context));
+    let query = format!("t=bwtest%2Fremote%3A{nonce}");
+    let daemon_address = format!("{}:2375", env.daemon_ip);
+    let peer_prefix = format!("{}:", env.remote_ip);
+    let received = world.sensor.wait_for(
+        mark,
+        EVENT_TIMEOUT,
+        "dockerd's read of the remote POST /build",
+        |e| is_data(e, "daemon_accepted", "recv", &["POST /v1.", "/build?", &query]),
+    );
+    assert_eq!(pid(&received), u64::from(env.dockerd_pid));
+    let peer = received["socket"]["peer"].as_str().unwrap_or_default();
+    assert!(
+        peer.starts_with(&peer_prefix),
+        "peer {peer} is not the remote namespace {}",
+        env.remote_ip
+    );
+    let port: u16 = peer[peer_prefix.len()..].parse().expect("peer port");
+    assert!(port > 0);
+    assert_eq!(received["socket"]["local"], daemon_address);
+    let conn_id = received["socket"]["conn_id"].clone();
+    let accept = world
+        .sensor
+        .wait_for(0, EVENT_TIMEOUT, "dockerd's accept of the remote client", |e| {
+            kind(e) == "socket.accept" && e["socket"]["conn_id"] == conn_id
+        });
+    assert_eq!(accept["socket"]["peer"], peer);
+    assert_eq!(accept["socket"]["local"], daemon_address);
+    // The client side, inside the remote namespace, is seen too.
+    world
+        .sensor
+        .wait_for(mark, EVENT_TIMEOUT, "the remote client's write", |e| {
+            is_data(e, "client", "send", &["/build?", &query]) && e["socket"]["peer"] == daemon_address
+        });
+    assert_run_step(world, mark, &command);
+}
+
+fn daemon_registry_fetch(world: &World) {
+    let env = &world.env;
+    let nonce = &env.nonce;
+    // Make the daemon fetch the base image itself while building.
+    let _ = run_command(env.docker().args(["image", "rm", "--force", BASE_IMAGE]));
+    let context = env.context("fetch", &format!("FROM {BASE_IMAGE}\nRUN echo fetch-{nonce}\n"));
+    let mark = world.sensor.mark();
+    run_command(
+        env.docker()
+            .args(["build", "-t", &format!("bwtest/fetch:{nonce}")])
+            .arg(&context),
+    );
+    let connect = world
+        .sensor
+        .wait_for(mark, EVENT_TIMEOUT, "dockerd's connect to the registry", |e| {
+            kind(e) == "socket.connect"
+                && role(e) == "daemon_outbound"
+                && e["socket"]["peer"] == "127.0.0.1:5000"
+        });
+    assert_eq!(pid(&connect), u64::from(env.dockerd_pid));
+    let fetch = world
+        .sensor
+        .wait_for(mark, EVENT_TIMEOUT, "dockerd's manifest request", |e| {
+            is_data(e, "daemon_outbound", "send", &["/v2/bwbase/manifests/1 HTTP/1.1"])
+        });
+    assert_eq!(pid(&fetch), u64::from(env.dockerd_pid));
+    assert_eq!(fetch["socket"]["peer"], "127.0.0.1:5000");
+    let text = content(&fetch);
+    let line = text.lines().next().unwrap_or_default();
+    assert!(
+        line.starts_with("GET ") || line.starts_with("HEAD "),
+        "request line: {line}"
+    );
+}
+
+fn malformed_input(world: &World) {
+    let env = &world.env;
+    let mark = world.sensor.mark();
+    let garbage: Vec<u8> = (0..10_000u32)
+        .map(|i| (i.wrapping_mul(2_654_435_761) >> 13) as u8)
+        .collect();
+    {
+        let mut stream = UnixStream::connect(&env.socket).expect("connecting to the daemon socket");
+        stream.write_all(&garbage).expect("writing garbage");
+        stream.write_all(b"\r\n\r\n").expect("writing garbage");
+    }
+    {
+        let mut stream = UnixStream::connect(&env.socket).expect("connecting to the daemon socket");
+        stream
+            .write_all(b"POST /v1.41/build?t=half HTTP/1.1\r\nContent-Le")
+            .expect("writing half a request");
+    }
+    let garbage_seen = world
+        .sensor
+        .wait_for(mark, EVENT_TIMEOUT, "the garbage write", |e| {
+            kind(e) == "socket.data" && role(e) == "client" && e["data"]["encoding"] == "base64"
+        });
+    assert!(
+        garbage_seen["data"]["length"].as_u64().unwrap_or_default() >= 4096,
+        "{garbage_seen}"
+    );
+    world
+        .sensor
+        .wait_for(mark, EVENT_TIMEOUT, "the half request", |e| {
+            is_data(e, "client", "send", &["t=half"])
+        });
+
+    let marker = format!("/v1.41/version?after-garbage={}", env.nonce);
+    let mut stream = UnixStream::connect(&env.socket).expect("connecting to the daemon socket");
+    stream
+        .write_all(format!("GET {marker} HTTP/1.1\r\nHost: docker\r\nConnection: close\r\n\r\n").as_bytes())
+        .expect("writing a valid request");
+    let mut response = String::new();
+    stream
+        .read_to_string(&mut response)
+        .expect("reading the response");
+    assert!(
+        response.starts_with("HTTP/1.1 200"),
+        "dockerd answered: {response}"
+    );
+    world.sensor.wait_for(
+        mark,
+        EVENT_TIMEOUT,
+        "the valid request after garbage (client)",
+        |e| is_data(e, "client", "send", &[&marker]),
+    );
+    world.sensor.wait_for(
+        mark,
+        EVENT_TIMEOUT,
+        "the valid request after garbage (dockerd)",
+        |e| is_data(e, "daemon_accepted", "recv", &[&marker]),
+    );
+    assert!(world.sensor.is_running(), "the sensor died on malformed input");
+    assert!(
+        world.sensor.invalid_lines().is_empty(),
+        "non-JSON output: {:?}",
+        world.sensor.invalid_lines()
+    );
+}
+
+fn graceful_shutdown(world: &World) {
+    let status = world
+        .sensor
+        .terminate(Duration::from_secs(10))
+        .expect("buildwatch did not exit within 10 s of SIGTERM");
+    assert!(
+        status.success(),
+        "buildwatch exited with {status}; stderr:\n{}",
+        world.sensor.stderr()
+    );
+    let stop = world
+        .sensor
+        .wait_for(0, Duration::from_secs(1), "sensor.stop", |e| {
+            kind(e) == "sensor.stop"
+        });
+    assert_eq!(stop["stats"]["decode_errors"], 0, "{stop}");
+    assert!(
+        stop["stats"]["events"]["socket.data"]
+            .as_u64()
+            .unwrap_or_default()
+            > 0,
+        "{stop}"
+    );
+    let losses = world.sensor.all(0, |e| kind(e) == "sensor.loss");
+    assert!(losses.is_empty(), "the kernel dropped events: {losses:?}");
+}

@@ -1,0 +1,52 @@
+//! `cargo xtask`: build, run and test buildwatch, installing what a fresh machine lacks.
+mod build;
+mod prerequisites;
+mod run;
+mod test;
+
+use std::process::ExitCode;
+
+use clap::{Parser, Subcommand};
+
+#[derive(Debug, Parser)]
+#[command(name = "cargo xtask", about = "Build, run and test buildwatch")]
+struct Cli {
+    #[command(subcommand)]
+    command: Command,
+}
+
+#[derive(Debug, Subcommand)]
+enum Command {
+    /// Build the kernel programs and the agent (release), installing the nightly rust-src
+    /// component and bpf-linker first when they are missing.
+    Build,
+    /// Build, then run `buildwatch run` as root with the given arguments.
+    Run {
+        /// Arguments passed to `buildwatch run`, after `--`.
+        #[arg(trailing_var_arg = true, allow_hyphen_values = true)]
+        args: Vec<String>,
+    },
+    /// Build, install the Debian packages the tests need when missing, run unit and integration
+    /// tests (the integration tests need root; with CI=true nothing may be skipped).
+    Test {
+        /// Only run the unit tests.
+        #[arg(long)]
+        unit_only: bool,
+    },
+}
+
+fn main() -> ExitCode {
+    let cli = Cli::parse();
+    let result = match cli.command {
+        Command::Build => build::build().map(drop),
+        Command::Run { args } => run::run(&args),
+        Command::Test { unit_only } => test::test(unit_only),
+    };
+    match result {
+        Ok(()) => ExitCode::SUCCESS,
+        Err(err) => {
+            eprintln!("xtask: {err:#}");
+            ExitCode::FAILURE
+        }
+    }
+}
