@@ -269,3 +269,185 @@ impl Engine {
         }
     }
 }
+
+#[cfg(test)]
+mod tests {
+    use std::{
+        net::{IpAddr, Ipv4Addr},
+        path::PathBuf,
+        sync::{Arc, Mutex},
+    };
+
+    use serde_json::Value;
+
+    use super::*;
+    use crate::decode::{Endpoint, Role};
+
+    /// A writer the test can read back.
+    #[derive(Clone, Default)]
+    struct Captured(Arc<Mutex<Vec<u8>>>);
+
+    impl std::io::Write for Captured {
+        fn write(&mut self, buf: &[u8]) -> std::io::Result<usize> {
+            self.0.lock().unwrap().extend_from_slice(buf);
+            Ok(buf.len())
+        }
+        fn flush(&mut self) -> std::io::Result<()> {
+            Ok(())
+        }
+    }
+
+    impl Captured {
+        fn lines(&self) -> Vec<Value> {
+            let bytes = self.0.lock().unwrap().clone();
+            String::from_utf8(bytes)
+                .unwrap()
+                .lines()
+                .map(|l| serde_json::from_str(l).unwrap())
+                .collect()
+        }
+    }
+
+    fn engine() -> Engine {
+        let root = PathBuf::from("/nonexistent-proc");
+        Engine::new(
+            ProcessTable::new(root.clone()),
+            ConnectionTable::new(root),
+            Daemons::new(&["dockerd".to_string()], None),
+            Emitter::new("test-host".into()),
+        )
+    }
+
+    fn header(tgid: u32, comm: &str, boot_ns: u64) -> Header {
+        Header {
+            boot_ns,
+            pid: tgid,
+            tgid,
+            uid: 0,
+            gid: 0,
+            cgroup_id: 1,
+            comm: comm.into(),
+        }
+    }
+
+    fn run(events: Vec<RawEvent>) -> (Engine, Vec<Value>) {
+        let mut engine = engine();
+        let captured = Captured::default();
+        let mut sink = Sink::writer(captured.clone());
+        for event in events {
+            engine.handle(event, &mut sink).unwrap();
+        }
+        sink.flush().unwrap();
+        (engine, captured.lines())
+    }
+
+    #[test]
+    fn exec_merges_argv_and_marks_daemons() {
+        let (engine, lines) = run(vec![
+            RawEvent::Fork {
+                header: header(10, "bash", 1),
+                child_pid: 11,
+            },
+            RawEvent::Argv {
+                header: header(11, "bash", 2),
+                args: vec!["dockerd".into(), "-H".into(), "tcp://0.0.0.0:2375".into()],
+                truncated: false,
+            },
+            RawEvent::Exec {
+                header: header(11, "dockerd", 3),
+                old_pid: 11,
+                filename: "/usr/sbin/dockerd".into(),
+            },
+        ]);
+        assert_eq!(lines[0]["kind"], "process.fork");
+        assert_eq!(lines[0]["child_pid"], 11);
+        assert_eq!(lines.len(), 2, "argv records are merged into the exec line");
+        let exec = &lines[1];
+        assert_eq!(exec["kind"], "process.exec");
+        assert_eq!(exec["process"]["argv"][2], "tcp://0.0.0.0:2375");
+        assert_eq!(exec["process"]["ppid"], 10);
+        assert_eq!(exec["process"]["exe"], "/usr/sbin/dockerd");
+        assert_eq!(engine.daemons.tgids(), [11]);
+        assert!(exec.get("old_pid").is_none());
+    }
+
+    #[test]
+    fn data_lines_carry_the_listener_and_redact_credentials() {
+        let peer = Endpoint::Tcp(IpAddr::V4(Ipv4Addr::new(10, 0, 0, 2)), 40000);
+        let socket = SocketOpen {
+            conn_id: 77,
+            fd: 9,
+            listen_fd: Some(5),
+            result: 0,
+            role: Role::DaemonAccepted,
+            peer: peer.clone(),
+        };
+        let request =
+            b"POST /v1.41/images/create?fromImage=alpine HTTP/1.1\r\nX-Registry-Auth: c2VjcmV0\r\n\r\n";
+        let data = SocketData {
+            conn_id: 77,
+            fd: 9,
+            role: Role::DaemonAccepted,
+            direction: Dir::Recv,
+            segment: 0,
+            total_len: request.len() as u32,
+            peer,
+            bytes: request.to_vec(),
+        };
+        let (engine, lines) = run(vec![
+            RawEvent::Accept {
+                header: header(20, "dockerd", 1),
+                socket,
+            },
+            RawEvent::Data {
+                header: header(20, "dockerd", 2),
+                data,
+            },
+            RawEvent::Close {
+                header: header(20, "dockerd", 3),
+                conn_id: 77,
+                fd: 9,
+                role: Role::DaemonAccepted,
+            },
+        ]);
+        assert_eq!(lines[0]["kind"], "socket.accept");
+        assert_eq!(lines[0]["socket"]["peer"], "10.0.0.2:40000");
+        assert_eq!(lines[0]["socket"]["listen_fd"], 5);
+        let data = &lines[1];
+        assert_eq!(data["kind"], "socket.data");
+        assert_eq!(data["data"]["redacted"], true);
+        let content = data["data"]["content"].as_str().unwrap();
+        assert!(!content.contains("c2VjcmV0"), "{content}");
+        assert!(content.starts_with("POST /v1.41/images/create?fromImage=alpine HTTP/1.1\r\n"));
+        assert_eq!(data["data"]["length"], request.len());
+        assert_eq!(lines[2]["kind"], "socket.close");
+        assert_eq!(lines[2]["socket"]["peer"], "10.0.0.2:40000");
+        assert_eq!(engine.connections.len(), 0);
+        let ids: Vec<&str> = lines.iter().map(|l| l["id"].as_str().unwrap()).collect();
+        assert!(ids.windows(2).all(|w| w[0] != w[1]), "ids are unique: {ids:?}");
+    }
+
+    #[test]
+    fn loss_is_reported_once_per_change() {
+        let mut engine = engine();
+        let captured = Captured::default();
+        let mut sink = Sink::writer(captured.clone());
+        engine.report_loss(BTreeMap::new(), &mut sink).unwrap();
+        engine
+            .report_loss(BTreeMap::from([("socket.data", 3)]), &mut sink)
+            .unwrap();
+        engine
+            .report_loss(BTreeMap::from([("socket.data", 3)]), &mut sink)
+            .unwrap();
+        engine.decode_error();
+        engine
+            .report_loss(BTreeMap::from([("socket.data", 3)]), &mut sink)
+            .unwrap();
+        sink.flush().unwrap();
+        let lines = captured.lines();
+        assert_eq!(lines.len(), 2, "{lines:?}");
+        assert_eq!(lines[0]["loss"]["kernel_drops"]["socket.data"], 3);
+        assert_eq!(lines[1]["loss"]["decode_errors"], 1);
+        assert_eq!(engine.stats().kernel_drops, 3);
+    }
+}

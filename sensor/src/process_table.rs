@@ -153,35 +153,40 @@ impl ProcessTable {
             .pending_argv
             .remove(&old_pid)
             .or_else(|| self.pending_argv.remove(&header.pid));
-        let live = procfs::snapshot(&self.proc_root, header.tgid);
         let previous = self.processes.get(&header.tgid);
+        // The kernel gave argv and the table knows the parent in the common case; then only
+        // exe, cwd and cgroup are read. Otherwise the whole /proc entry is.
+        let full = (argv.is_none() || previous.is_none())
+            .then(|| procfs::snapshot(&self.proc_root, header.tgid))
+            .flatten();
+        let live = match &full {
+            Some(snapshot) => procfs::ExecDetails {
+                exe: snapshot.exe.clone(),
+                cwd: snapshot.cwd.clone(),
+                container_id: snapshot.container_id.clone(),
+            },
+            None => procfs::exec_details(&self.proc_root, header.tgid),
+        };
         let (argv, argv_truncated) = argv
-            .or_else(|| live.as_ref().map(|s| (s.argv.clone(), false)))
+            .or_else(|| full.as_ref().map(|s| (s.argv.clone(), false)))
             .unwrap_or_default();
         let process = Process {
             pid: header.tgid,
             ppid: previous
                 .map(|p| p.ppid)
-                .or(live.as_ref().map(|s| s.ppid))
+                .or(full.as_ref().map(|s| s.ppid))
                 .unwrap_or(0),
             comm: header.comm.clone(),
             // /proc/PID/exe is canonical; the exec'd name may be relative. The process may already
             // be gone (short-lived RUN steps), then the exec'd name is what we have.
-            exe: live
-                .as_ref()
-                .and_then(|s| s.exe.clone())
-                .or_else(|| Some(filename.to_string())),
+            exe: live.exe.or_else(|| Some(filename.to_string())),
             argv,
             argv_truncated,
             uid: header.uid,
             gid: header.gid,
-            cwd: live
-                .as_ref()
-                .and_then(|s| s.cwd.clone())
-                .or_else(|| previous.and_then(|p| p.cwd.clone())),
+            cwd: live.cwd.or_else(|| previous.and_then(|p| p.cwd.clone())),
             container_id: live
-                .as_ref()
-                .and_then(|s| s.container_id.clone())
+                .container_id
                 .or_else(|| previous.and_then(|p| p.container_id.clone())),
             exited_at: None,
         };

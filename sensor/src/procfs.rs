@@ -69,6 +69,25 @@ pub fn snapshot(root: &Path, tgid: u32) -> Option<ProcSnapshot> {
     })
 }
 
+/// What an exec changes that the kernel event does not carry.
+#[derive(Debug, Clone, Default, PartialEq, Eq)]
+pub struct ExecDetails {
+    pub exe: Option<String>,
+    pub cwd: Option<String>,
+    pub container_id: Option<String>,
+}
+
+pub fn exec_details(root: &Path, tgid: u32) -> ExecDetails {
+    let dir = root.join(tgid.to_string());
+    ExecDetails {
+        exe: read_link(&dir.join("exe")),
+        cwd: read_link(&dir.join("cwd")),
+        container_id: fs::read_to_string(dir.join("cgroup"))
+            .ok()
+            .and_then(|c| container_id_from_cgroup(&c)),
+    }
+}
+
 pub fn read_link(path: &Path) -> Option<String> {
     fs::read_link(path)
         .ok()

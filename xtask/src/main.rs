@@ -1,4 +1,5 @@
 //! `cargo xtask`: build, run and test buildwatch, installing what a fresh machine lacks.
+mod bench;
 mod build;
 mod prerequisites;
 mod run;
@@ -33,6 +34,12 @@ enum Command {
         #[arg(long)]
         unit_only: bool,
     },
+    /// Measure what the attached programs cost an unrelated syscall-heavy workload (needs root).
+    Bench {
+        /// Number of (without, with) pairs.
+        #[arg(long, default_value_t = 7)]
+        pairs: usize,
+    },
 }
 
 fn main() -> ExitCode {
@@ -41,6 +48,7 @@ fn main() -> ExitCode {
         Command::Build => build::build().map(drop),
         Command::Run { args } => run::run(&args),
         Command::Test { unit_only } => test::test(unit_only),
+        Command::Bench { pairs } => bench::bench(pairs),
     };
     match result {
         Ok(()) => ExitCode::SUCCESS,

@@ -221,10 +221,26 @@ impl KernelSensor {
         Ok(LossCounters(PerCpuArray::try_from(self.take_map("LOSSES")?)?))
     }
 
-    /// The aya-log reader, when kernel logging is on and the object logs at all.
-    pub fn kernel_logger(&mut self) -> Option<aya_log::EbpfLogger<&'static dyn log::Log>> {
-        aya_log::EbpfLogger::init(&mut self.ebpf).ok()
+    /// The aya-log reader, when the object logs at all.
+    pub fn kernel_logger(&mut self) -> Option<aya_log::EbpfLogger<KernelLog>> {
+        aya_log::EbpfLogger::init_with_logger(&mut self.ebpf, KernelLog).ok()
     }
+}
+
+/// Forwards the kernel programs' aya-log records to our diagnostics at info level: they are only
+/// produced when the operator turned `kernel.log` on, so they must not be filtered away again.
+pub struct KernelLog;
+
+impl log::Log for KernelLog {
+    fn enabled(&self, _: &log::Metadata<'_>) -> bool {
+        true
+    }
+
+    fn log(&self, record: &log::Record<'_>) {
+        tracing::info!(target: "buildwatch::kernel", level = %record.level(), "{}", record.args());
+    }
+
+    fn flush(&self) {}
 }
 
 fn raise_memlock_limit() {

@@ -20,6 +20,13 @@ impl Sink {
         }
     }
 
+    /// Any writer (tests, replay).
+    pub fn writer(writer: impl io::Write + Send + 'static) -> Self {
+        Self {
+            writer: BufWriter::new(Box::new(writer)),
+        }
+    }
+
     pub fn file(path: &Path) -> anyhow::Result<Self> {
         if let Some(dir) = path.parent().filter(|d| !d.as_os_str().is_empty() && !d.exists()) {
             fs::DirBuilder::new()
