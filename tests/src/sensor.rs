@@ -10,6 +10,14 @@ use std::{
 
 use serde_json::Value;
 
+/// The bytes of one connection in one direction.
+#[derive(Debug, Clone)]
+pub struct Stream {
+    pub conn_id: u64,
+    pub events: Vec<Value>,
+    pub text: String,
+}
+
 #[derive(Default)]
 struct Collected {
     events: Vec<Value>,
@@ -102,21 +110,74 @@ impl Sensor {
         what: &str,
         predicate: impl Fn(&Value) -> bool,
     ) -> Value {
+        self.wait_until(from, timeout, what, |events| {
+            events.iter().find(|e| predicate(e)).cloned()
+        })
+    }
+
+    /// Waits until the bytes one connection moved in one direction (all `socket.data` events of
+    /// `role` and `direction` with the same `conn_id`, concatenated in order) contain every
+    /// needle. Requests may arrive in several reads (Go's HTTP server reads one byte first on a
+    /// kept-alive connection), so scenarios look at streams, not single records.
+    pub fn wait_for_stream(
+        &self,
+        from: usize,
+        timeout: Duration,
+        what: &str,
+        role: &str,
+        direction: &str,
+        needles: &[&str],
+    ) -> Stream {
+        self.wait_until(from, timeout, what, |events| {
+            let mut streams: Vec<Stream> = Vec::new();
+            let data = events.iter().filter(|e| {
+                event::kind(e) == "socket.data"
+                    && event::role(e) == role
+                    && e["data"]["direction"] == direction
+            });
+            for event in data {
+                let conn_id = event["socket"]["conn_id"].as_u64().unwrap_or_default();
+                let index = match streams.iter().position(|s| s.conn_id == conn_id) {
+                    Some(index) => index,
+                    None => {
+                        streams.push(Stream {
+                            conn_id,
+                            events: Vec::new(),
+                            text: String::new(),
+                        });
+                        streams.len() - 1
+                    }
+                };
+                streams[index].text.push_str(&event::content(event));
+                streams[index].events.push(event.clone());
+            }
+            streams
+                .into_iter()
+                .find(|s| needles.iter().all(|n| s.text.contains(n)))
+        })
+    }
+
+    /// Re-evaluates `check` over the events since `from` whenever new ones arrive, until it
+    /// returns something or the deadline passes (then panics with the recent events).
+    fn wait_until<T>(
+        &self,
+        from: usize,
+        timeout: Duration,
+        what: &str,
+        check: impl Fn(&[Value]) -> Option<T>,
+    ) -> T {
         let deadline = Instant::now() + timeout;
         let (lock, ready) = &*self.collected;
         let mut collected = lock.lock().unwrap_or_else(std::sync::PoisonError::into_inner);
-        let mut checked = from;
         loop {
-            if let Some(found) = collected.events.iter().skip(checked).find(|e| predicate(e)) {
-                return found.clone();
+            let since = collected.events.get(from..).unwrap_or_default();
+            if let Some(found) = check(since) {
+                return found;
             }
-            checked = collected.events.len().max(from);
             let now = Instant::now();
             if now >= deadline || collected.closed {
-                let recent: Vec<String> = collected
-                    .events
+                let recent: Vec<String> = since
                     .iter()
-                    .skip(from)
                     .filter(|e| e["kind"] != "process.fork" && e["kind"] != "process.exit")
                     .rev()
                     .take(40)
@@ -291,13 +352,5 @@ pub mod event {
                     .collect()
             })
             .unwrap_or_default()
-    }
-
-    /// A `socket.data` event of `role` and `direction` whose text contains every needle.
-    pub fn is_data(event: &Value, role_name: &str, direction: &str, needles: &[&str]) -> bool {
-        kind(event) == "socket.data"
-            && role(event) == role_name
-            && event["data"]["direction"] == direction
-            && needles.iter().all(|needle| content(event).contains(needle))
     }
 }

@@ -13,7 +13,7 @@ use buildwatch_integration_tests::{
     command::run_command,
     environment::{missing_prerequisites, Environment, BASE_IMAGE},
     runner::{run_all, Scenario},
-    sensor::{event::*, Sensor},
+    sensor::{event::*, Sensor, Stream},
 };
 use serde_json::Value;
 
@@ -113,9 +113,8 @@ fn main() -> ExitCode {
     }
 }
 
-/// The client's socket.connect for a data event's connection (full process identity).
-fn connect_of(world: &World, data: &Value) -> Value {
-    let conn_id = data["socket"]["conn_id"].clone();
+/// The client's socket.connect for a connection (full process identity).
+fn connect_of(world: &World, conn_id: u64) -> Value {
     world.sensor.wait_for(
         0,
         EVENT_TIMEOUT,
@@ -124,22 +123,37 @@ fn connect_of(world: &World, data: &Value) -> Value {
     )
 }
 
+/// The bytes a role moved in one direction on one connection, containing every needle.
+fn stream(world: &World, mark: usize, what: &str, role: &str, direction: &str, needles: &[&str]) -> Stream {
+    world
+        .sensor
+        .wait_for_stream(mark, EVENT_TIMEOUT, what, role, direction, needles)
+}
+
+fn dockerd_pid(world: &World) -> u64 {
+    u64::from(world.env.dockerd_pid)
+}
+
 fn pull_from_registry(world: &World) {
     let mark = world.sensor.mark();
     run_command(world.env.docker().args(["pull", BASE_IMAGE]));
     let request = "/images/create?fromImage=127.0.0.1%3A5000%2Fbwbase&tag=1";
-    let sent = world
-        .sensor
-        .wait_for(mark, EVENT_TIMEOUT, "client write of the pull request", |e| {
-            is_data(e, "client", "send", &["POST /v1.", request])
-        });
-    assert_eq!(sent["process"]["comm"], "docker");
+    let sent = stream(
+        world,
+        mark,
+        "client write of the pull request",
+        "client",
+        "send",
+        &["POST /v1.", request],
+    );
+    let first = &sent.events[0];
+    assert_eq!(first["process"]["comm"], "docker");
     assert_eq!(
-        sent["socket"]["peer"],
+        first["socket"]["peer"],
         format!("unix:{}", world.env.socket.display())
     );
-    let connect = connect_of(world, &sent);
-    assert_eq!(pid(&connect), pid(&sent));
+    let connect = connect_of(world, sent.conn_id);
+    assert_eq!(pid(&connect), pid(first));
     assert!(
         argv(&connect).iter().any(|a| a == "pull"),
         "client argv: {:?}",
@@ -152,24 +166,25 @@ fn pull_from_registry(world: &World) {
             .ends_with("/docker"),
         "{connect}"
     );
-    assert!(!connect["process"]["ancestry"]
-        .as_array()
-        .expect("ancestry")
-        .is_empty());
+    assert!(!ancestry_pids(&connect).is_empty(), "client ancestry: {connect}");
 
-    let received = world
-        .sensor
-        .wait_for(mark, EVENT_TIMEOUT, "dockerd's read of the pull request", |e| {
-            is_data(e, "daemon_accepted", "recv", &["POST /v1.", request])
-        });
-    assert_eq!(pid(&received), u64::from(world.env.dockerd_pid), "{received}");
+    let received = stream(
+        world,
+        mark,
+        "dockerd's read of the pull request",
+        "daemon_accepted",
+        "recv",
+        &["POST /v1.", request],
+    );
+    let first = &received.events[0];
+    assert_eq!(pid(first), dockerd_pid(world), "{first}");
     assert_eq!(
-        received["socket"]["local"],
+        first["socket"]["local"],
         format!("unix:{}", world.env.socket.display())
     );
 }
 
-/// Asserts the RUN step `marker` was exec'd as `/bin/sh -c ...` under the test dockerd.
+/// Asserts the RUN step `command` was exec'd as `/bin/sh -c ...` under the test dockerd.
 fn assert_run_step(world: &World, mark: usize, command: &str) -> Value {
     let exec = world.sensor.wait_for(
         mark,
@@ -179,7 +194,7 @@ fn assert_run_step(world: &World, mark: usize, command: &str) -> Value {
     );
     let chain = ancestry_pids(&exec);
     assert!(
-        chain.contains(&u64::from(world.env.dockerd_pid)),
+        chain.contains(&dockerd_pid(world)),
         "RUN step ancestry {:?} ({:?}) does not reach dockerd {}",
         chain,
         ancestry_comms(&exec),
@@ -198,18 +213,25 @@ fn classic_build(world: &World) {
     let mark = world.sensor.mark();
     run_command(world.env.docker().arg("build").arg("-t").arg(&tag).arg(&context));
     let query = format!("t=bwtest%2Fclassic%3A{nonce}");
-    let sent = world
-        .sensor
-        .wait_for(mark, EVENT_TIMEOUT, "client write of POST /build", |e| {
-            is_data(e, "client", "send", &["POST /v1.", "/build?", &query])
-        });
-    assert_eq!(sent["process"]["comm"], "docker");
-    world
-        .sensor
-        .wait_for(mark, EVENT_TIMEOUT, "dockerd's read of POST /build", |e| {
-            is_data(e, "daemon_accepted", "recv", &["POST /v1.", "/build?", &query])
-                && pid(e) == u64::from(world.env.dockerd_pid)
-        });
+    let needles = ["POST /v1.", "/build?", query.as_str()];
+    let sent = stream(
+        world,
+        mark,
+        "client write of POST /build",
+        "client",
+        "send",
+        &needles,
+    );
+    assert_eq!(sent.events[0]["process"]["comm"], "docker");
+    let received = stream(
+        world,
+        mark,
+        "dockerd's read of POST /build",
+        "daemon_accepted",
+        "recv",
+        &needles,
+    );
+    assert_eq!(pid(&received.events[0]), dockerd_pid(world));
     assert_run_step(world, mark, &command);
 }
 
@@ -231,17 +253,21 @@ fn buildkit_build(world: &World) {
     );
     let query = format!("t=bwtest%2Fbuildkit%3A{nonce}");
     for (role, direction) in [("client", "send"), ("daemon_accepted", "recv")] {
-        world.sensor.wait_for(
+        stream(
+            world,
             mark,
-            EVENT_TIMEOUT,
             &format!("{role} {direction} of POST /session"),
-            |e| is_data(e, role, direction, &["POST /session", "Upgrade: h2c"]),
+            role,
+            direction,
+            &["POST /session", "Upgrade: h2c"],
         );
-        world.sensor.wait_for(
+        stream(
+            world,
             mark,
-            EVENT_TIMEOUT,
             &format!("{role} {direction} of POST /build?version=2"),
-            |e| is_data(e, role, direction, &["/build?", "version=2", &query]),
+            role,
+            direction,
+            &["/build?", "version=2", &query],
         );
     }
     let exec = assert_run_step(world, mark, &command);
@@ -261,16 +287,25 @@ fn remote_tcp_build(world: &World) {
     let mark = world.sensor.mark();
     run_command(env.remote_docker().arg("build").arg("-t").arg(&tag).arg(&context));
     let query = format!("t=bwtest%2Fremote%3A{nonce}");
+    let needles = ["POST /v1.", "/build?", query.as_str()];
     let daemon_address = format!("{}:2375", env.daemon_ip);
     let peer_prefix = format!("{}:", env.remote_ip);
-    let received = world.sensor.wait_for(
+    let received = stream(
+        world,
         mark,
-        EVENT_TIMEOUT,
         "dockerd's read of the remote POST /build",
-        |e| is_data(e, "daemon_accepted", "recv", &["POST /v1.", "/build?", &query]),
+        "daemon_accepted",
+        "recv",
+        &needles,
     );
-    assert_eq!(pid(&received), u64::from(env.dockerd_pid));
-    let peer = received["socket"]["peer"].as_str().unwrap_or_default();
+    for event in &received.events {
+        assert_eq!(pid(event), dockerd_pid(world));
+        assert_eq!(event["socket"]["local"], daemon_address);
+    }
+    let peer = received.events[0]["socket"]["peer"]
+        .as_str()
+        .unwrap_or_default()
+        .to_string();
     assert!(
         peer.starts_with(&peer_prefix),
         "peer {peer} is not the remote namespace {}",
@@ -278,21 +313,23 @@ fn remote_tcp_build(world: &World) {
     );
     let port: u16 = peer[peer_prefix.len()..].parse().expect("peer port");
     assert!(port > 0);
-    assert_eq!(received["socket"]["local"], daemon_address);
-    let conn_id = received["socket"]["conn_id"].clone();
     let accept = world
         .sensor
         .wait_for(0, EVENT_TIMEOUT, "dockerd's accept of the remote client", |e| {
-            kind(e) == "socket.accept" && e["socket"]["conn_id"] == conn_id
+            kind(e) == "socket.accept" && e["socket"]["conn_id"] == received.conn_id
         });
     assert_eq!(accept["socket"]["peer"], peer);
     assert_eq!(accept["socket"]["local"], daemon_address);
     // The client side, inside the remote namespace, is seen too.
-    world
-        .sensor
-        .wait_for(mark, EVENT_TIMEOUT, "the remote client's write", |e| {
-            is_data(e, "client", "send", &["/build?", &query]) && e["socket"]["peer"] == daemon_address
-        });
+    let sent = stream(
+        world,
+        mark,
+        "the remote client's write",
+        "client",
+        "send",
+        &needles,
+    );
+    assert_eq!(sent.events[0]["socket"]["peer"], daemon_address);
     assert_run_step(world, mark, &command);
 }
 
@@ -300,7 +337,7 @@ fn daemon_registry_fetch(world: &World) {
     let env = &world.env;
     let nonce = &env.nonce;
     // Make the daemon fetch the base image itself while building.
-    let _ = run_command(env.docker().args(["image", "rm", "--force", BASE_IMAGE]));
+    run_command(env.docker().args(["image", "rm", "--force", BASE_IMAGE]));
     let context = env.context("fetch", &format!("FROM {BASE_IMAGE}\nRUN echo fetch-{nonce}\n"));
     let mark = world.sensor.mark();
     run_command(
@@ -315,16 +352,23 @@ fn daemon_registry_fetch(world: &World) {
                 && role(e) == "daemon_outbound"
                 && e["socket"]["peer"] == "127.0.0.1:5000"
         });
-    assert_eq!(pid(&connect), u64::from(env.dockerd_pid));
-    let fetch = world
-        .sensor
-        .wait_for(mark, EVENT_TIMEOUT, "dockerd's manifest request", |e| {
-            is_data(e, "daemon_outbound", "send", &["/v2/bwbase/manifests/1 HTTP/1.1"])
-        });
-    assert_eq!(pid(&fetch), u64::from(env.dockerd_pid));
-    assert_eq!(fetch["socket"]["peer"], "127.0.0.1:5000");
-    let text = content(&fetch);
-    let line = text.lines().next().unwrap_or_default();
+    assert_eq!(pid(&connect), dockerd_pid(world));
+    let fetch = stream(
+        world,
+        mark,
+        "dockerd's manifest request",
+        "daemon_outbound",
+        "send",
+        &["/v2/bwbase/manifests/1 HTTP/1.1"],
+    );
+    let first = &fetch.events[0];
+    assert_eq!(pid(first), dockerd_pid(world));
+    assert_eq!(first["socket"]["peer"], "127.0.0.1:5000");
+    let line = fetch
+        .text
+        .lines()
+        .find(|l| l.contains("/v2/bwbase/manifests/1"))
+        .unwrap_or_default();
     assert!(
         line.starts_with("GET ") || line.starts_with("HEAD "),
         "request line: {line}"
@@ -356,40 +400,45 @@ fn malformed_input(world: &World) {
         .wait_for(mark, EVENT_TIMEOUT, "the garbage write", |e| {
             kind(e) == "socket.data" && role(e) == "client" && e["data"]["encoding"] == "base64"
         });
-    assert!(
-        garbage_seen["data"]["length"].as_u64().unwrap_or_default() >= 4096,
-        "{garbage_seen}"
+    assert_eq!(garbage_seen["data"]["length"], garbage.len(), "{garbage_seen}");
+    assert_eq!(garbage_seen["data"]["captured"], 4096, "{garbage_seen}");
+    stream(
+        world,
+        mark,
+        "the half request",
+        "client",
+        "send",
+        &["t=half", "Content-Le"],
     );
-    world
-        .sensor
-        .wait_for(mark, EVENT_TIMEOUT, "the half request", |e| {
-            is_data(e, "client", "send", &["t=half"])
-        });
 
     let marker = format!("/v1.41/version?after-garbage={}", env.nonce);
-    let mut stream = UnixStream::connect(&env.socket).expect("connecting to the daemon socket");
-    stream
+    let mut connection = UnixStream::connect(&env.socket).expect("connecting to the daemon socket");
+    connection
         .write_all(format!("GET {marker} HTTP/1.1\r\nHost: docker\r\nConnection: close\r\n\r\n").as_bytes())
         .expect("writing a valid request");
     let mut response = String::new();
-    stream
+    connection
         .read_to_string(&mut response)
         .expect("reading the response");
     assert!(
         response.starts_with("HTTP/1.1 200"),
         "dockerd answered: {response}"
     );
-    world.sensor.wait_for(
+    stream(
+        world,
         mark,
-        EVENT_TIMEOUT,
         "the valid request after garbage (client)",
-        |e| is_data(e, "client", "send", &[&marker]),
+        "client",
+        "send",
+        &[&marker],
     );
-    world.sensor.wait_for(
+    stream(
+        world,
         mark,
-        EVENT_TIMEOUT,
         "the valid request after garbage (dockerd)",
-        |e| is_data(e, "daemon_accepted", "recv", &[&marker]),
+        "daemon_accepted",
+        "recv",
+        &[&marker],
     );
     assert!(world.sensor.is_running(), "the sensor died on malformed input");
     assert!(

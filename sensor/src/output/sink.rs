@@ -15,12 +15,10 @@ pub struct Sink {
 
 impl Sink {
     pub fn stdout() -> Self {
-        Self {
-            writer: BufWriter::new(Box::new(io::stdout())),
-        }
+        Self::writer(io::stdout())
     }
 
-    /// Any writer (tests, replay).
+    /// Any writer.
     pub fn writer(writer: impl io::Write + Send + 'static) -> Self {
         Self {
             writer: BufWriter::new(Box::new(writer)),
