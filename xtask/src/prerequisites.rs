@@ -26,26 +26,35 @@ fn ensure_rust_src() -> anyhow::Result<()> {
     let installed = output(
         "rustup",
         &["component", "list", "--toolchain", "nightly", "--installed"],
-    )
-    .unwrap_or_default();
-    if installed.lines().any(|line| line.starts_with("rust-src")) {
-        return Ok(());
-    }
-    println!(
-        "xtask: installing the nightly toolchain's rust-src component (needed to build the eBPF programs)"
     );
-    run(
-        "rustup",
-        &[
-            "toolchain",
-            "install",
-            "nightly",
-            "--profile",
-            "minimal",
-            "--component",
-            "rust-src",
-        ],
-    )
+    match installed {
+        Some(components) if components.lines().any(|line| line.starts_with("rust-src")) => Ok(()),
+        // Add the component to the nightly the machine has; never update that toolchain.
+        Some(_) => {
+            println!("xtask: installing the nightly toolchain's rust-src component (needed to build the eBPF programs)");
+            run(
+                "rustup",
+                &["component", "add", "rust-src", "--toolchain", "nightly"],
+            )
+        }
+        None => {
+            println!(
+                "xtask: installing a nightly toolchain with rust-src (needed to build the eBPF programs)"
+            );
+            run(
+                "rustup",
+                &[
+                    "toolchain",
+                    "install",
+                    "nightly",
+                    "--profile",
+                    "minimal",
+                    "--component",
+                    "rust-src",
+                ],
+            )
+        }
+    }
 }
 
 fn ensure_bpf_linker() -> anyhow::Result<()> {
