@@ -15,7 +15,8 @@ use crate::{
     daemons::Daemons,
     decode::decode,
     engine::Engine,
-    kernel::{preflight, KernelSensor, LossCounters},
+    existing,
+    kernel::{preflight, KernelSensor, LossCounters, TrackedSockets},
     output::{
         schema::{SensorInfo, StartBody, StopBody},
         Emitter, Sink,
@@ -44,6 +45,7 @@ pub async fn run(options: RunOptions) -> anyhow::Result<()> {
     let ring = kernel.take_events()?;
     let losses = kernel.take_loss_counters()?;
     let daemon_map = kernel.take_daemon_map()?;
+    let mut tracked = kernel.take_tracked_sockets()?;
     if config.kernel.log {
         spawn_kernel_logger(&mut kernel);
     }
@@ -82,6 +84,7 @@ pub async fn run(options: RunOptions) -> anyhow::Result<()> {
     };
     let line = engine.emitter.line("sensor.start", None, start);
     sink.write(&line)?;
+    adopt_existing_connections(&mut engine, &mut tracked, &mut sink)?;
     sink.flush()?;
     tracing::info!(programs = kernel.attached.len(), daemons = ?engine.daemons.tgids(), "buildwatch is running");
 
@@ -129,6 +132,26 @@ async fn read_events(
     // Whatever the kernel wrote before the signal is still reported.
     drain(ring.get_mut(), engine, sink)?;
     engine.report_loss(kernel_drops(losses), sink)?;
+    Ok(())
+}
+
+/// Tracks the connections watched daemons already had (after sensor.start, so those lines
+/// follow it). conn_ids continue from the current boot time, like the kernel's.
+fn adopt_existing_connections(
+    engine: &mut Engine,
+    tracked: &mut TrackedSockets,
+    sink: &mut Sink,
+) -> anyhow::Result<()> {
+    let proc_root = procfs::proc_root();
+    let mut conn_id = procfs::boot_time_ns();
+    for tgid in engine.daemons.tgids() {
+        for connection in existing::daemon_connections(&proc_root, tgid) {
+            conn_id += 1;
+            if tracked.adopt(tgid, connection.fd, conn_id, connection.role, &connection.peer) {
+                engine.existing_connection(sink, tgid, conn_id, &connection)?;
+            }
+        }
+    }
     Ok(())
 }
 

@@ -7,6 +7,8 @@ use sensor_common::{CAPTURE_MAX, UNIX_PATH_LEN};
 use serde::{Deserialize, Serialize};
 
 pub const DEFAULT_PATH: &str = "/etc/buildwatch/config.toml";
+pub const DEFAULT_RING_BUFFER_BYTES: u32 = 16 * 1024 * 1024;
+const PAGE_SIZE: u32 = 4096;
 
 #[derive(Debug, Clone, Default, PartialEq, Deserialize, Serialize)]
 #[serde(deny_unknown_fields, default)]
@@ -43,11 +45,22 @@ pub struct Output {
     pub path: Option<PathBuf>,
 }
 
-#[derive(Debug, Clone, Default, PartialEq, Deserialize, Serialize)]
+#[derive(Debug, Clone, PartialEq, Deserialize, Serialize)]
 #[serde(deny_unknown_fields, default)]
 pub struct Kernel {
     /// Forward aya-log diagnostics from the kernel programs to stderr.
     pub log: bool,
+    /// Size of the event ring buffer in bytes: a power of two, at least one page.
+    pub ring_buffer_bytes: u32,
+}
+
+impl Default for Kernel {
+    fn default() -> Self {
+        Self {
+            log: false,
+            ring_buffer_bytes: DEFAULT_RING_BUFFER_BYTES,
+        }
+    }
 }
 
 impl Default for Watch {
@@ -115,6 +128,10 @@ impl Config {
                 );
             }
         }
+        let ring = self.kernel.ring_buffer_bytes;
+        if ring < PAGE_SIZE || !ring.is_power_of_two() {
+            bail!("kernel.ring_buffer_bytes must be a power of two of at least {PAGE_SIZE}, not {ring}");
+        }
         if self
             .watch
             .daemons
@@ -162,6 +179,19 @@ mod tests {
         assert_eq!(
             Config::parse("[capture]\nbytes = 512\n").unwrap().capture.bytes,
             512
+        );
+    }
+
+    #[test]
+    fn ring_buffer_size_is_a_power_of_two() {
+        assert!(Config::parse("[kernel]\nring_buffer_bytes = 100000\n").is_err());
+        assert!(Config::parse("[kernel]\nring_buffer_bytes = 1024\n").is_err());
+        assert_eq!(
+            Config::parse("[kernel]\nring_buffer_bytes = 65536\n")
+                .unwrap()
+                .kernel
+                .ring_buffer_bytes,
+            65536
         );
     }
 

@@ -53,6 +53,18 @@ impl ConnectionTable {
         &self.by_id[&socket.conn_id]
     }
 
+    /// A connection found in /proc rather than seen opening.
+    pub fn adopt(&mut self, conn_id: u64, tgid: u32, peer: Endpoint, local: Endpoint) {
+        self.by_id.insert(
+            conn_id,
+            Connection {
+                tgid,
+                peer,
+                local: Some(local),
+            },
+        );
+    }
+
     pub fn get(&self, conn_id: u64) -> Option<&Connection> {
         self.by_id.get(&conn_id)
     }

@@ -316,6 +316,31 @@ pub fn endpoint(raw: &SockAddr) -> Endpoint {
     }
 }
 
+/// The kernel representation of `endpoint` (the inverse of [`endpoint`]).
+pub fn sockaddr(endpoint: &Endpoint) -> SockAddr {
+    let mut raw = SockAddr::EMPTY;
+    match endpoint {
+        Endpoint::Unix(path) => {
+            raw.family = AF_UNIX;
+            let bytes = path.as_bytes();
+            let len = bytes.len().min(raw.path.len() - 1);
+            raw.path[..len].copy_from_slice(&bytes[..len]);
+        }
+        Endpoint::Tcp(IpAddr::V4(ip), port) => {
+            raw.family = AF_INET;
+            raw.addr[..4].copy_from_slice(&ip.octets());
+            raw.port = *port;
+        }
+        Endpoint::Tcp(IpAddr::V6(ip), port) => {
+            raw.family = AF_INET6;
+            raw.addr = ip.octets();
+            raw.port = *port;
+        }
+        Endpoint::Unknown => {}
+    }
+    raw
+}
+
 fn until_nul(bytes: &[u8]) -> &[u8] {
     let end = bytes.iter().position(|b| *b == 0).unwrap_or(bytes.len());
     &bytes[..end]
@@ -473,6 +498,25 @@ mod tests {
             let mut bytes = vec![0xffu8; kind.record_size()];
             bytes[..4].copy_from_slice(&(kind as u32).to_ne_bytes());
             let _ = decode(&bytes);
+        }
+    }
+
+    #[test]
+    fn sockaddr_is_the_inverse_of_endpoint() {
+        for text in [
+            "unix:/run/docker.sock",
+            "10.1.2.3:2375",
+            "[fe80::1]:2376",
+            "unix:",
+        ] {
+            let endpoint = match text.strip_prefix("unix:") {
+                Some(path) => Endpoint::Unix(path.into()),
+                None => {
+                    let address: std::net::SocketAddr = text.parse().unwrap();
+                    Endpoint::Tcp(address.ip(), address.port())
+                }
+            };
+            assert_eq!(super::endpoint(&sockaddr(&endpoint)), endpoint, "{text}");
         }
     }
 

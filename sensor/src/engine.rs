@@ -6,7 +6,8 @@ use std::collections::BTreeMap;
 use crate::{
     connections::ConnectionTable,
     daemons::Daemons,
-    decode::{Dir, Header, RawEvent, SocketData, SocketOpen},
+    decode::{Dir, Header, RawEvent, Role, SocketData, SocketOpen},
+    existing::ExistingConnection,
     output::{
         schema::{
             DataBody, DataView, LossBody, LossView, ProcessBody, ProcessView, SocketBody, SocketView, Stats,
@@ -14,6 +15,7 @@ use crate::{
         Emitter, Sink,
     },
     process_table::ProcessTable,
+    procfs,
     redact::Redactor,
 };
 
@@ -144,6 +146,7 @@ impl Engine {
                     local: known.and_then(|c| c.local).map(|l| l.to_string()),
                     listen_fd: None,
                     result: None,
+                    existing: false,
                 };
                 let process = ProcessView::new(&header, self.processes.get(header.tgid));
                 self.write(sink, "socket.close", &header, SocketBody { process, socket })
@@ -174,6 +177,7 @@ impl Engine {
             local: connection.local.map(|l| l.to_string()),
             listen_fd: socket.listen_fd,
             result: (kind == "socket.connect").then_some(socket.result),
+            existing: false,
         };
         self.write(
             sink,
@@ -184,6 +188,51 @@ impl Engine {
                 socket: view,
             },
         )
+    }
+
+    /// A connection a daemon had before the sensor started, now tracked (see `existing`).
+    pub fn existing_connection(
+        &mut self,
+        sink: &mut Sink,
+        tgid: u32,
+        conn_id: u64,
+        connection: &ExistingConnection,
+    ) -> anyhow::Result<()> {
+        let known = self.processes.get_or_load(tgid).cloned();
+        let header = Header {
+            boot_ns: procfs::boot_time_ns(),
+            pid: tgid,
+            tgid,
+            uid: known.as_ref().map_or(0, |p| p.uid),
+            gid: known.as_ref().map_or(0, |p| p.gid),
+            cgroup_id: 0,
+            comm: known.as_ref().map(|p| p.comm.clone()).unwrap_or_default(),
+        };
+        self.connections
+            .adopt(conn_id, tgid, connection.peer.clone(), connection.local.clone());
+        let process = match known {
+            Some(known) => {
+                let ancestry = self.processes.ancestry(tgid);
+                ProcessView::full(&header, &known, ancestry)
+            }
+            None => ProcessView::new(&header, None),
+        };
+        let socket = SocketView {
+            conn_id,
+            fd: connection.fd,
+            role: connection.role,
+            peer: connection.peer.to_string(),
+            local: Some(connection.local.to_string()),
+            listen_fd: None,
+            result: None,
+            existing: true,
+        };
+        let kind = if connection.role == Role::DaemonAccepted {
+            "socket.accept"
+        } else {
+            "socket.connect"
+        };
+        self.write(sink, kind, &header, SocketBody { process, socket })
     }
 
     fn data(&mut self, sink: &mut Sink, header: Header, data: SocketData) -> anyhow::Result<()> {
@@ -208,6 +257,7 @@ impl Engine {
             local,
             listen_fd: None,
             result: None,
+            existing: false,
         };
         let body = DataBody {
             process: ProcessView::new(&header, self.processes.get(header.tgid)),
@@ -281,7 +331,7 @@ mod tests {
     use serde_json::Value;
 
     use super::*;
-    use crate::decode::{Endpoint, Role};
+    use crate::decode::Endpoint;
 
     /// A writer the test can read back.
     #[derive(Clone, Default)]

@@ -6,6 +6,7 @@ mod connections;
 mod daemons;
 mod decode;
 mod engine;
+mod existing;
 mod kernel;
 mod output;
 mod process_table;

@@ -109,49 +109,130 @@ pub fn container_id_from_cgroup(cgroup: &str) -> Option<String> {
     })
 }
 
+/// One line of /proc/net/unix.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub struct UnixSocket {
+    pub inode: u64,
+    pub listening: bool,
+    pub connected: bool,
+    /// Bound path; accepted connections show their listener's path.
+    pub path: Option<String>,
+}
+
+/// One line of /proc/net/tcp or tcp6.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub struct TcpSocket {
+    pub inode: u64,
+    pub state: TcpState,
+    pub local: Endpoint,
+    pub remote: Endpoint,
+}
+
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub enum TcpState {
+    Established,
+    Listen,
+    Other,
+}
+
+/// The sockets a process's network namespace has, from its /proc/PID/net tables.
+#[derive(Debug, Default)]
+pub struct NetTables {
+    pub unix: Vec<UnixSocket>,
+    pub tcp: Vec<TcpSocket>,
+}
+
+pub fn net_tables(root: &Path, tgid: u32) -> NetTables {
+    let net = root.join(tgid.to_string()).join("net");
+    let read = |name: &str| fs::read_to_string(net.join(name)).unwrap_or_default();
+    let mut tcp = parse_tcp_table(&read("tcp"));
+    tcp.extend(parse_tcp_table(&read("tcp6")));
+    NetTables {
+        unix: parse_unix_table(&read("unix")),
+        tcp,
+    }
+}
+
+/// (fd, socket inode) of every socket the process holds.
+pub fn socket_fds(root: &Path, tgid: u32) -> Vec<(i32, u64)> {
+    let dir = root.join(tgid.to_string()).join("fd");
+    let Ok(entries) = fs::read_dir(&dir) else {
+        return Vec::new();
+    };
+    entries
+        .filter_map(|entry| {
+            let entry = entry.ok()?;
+            let fd = entry.file_name().to_str()?.parse().ok()?;
+            Some((fd, socket_inode(&entry.path())?))
+        })
+        .collect()
+}
+
+fn socket_inode(fd_link: &Path) -> Option<u64> {
+    let link = read_link(fd_link)?;
+    link.strip_prefix("socket:[")?.strip_suffix(']')?.parse().ok()
+}
+
 /// The address a listening socket (fd `fd` of process `tgid`) is bound to: resolves the fd to
 /// its socket inode, then finds the inode in the process's view of /proc/net.
 pub fn listening_address(root: &Path, tgid: u32, fd: i32) -> Option<Endpoint> {
-    let dir = root.join(tgid.to_string());
-    let link = read_link(&dir.join("fd").join(fd.to_string()))?;
-    let inode: u64 = link.strip_prefix("socket:[")?.strip_suffix(']')?.parse().ok()?;
-    let net = dir.join("net");
-    if let Some(path) = fs::read_to_string(net.join("unix"))
-        .ok()
-        .and_then(|t| unix_path_of_inode(&t, inode))
+    let inode = socket_inode(&root.join(tgid.to_string()).join("fd").join(fd.to_string()))?;
+    let tables = net_tables(root, tgid);
+    if let Some(path) = tables
+        .unix
+        .iter()
+        .find(|s| s.inode == inode)
+        .and_then(|s| s.path.clone())
     {
         return Some(Endpoint::Unix(path));
     }
-    for table in ["tcp", "tcp6"] {
-        if let Some(endpoint) = fs::read_to_string(net.join(table))
-            .ok()
-            .and_then(|t| tcp_local_of_inode(&t, inode))
-        {
-            return Some(endpoint);
-        }
-    }
-    None
+    tables.tcp.into_iter().find(|s| s.inode == inode).map(|s| s.local)
 }
 
 /// /proc/net/unix: `Num RefCount Protocol Flags Type St Inode Path`.
-pub fn unix_path_of_inode(table: &str, inode: u64) -> Option<String> {
-    table.lines().skip(1).find_map(|line| {
-        let fields: Vec<&str> = line.split_whitespace().collect();
-        (fields.get(6)?.parse::<u64>().ok()? == inode).then(|| fields.get(7).map(|p| p.to_string()))?
-    })
+pub fn parse_unix_table(table: &str) -> Vec<UnixSocket> {
+    const ACCEPTING: u32 = 0x0001_0000;
+    table
+        .lines()
+        .skip(1)
+        .filter_map(|line| {
+            let fields: Vec<&str> = line.split_whitespace().collect();
+            Some(UnixSocket {
+                inode: fields.get(6)?.parse().ok()?,
+                listening: u32::from_str_radix(fields.get(3)?, 16).ok()? & ACCEPTING != 0,
+                connected: *fields.get(5)? == "03",
+                path: fields.get(7).map(|p| p.to_string()),
+            })
+        })
+        .collect()
 }
 
 /// /proc/net/tcp{,6}: `sl local_address rem_address st ... uid timeout inode`.
-pub fn tcp_local_of_inode(table: &str, inode: u64) -> Option<Endpoint> {
-    table.lines().skip(1).find_map(|line| {
-        let fields: Vec<&str> = line.split_whitespace().collect();
-        if fields.get(9)?.parse::<u64>().ok()? != inode {
-            return None;
-        }
-        let (addr, port) = fields.get(1)?.split_once(':')?;
-        let port = u16::from_str_radix(port, 16).ok()?;
-        Some(Endpoint::Tcp(parse_proc_net_ip(addr)?, port))
-    })
+pub fn parse_tcp_table(table: &str) -> Vec<TcpSocket> {
+    let endpoint = |field: &str| -> Option<Endpoint> {
+        let (addr, port) = field.split_once(':')?;
+        Some(Endpoint::Tcp(
+            parse_proc_net_ip(addr)?,
+            u16::from_str_radix(port, 16).ok()?,
+        ))
+    };
+    table
+        .lines()
+        .skip(1)
+        .filter_map(|line| {
+            let fields: Vec<&str> = line.split_whitespace().collect();
+            Some(TcpSocket {
+                inode: fields.get(9)?.parse().ok()?,
+                state: match *fields.get(3)? {
+                    "01" => TcpState::Established,
+                    "0A" => TcpState::Listen,
+                    _ => TcpState::Other,
+                },
+                local: endpoint(fields.get(1)?)?,
+                remote: endpoint(fields.get(2)?)?,
+            })
+        })
+        .collect()
 }
 
 /// Addresses in /proc/net are the in-memory words printed as hex, so each 32-bit group is in
@@ -169,6 +250,19 @@ fn parse_proc_net_ip(hex: &str) -> Option<IpAddr> {
         }
         _ => None,
     }
+}
+
+/// CLOCK_BOOTTIME now, the clock of kernel event timestamps.
+pub fn boot_time_ns() -> u64 {
+    let mut ts = libc::timespec {
+        tv_sec: 0,
+        tv_nsec: 0,
+    };
+    // SAFETY: valid out-pointer.
+    unsafe { libc::clock_gettime(libc::CLOCK_BOOTTIME, &mut ts) };
+    (ts.tv_sec as u64)
+        .saturating_mul(1_000_000_000)
+        .saturating_add(ts.tv_nsec as u64)
 }
 
 pub fn hostname() -> String {
@@ -209,22 +303,49 @@ mod tests {
     fn unix_and_tcp_tables() {
         let unix = "Num       RefCount Protocol Flags    Type St Inode Path\n\
             0000000000000000: 00000002 00000000 00010000 0001 01 43127 /run/docker.sock\n\
-            0000000000000000: 00000003 00000000 00000000 0001 03 43200\n";
-        assert_eq!(
-            unix_path_of_inode(unix, 43127).as_deref(),
-            Some("/run/docker.sock")
-        );
-        assert_eq!(unix_path_of_inode(unix, 43200), None);
-        let tcp = "  sl  local_address rem_address   st tx_queue rx_queue tr tm->when retrnsmt   uid  timeout inode\n\
-            0: 0100C80A:0947 00000000:0000 0A 00000000:00000000 00:00000000 00000000     0        0 51234 1 0 100 0 0 10 0\n";
-        let expected = if cfg!(target_endian = "little") {
-            [10, 200, 0, 1]
-        } else {
-            [1, 0, 200, 10]
+            0000000000000000: 00000003 00000000 00000000 0001 03 43200\n\
+            0000000000000000: 00000003 00000000 00000000 0001 03 43201 /run/docker.sock\n";
+        let sockets = parse_unix_table(unix);
+        let listener = UnixSocket {
+            inode: 43127,
+            listening: true,
+            connected: false,
+            path: Some("/run/docker.sock".into()),
         };
+        assert_eq!(sockets[0], listener);
         assert_eq!(
-            tcp_local_of_inode(tcp, 51234),
-            Some(Endpoint::Tcp(IpAddr::V4(expected.into()), 2375))
+            sockets[1],
+            UnixSocket {
+                inode: 43200,
+                listening: false,
+                connected: true,
+                path: None
+            }
         );
+        assert!(
+            sockets[2].connected && !sockets[2].listening,
+            "an accepted connection shows the listener's path"
+        );
+        let tcp = "  sl  local_address rem_address   st tx_queue rx_queue tr tm->when retrnsmt   uid  timeout inode\n\
+            0: 0100C80A:0947 00000000:0000 0A 00000000:00000000 00:00000000 00000000     0        0 51234 1 0 100 0 0 10 0\n\
+            1: 0100C80A:0947 0200C80A:9C40 01 00000000:00000000 00:00000000 00000000     0        0 51240 1 0 100 0 0 10 0\n";
+        let ip = |last: u8| {
+            let bytes = if cfg!(target_endian = "little") {
+                [10, 200, 0, last]
+            } else {
+                [last, 0, 200, 10]
+            };
+            IpAddr::V4(bytes.into())
+        };
+        let sockets = parse_tcp_table(tcp);
+        assert_eq!(sockets.len(), 2);
+        assert_eq!((sockets[0].inode, sockets[0].state), (51234, TcpState::Listen));
+        assert_eq!(sockets[0].local, Endpoint::Tcp(ip(1), 2375));
+        assert_eq!(
+            sockets[0].remote,
+            Endpoint::Tcp(IpAddr::V4(Ipv4Addr::UNSPECIFIED), 0)
+        );
+        assert_eq!(sockets[1].state, TcpState::Established);
+        assert_eq!(sockets[1].remote, Endpoint::Tcp(ip(2), 40000));
     }
 }

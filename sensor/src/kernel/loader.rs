@@ -9,12 +9,16 @@ use aya::{
     Ebpf, EbpfLoader,
 };
 use sensor_common::{
-    EventKind, UnixPathKey, GLOBAL_CAPTURE_BYTES, GLOBAL_EXEC_FILENAME_OFFSET, GLOBAL_EXEC_OLD_PID_OFFSET,
-    GLOBAL_EXIT_GROUP_DEAD_OFFSET, GLOBAL_FORK_CHILD_PID_OFFSET, GLOBAL_SELF_TGID, LOSS_SLOTS, UNIX_PATH_LEN,
+    EventKind, FdKey, SocketRole, TrackedSocket, UnixPathKey, GLOBAL_CAPTURE_BYTES,
+    GLOBAL_EXEC_FILENAME_OFFSET, GLOBAL_EXEC_OLD_PID_OFFSET, GLOBAL_EXIT_GROUP_DEAD_OFFSET,
+    GLOBAL_FORK_CHILD_PID_OFFSET, GLOBAL_SELF_TGID, LOSS_SLOTS, UNIX_PATH_LEN,
 };
 
 use super::tracefs;
-use crate::config::Config;
+use crate::{
+    config::Config,
+    decode::{sockaddr, Endpoint, Role},
+};
 
 static EBPF_OBJECT: &[u8] = aya::include_bytes_aligned!(concat!(env!("OUT_DIR"), "/sensor"));
 
@@ -116,6 +120,7 @@ impl KernelSensor {
             .override_global(GLOBAL_EXEC_OLD_PID_OFFSET, &exec_old_pid, true)
             .override_global(GLOBAL_EXIT_GROUP_DEAD_OFFSET, &exit_group_dead, true)
             .override_global(aya_log::LEVEL, &log_level, false)
+            .map_max_entries("EVENTS", config.kernel.ring_buffer_bytes)
             .load(EBPF_OBJECT)
             .map_err(|err| anyhow!("loading the eBPF object failed: {err} (buildwatch needs Linux >= 5.8 with BPF ring buffer support, and root)"))?;
 
@@ -217,6 +222,10 @@ impl KernelSensor {
         Ok(DaemonMap(HashMap::try_from(self.take_map("DAEMONS")?)?))
     }
 
+    pub fn take_tracked_sockets(&mut self) -> anyhow::Result<TrackedSockets> {
+        Ok(TrackedSockets(HashMap::try_from(self.take_map("TRACKED")?)?))
+    }
+
     pub fn take_loss_counters(&mut self) -> anyhow::Result<LossCounters> {
         Ok(LossCounters(PerCpuArray::try_from(self.take_map("LOSSES")?)?))
     }
@@ -270,6 +279,31 @@ impl DaemonMap {
 
     pub fn remove(&mut self, tgid: u32) {
         let _ = self.0.remove(&tgid);
+    }
+}
+
+/// The kernel's socket tracking table, for connections that predate the sensor.
+pub struct TrackedSockets(HashMap<MapData, FdKey, TrackedSocket>);
+
+impl TrackedSockets {
+    /// Tracks `fd` of `tgid` unless the kernel already tracks it (its entry is newer than our
+    /// /proc scan). Returns whether the entry was added.
+    pub fn adopt(&mut self, tgid: u32, fd: i32, conn_id: u64, role: Role, peer: &Endpoint) -> bool {
+        const BPF_NOEXIST: u64 = 1;
+        let role = match role {
+            Role::Client => SocketRole::Client,
+            Role::DaemonAccepted => SocketRole::DaemonAccepted,
+            Role::DaemonOutbound => SocketRole::DaemonOutbound,
+        };
+        let value = TrackedSocket {
+            conn_id,
+            role: role as u8,
+            capture_mask: role.capture_mask(),
+            _pad: [0; 6],
+            peer: sockaddr(peer),
+        };
+        let key = FdKey { tgid, fd: fd as u32 };
+        self.0.insert(key, value, BPF_NOEXIST).is_ok()
     }
 }
 

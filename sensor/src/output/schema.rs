@@ -158,6 +158,9 @@ pub struct SocketView {
     pub listen_fd: Option<i32>,
     #[serde(skip_serializing_if = "Option::is_none")]
     pub result: Option<i32>,
+    /// The connection was open before the sensor started (found in /proc, not seen opening).
+    #[serde(skip_serializing_if = "std::ops::Not::not")]
+    pub existing: bool,
 }
 
 #[derive(Debug, Serialize)]

@@ -1,0 +1,140 @@
+//! Kernel-side accounting through the real binary: when the ring buffer is full, the kernel
+//! counts what it could not write and the agent reports it in `sensor.loss`.
+use std::{
+    io::{Read as _, Write as _},
+    net::{TcpListener, TcpStream},
+    os::fd::AsRawFd as _,
+    path::PathBuf,
+    process::Command,
+    time::Duration,
+};
+
+use buildwatch_integration_tests::sensor::{
+    event::{kind, pid},
+    Sensor,
+};
+
+fn prerequisites() -> Option<PathBuf> {
+    let ci = std::env::var("CI").is_ok_and(|v| v == "true" || v == "1");
+    let binary = std::env::var_os("BUILDWATCH_BIN")
+        .map(PathBuf::from)
+        .filter(|p| p.is_file());
+    // SAFETY: geteuid has no preconditions.
+    let root = unsafe { libc::geteuid() } == 0;
+    match (binary, root) {
+        (Some(binary), true) => Some(binary),
+        _ => {
+            let why = "needs root and BUILDWATCH_BIN (run `sudo cargo xtask test`)";
+            assert!(!ci, "CI=true: this test {why}");
+            eprintln!("skipping: this test {why}");
+            None
+        }
+    }
+}
+
+#[test]
+fn ring_buffer_overflow_is_counted_and_reported() {
+    let Some(binary) = prerequisites() else { return };
+    let dir = std::env::temp_dir().join(format!("buildwatch-kernel-{}", std::process::id()));
+    std::fs::create_dir_all(&dir).unwrap();
+    let config = dir.join("config.toml");
+    // Two pages: room for one argv record (4.2 KiB) at a time.
+    std::fs::write(&config, "[kernel]\nring_buffer_bytes = 8192\n").unwrap();
+    let sensor = Sensor::start(&binary, &config);
+    let mark = sensor.mark();
+    // A burst of short processes: each one is a fork, an argv, an exec and an exit record.
+    let mut children: Vec<_> = (0..400)
+        .map(|_| Command::new("true").spawn().expect("spawning true"))
+        .collect();
+    for child in &mut children {
+        child.wait().expect("waiting for true");
+    }
+    let loss = sensor.wait_for(mark, Duration::from_secs(15), "a sensor.loss line", |e| {
+        kind(e) == "sensor.loss"
+    });
+    let drops = loss["loss"]["kernel_drops"]
+        .as_object()
+        .expect("kernel_drops")
+        .clone();
+    assert!(
+        !drops.is_empty() && drops.values().all(|v| v.as_u64().unwrap_or_default() > 0),
+        "{loss}"
+    );
+    assert!(
+        drops
+            .keys()
+            .all(|k| k.starts_with("process.") || k.starts_with("socket.")),
+        "drops are keyed by event kind: {loss}"
+    );
+    assert!(sensor.is_running(), "the sensor survives a full ring buffer");
+    let status = sensor
+        .terminate(Duration::from_secs(10))
+        .expect("buildwatch exits on SIGTERM");
+    assert!(status.success());
+    let stop = sensor.wait_for(0, Duration::from_secs(1), "sensor.stop", |e| {
+        kind(e) == "sensor.stop"
+    });
+    let total: u64 = drops.values().filter_map(|v| v.as_u64()).sum();
+    assert!(
+        stop["stats"]["kernel_drops"].as_u64().unwrap_or_default() >= total,
+        "{stop}"
+    );
+    let _ = std::fs::remove_dir_all(&dir);
+}
+
+/// A connection a daemon accepted before the sensor started is found in /proc and captured from
+/// then on. The test process plays the daemon: the config names its own comm as a daemon, and it
+/// keeps its listener open like a real daemon does.
+#[test]
+fn connections_open_before_start_are_tracked() {
+    let Some(binary) = prerequisites() else { return };
+    let listener = TcpListener::bind("127.0.0.1:0").expect("listening on loopback");
+    let mut client = TcpStream::connect(listener.local_addr().unwrap()).expect("connecting");
+    let (mut accepted, peer) = listener.accept().expect("accepting");
+    let own_comm = std::fs::read_to_string("/proc/self/comm")
+        .unwrap()
+        .trim()
+        .to_string();
+
+    let dir = std::env::temp_dir().join(format!("buildwatch-existing-{}", std::process::id()));
+    std::fs::create_dir_all(&dir).unwrap();
+    let config = dir.join("config.toml");
+    std::fs::write(
+        &config,
+        format!("[watch]\nunix_sockets = []\ntcp_ports = []\ndaemons = [\"{own_comm}\"]\n"),
+    )
+    .unwrap();
+    let sensor = Sensor::start(&binary, &config);
+    let own_pid = u64::from(std::process::id());
+    let accept = sensor.wait_for(0, Duration::from_secs(10), "the existing connection", |e| {
+        kind(e) == "socket.accept" && e["socket"]["existing"] == true && pid(e) == own_pid
+    });
+    assert_eq!(accept["socket"]["fd"], accepted.as_raw_fd(), "{accept}");
+    assert_eq!(accept["socket"]["peer"], peer.to_string(), "{accept}");
+    assert_eq!(
+        accept["socket"]["local"],
+        listener.local_addr().unwrap().to_string(),
+        "{accept}"
+    );
+    assert_eq!(accept["socket"]["role"], "daemon_accepted");
+
+    let marker = format!("GET /existing-{} HTTP/1.1\r\n\r\n", std::process::id());
+    client.write_all(marker.as_bytes()).unwrap();
+    let mut received = vec![0u8; marker.len()];
+    accepted.read_exact(&mut received).unwrap();
+    let stream = sensor.wait_for_stream(
+        0,
+        Duration::from_secs(10),
+        "the daemon's read",
+        "daemon_accepted",
+        "recv",
+        &[&marker],
+    );
+    assert_eq!(stream.conn_id, accept["socket"]["conn_id"].as_u64().unwrap());
+    assert_eq!(pid(&stream.events[0]), own_pid);
+
+    assert!(sensor
+        .terminate(Duration::from_secs(10))
+        .is_some_and(|s| s.success()));
+    let _ = std::fs::remove_dir_all(&dir);
+}
