@@ -42,6 +42,22 @@ pub struct Header {
 }
 
 /// A socket address as reported by the kernel.
+#[cfg(test)]
+impl Header {
+    /// A header for process `tgid` (its leader thread) as tests need it.
+    pub fn for_test(tgid: u32, comm: &str, boot_ns: u64) -> Self {
+        Self {
+            boot_ns,
+            pid: tgid,
+            tgid,
+            uid: 0,
+            gid: 0,
+            cgroup_id: 1,
+            comm: comm.into(),
+        }
+    }
+}
+
 #[derive(Debug, Clone, PartialEq, Eq, Hash, Serialize, Deserialize)]
 pub enum Endpoint {
     Unix(String),

@@ -369,15 +369,7 @@ mod tests {
     }
 
     fn header(tgid: u32, comm: &str, boot_ns: u64) -> Header {
-        Header {
-            boot_ns,
-            pid: tgid,
-            tgid,
-            uid: 0,
-            gid: 0,
-            cgroup_id: 1,
-            comm: comm.into(),
-        }
+        Header::for_test(tgid, comm, boot_ns)
     }
 
     fn run(events: Vec<RawEvent>) -> (Engine, Vec<Value>) {

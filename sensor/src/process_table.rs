@@ -255,15 +255,7 @@ mod tests {
     use super::*;
 
     fn header(tgid: u32, comm: &str, boot_ns: u64) -> Header {
-        Header {
-            boot_ns,
-            pid: tgid,
-            tgid,
-            uid: 0,
-            gid: 0,
-            cgroup_id: 0,
-            comm: comm.into(),
-        }
+        Header::for_test(tgid, comm, boot_ns)
     }
 
     /// A table over an empty /proc, so only events feed it.

@@ -97,6 +97,9 @@ impl Environment {
         fs::create_dir_all(&self.dir).expect("creating the test directory");
         let (daemon, remote, veth) = (&self.daemon_ns, &self.remote_ns, &self.veth);
         let peer = format!("{veth}p");
+        // Names carry our pid; a namespace left by a killed run with the same pid goes first.
+        quietly("ip", &["netns", "delete", daemon]);
+        quietly("ip", &["netns", "delete", remote]);
         run("ip", &["netns", "add", daemon]);
         run("ip", &["netns", "add", remote]);
         run(

@@ -19,9 +19,10 @@ use serde_json::Value;
 
 const EVENT_TIMEOUT: Duration = Duration::from_secs(60);
 
+/// Fields drop in order: the sensor stops before the environment is torn down.
 struct World {
-    env: Environment,
     sensor: Sensor,
+    env: Environment,
 }
 
 fn main() -> ExitCode {
