@@ -21,8 +21,7 @@ const DOCKERD_START_TIMEOUT: Duration = Duration::from_secs(90);
 /// What must be installed, and why, for the environment to start.
 pub fn missing_prerequisites() -> Vec<String> {
     let mut missing = Vec::new();
-    // SAFETY: geteuid has no preconditions.
-    if unsafe { libc::geteuid() } != 0 {
+    if !crate::is_root() {
         missing.push("root (the tests load eBPF programs and start dockerd)".to_string());
     }
     for (binary, package) in [

@@ -7,3 +7,31 @@ pub mod command;
 pub mod environment;
 pub mod runner;
 pub mod sensor;
+
+use std::path::PathBuf;
+
+/// True when running under CI, where a missing prerequisite fails instead of skipping.
+pub fn ci() -> bool {
+    std::env::var("CI").is_ok_and(|v| v == "true" || v == "1")
+}
+
+pub fn is_root() -> bool {
+    // SAFETY: geteuid has no preconditions.
+    unsafe { libc::geteuid() == 0 }
+}
+
+/// The `buildwatch` binary `cargo xtask test` built (BUILDWATCH_BIN), if this test can run:
+/// `None` (with the reason printed) when something is missing outside CI; a panic under CI.
+pub fn sensor_binary(needs_root: bool) -> Option<PathBuf> {
+    let binary = std::env::var_os("BUILDWATCH_BIN")
+        .map(PathBuf::from)
+        .filter(|p| p.is_file());
+    let missing = match (&binary, needs_root && !is_root()) {
+        (None, _) => "BUILDWATCH_BIN (run `cargo xtask test`)",
+        (Some(_), true) => "root (run `sudo cargo xtask test`)",
+        (Some(_), false) => return binary,
+    };
+    assert!(!ci(), "CI=true: this test needs {missing}");
+    eprintln!("skipping: this test needs {missing}");
+    None
+}

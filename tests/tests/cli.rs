@@ -2,21 +2,10 @@
 //! panic or backtrace. Uses the binary built by `cargo xtask test` (BUILDWATCH_BIN).
 use std::{path::PathBuf, process::Command};
 
-use buildwatch_integration_tests::environment::find_binary;
+use buildwatch_integration_tests::{environment::find_binary, is_root, sensor_binary};
 
 fn binary() -> Option<PathBuf> {
-    let path = std::env::var_os("BUILDWATCH_BIN")
-        .map(PathBuf::from)
-        .filter(|p| p.is_file());
-    if path.is_none() {
-        let ci = std::env::var("CI").is_ok_and(|v| v == "true" || v == "1");
-        assert!(
-            !ci,
-            "CI=true: BUILDWATCH_BIN must point at the built buildwatch (run `cargo xtask test`)"
-        );
-        eprintln!("skipping: BUILDWATCH_BIN is not set (run `cargo xtask test`)");
-    }
-    path
+    sensor_binary(false)
 }
 
 fn assert_one_line_failure(output: &std::process::Output, needle: &str) {
@@ -70,8 +59,7 @@ fn missing_config_file_is_reported() {
 #[test]
 fn unprivileged_run_says_it_needs_root() {
     let Some(binary) = binary() else { return };
-    // SAFETY: geteuid has no preconditions.
-    if unsafe { libc::geteuid() } != 0 {
+    if !is_root() {
         let output = Command::new(&binary).arg("run").output().unwrap();
         assert_one_line_failure(&output, "root");
         return;

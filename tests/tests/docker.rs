@@ -26,7 +26,7 @@ struct World {
 }
 
 fn main() -> ExitCode {
-    let ci = std::env::var("CI").is_ok_and(|v| v == "true" || v == "1");
+    let ci = buildwatch_integration_tests::ci();
     let missing = missing_prerequisites();
     let binary = std::env::var_os("BUILDWATCH_BIN").map(PathBuf::from);
     let mut problems = missing;

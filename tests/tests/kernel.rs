@@ -9,27 +9,16 @@ use std::{
     time::Duration,
 };
 
-use buildwatch_integration_tests::sensor::{
-    event::{kind, pid},
-    Sensor,
+use buildwatch_integration_tests::{
+    sensor::{
+        event::{kind, pid},
+        Sensor,
+    },
+    sensor_binary,
 };
 
 fn prerequisites() -> Option<PathBuf> {
-    let ci = std::env::var("CI").is_ok_and(|v| v == "true" || v == "1");
-    let binary = std::env::var_os("BUILDWATCH_BIN")
-        .map(PathBuf::from)
-        .filter(|p| p.is_file());
-    // SAFETY: geteuid has no preconditions.
-    let root = unsafe { libc::geteuid() } == 0;
-    match (binary, root) {
-        (Some(binary), true) => Some(binary),
-        _ => {
-            let why = "needs root and BUILDWATCH_BIN (run `sudo cargo xtask test`)";
-            assert!(!ci, "CI=true: this test {why}");
-            eprintln!("skipping: this test {why}");
-            None
-        }
-    }
+    sensor_binary(true)
 }
 
 #[test]
