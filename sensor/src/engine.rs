@@ -6,7 +6,7 @@ use std::collections::BTreeMap;
 use crate::{
     connections::ConnectionTable,
     daemons::Daemons,
-    decode::{Dir, Header, RawEvent, Role, SocketData, SocketOpen},
+    decode::{Header, RawEvent, Role, SocketData, SocketOpen},
     existing::ExistingConnection,
     output::{
         schema::{
@@ -236,13 +236,9 @@ impl Engine {
     }
 
     fn data(&mut self, sink: &mut Sink, header: Header, data: SocketData) -> anyhow::Result<()> {
-        let direction = match data.direction {
-            Dir::Send => 1,
-            Dir::Recv => 2,
-        };
-        let (bytes, redacted) = self.redactor.redact(data.conn_id, direction, &data.bytes);
+        let (bytes, redacted) = self.redactor.redact(data.conn_id, data.direction, &data.bytes);
         if (data.bytes.len() as u32) < data.total_len {
-            self.redactor.gap(data.conn_id, direction);
+            self.redactor.gap(data.conn_id, data.direction);
         }
         let local = self
             .connections
@@ -331,7 +327,7 @@ mod tests {
     use serde_json::Value;
 
     use super::*;
-    use crate::decode::Endpoint;
+    use crate::decode::{Dir, Endpoint};
 
     /// A writer the test can read back.
     #[derive(Clone, Default)]

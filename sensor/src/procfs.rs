@@ -252,17 +252,20 @@ fn parse_proc_net_ip(hex: &str) -> Option<IpAddr> {
     }
 }
 
-/// CLOCK_BOOTTIME now, the clock of kernel event timestamps.
-pub fn boot_time_ns() -> u64 {
+/// Nanoseconds on `clock` now.
+pub fn clock_ns(clock: libc::clockid_t) -> i128 {
     let mut ts = libc::timespec {
         tv_sec: 0,
         tv_nsec: 0,
     };
     // SAFETY: valid out-pointer.
-    unsafe { libc::clock_gettime(libc::CLOCK_BOOTTIME, &mut ts) };
-    (ts.tv_sec as u64)
-        .saturating_mul(1_000_000_000)
-        .saturating_add(ts.tv_nsec as u64)
+    unsafe { libc::clock_gettime(clock, &mut ts) };
+    i128::from(ts.tv_sec) * 1_000_000_000 + i128::from(ts.tv_nsec)
+}
+
+/// CLOCK_BOOTTIME now, the clock of kernel event timestamps.
+pub fn boot_time_ns() -> u64 {
+    clock_ns(libc::CLOCK_BOOTTIME) as u64
 }
 
 pub fn hostname() -> String {

@@ -3,6 +3,8 @@
 //! redactor keeps state per stream, so a header split across two syscalls is still caught.
 use std::collections::HashMap;
 
+use crate::decode::Dir;
+
 const SENSITIVE_HEADERS: [&[u8]; 4] = [
     b"x-registry-auth",
     b"x-registry-config",
@@ -55,12 +57,12 @@ impl StreamState {
 /// Redaction state for every open stream, keyed by (connection id, direction).
 #[derive(Default)]
 pub struct Redactor {
-    streams: HashMap<(u64, u8), StreamState>,
+    streams: HashMap<(u64, Dir), StreamState>,
 }
 
 impl Redactor {
     /// Returns the bytes with credentials blanked, and whether anything was blanked.
-    pub fn redact(&mut self, conn_id: u64, direction: u8, bytes: &[u8]) -> (Vec<u8>, bool) {
+    pub fn redact(&mut self, conn_id: u64, direction: Dir, bytes: &[u8]) -> (Vec<u8>, bool) {
         if self.streams.len() >= MAX_STREAMS && !self.streams.contains_key(&(conn_id, direction)) {
             self.streams.clear();
         }
@@ -72,7 +74,7 @@ impl Redactor {
 
     /// Bytes the kernel saw but did not copy (beyond the capture size) break the stream; what
     /// follows may be mid-line, so forget the line but keep redacting if we were.
-    pub fn gap(&mut self, conn_id: u64, direction: u8) {
+    pub fn gap(&mut self, conn_id: u64, direction: Dir) {
         if let Some(state) = self.streams.get_mut(&(conn_id, direction)) {
             state.line.clear();
             // Without the rest of the line we cannot know where it ends; keep `redacting`.
@@ -94,7 +96,7 @@ mod tests {
         let mut out = Vec::new();
         let mut any = false;
         for chunk in chunks {
-            let (bytes, redacted) = redactor.redact(1, 1, chunk);
+            let (bytes, redacted) = redactor.redact(1, Dir::Send, chunk);
             out.extend(bytes);
             any |= redacted;
         }

@@ -35,3 +35,25 @@ pub fn sensor_binary(needs_root: bool) -> Option<PathBuf> {
     eprintln!("skipping: this test needs {missing}");
     None
 }
+
+/// A config file in a private temporary directory, removed when dropped (also on panic).
+pub struct TempConfig {
+    dir: PathBuf,
+    pub path: PathBuf,
+}
+
+impl TempConfig {
+    pub fn new(name: &str, text: &str) -> Self {
+        let dir = std::env::temp_dir().join(format!("buildwatch-{name}-{}", std::process::id()));
+        std::fs::create_dir_all(&dir).expect("creating a temporary directory");
+        let path = dir.join("config.toml");
+        std::fs::write(&path, text).expect("writing a config file");
+        Self { dir, path }
+    }
+}
+
+impl Drop for TempConfig {
+    fn drop(&mut self) {
+        let _ = std::fs::remove_dir_all(&self.dir);
+    }
+}

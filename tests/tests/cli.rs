@@ -2,7 +2,7 @@
 //! panic or backtrace. Uses the binary built by `cargo xtask test` (BUILDWATCH_BIN).
 use std::{path::PathBuf, process::Command};
 
-use buildwatch_integration_tests::{environment::find_binary, is_root, sensor_binary};
+use buildwatch_integration_tests::{environment::find_binary, is_root, sensor_binary, TempConfig};
 
 fn binary() -> Option<PathBuf> {
     sensor_binary(false)
@@ -32,17 +32,13 @@ fn assert_one_line_failure(output: &std::process::Output, needle: &str) {
 #[test]
 fn unknown_config_key_names_the_line() {
     let Some(binary) = binary() else { return };
-    let dir = std::env::temp_dir().join(format!("buildwatch-cli-{}", std::process::id()));
-    std::fs::create_dir_all(&dir).unwrap();
-    let config = dir.join("bad.toml");
-    std::fs::write(&config, "[watch]\ntcp_port = [2375]\n").unwrap();
+    let config = TempConfig::new("cli", "[watch]\ntcp_port = [2375]\n");
     let output = Command::new(&binary)
         .arg("run")
         .arg("--config")
-        .arg(&config)
+        .arg(&config.path)
         .output()
         .unwrap();
-    let _ = std::fs::remove_dir_all(&dir);
     assert_one_line_failure(&output, "line 2");
 }
 

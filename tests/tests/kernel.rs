@@ -14,7 +14,7 @@ use buildwatch_integration_tests::{
         event::{kind, pid},
         Sensor,
     },
-    sensor_binary,
+    sensor_binary, TempConfig,
 };
 
 fn prerequisites() -> Option<PathBuf> {
@@ -24,12 +24,9 @@ fn prerequisites() -> Option<PathBuf> {
 #[test]
 fn ring_buffer_overflow_is_counted_and_reported() {
     let Some(binary) = prerequisites() else { return };
-    let dir = std::env::temp_dir().join(format!("buildwatch-kernel-{}", std::process::id()));
-    std::fs::create_dir_all(&dir).unwrap();
-    let config = dir.join("config.toml");
     // Two pages: room for one argv record (4.2 KiB) at a time.
-    std::fs::write(&config, "[kernel]\nring_buffer_bytes = 8192\n").unwrap();
-    let sensor = Sensor::start(&binary, &config);
+    let config = TempConfig::new("overflow", "[kernel]\nring_buffer_bytes = 8192\n");
+    let sensor = Sensor::start(&binary, &config.path);
     let mark = sensor.mark();
     // A burst of short processes: each one is a fork, an argv, an exec and an exit record.
     let mut children: Vec<_> = (0..400)
@@ -68,7 +65,6 @@ fn ring_buffer_overflow_is_counted_and_reported() {
         stop["stats"]["kernel_drops"].as_u64().unwrap_or_default() >= total,
         "{stop}"
     );
-    let _ = std::fs::remove_dir_all(&dir);
 }
 
 /// A connection a daemon accepted before the sensor started is found in /proc and captured from
@@ -85,15 +81,11 @@ fn connections_open_before_start_are_tracked() {
         .trim()
         .to_string();
 
-    let dir = std::env::temp_dir().join(format!("buildwatch-existing-{}", std::process::id()));
-    std::fs::create_dir_all(&dir).unwrap();
-    let config = dir.join("config.toml");
-    std::fs::write(
-        &config,
-        format!("[watch]\nunix_sockets = []\ntcp_ports = []\ndaemons = [\"{own_comm}\"]\n"),
-    )
-    .unwrap();
-    let sensor = Sensor::start(&binary, &config);
+    let config = TempConfig::new(
+        "existing",
+        &format!("[watch]\nunix_sockets = []\ntcp_ports = []\ndaemons = [\"{own_comm}\"]\n"),
+    );
+    let sensor = Sensor::start(&binary, &config.path);
     let own_pid = u64::from(std::process::id());
     let accept = sensor.wait_for(0, Duration::from_secs(10), "the existing connection", |e| {
         kind(e) == "socket.accept" && e["socket"]["existing"] == true && pid(e) == own_pid
@@ -125,5 +117,4 @@ fn connections_open_before_start_are_tracked() {
     assert!(sensor
         .terminate(Duration::from_secs(10))
         .is_some_and(|s| s.success()));
-    let _ = std::fs::remove_dir_all(&dir);
 }

@@ -11,6 +11,7 @@ use serde::Serialize;
 use crate::{
     decode::{Dir, Role},
     process_table::{Ancestor, Process},
+    procfs,
 };
 
 #[derive(Debug, Serialize)]
@@ -34,8 +35,8 @@ pub struct Emitter {
 
 impl Emitter {
     pub fn new(host: String) -> Self {
-        let wall = clock_ns(libc::CLOCK_REALTIME);
-        let boot = clock_ns(libc::CLOCK_BOOTTIME);
+        let wall = procfs::clock_ns(libc::CLOCK_REALTIME);
+        let boot = procfs::clock_ns(libc::CLOCK_BOOTTIME);
         let run_id = format!(
             "{:08x}",
             (wall as u64 ^ u64::from(std::process::id()) << 32) as u32
@@ -52,7 +53,7 @@ impl Emitter {
         self.next += 1;
         let wall_ns = match boot_ns {
             Some(boot) => i128::from(boot) + self.boot_to_wall_ns,
-            None => clock_ns(libc::CLOCK_REALTIME),
+            None => procfs::clock_ns(libc::CLOCK_REALTIME),
         };
         let time = SystemTime::UNIX_EPOCH + Duration::from_nanos(wall_ns.max(0) as u64);
         Line {
@@ -67,16 +68,6 @@ impl Emitter {
     pub fn run_id(&self) -> &str {
         &self.run_id
     }
-}
-
-fn clock_ns(clock: libc::clockid_t) -> i128 {
-    let mut ts = libc::timespec {
-        tv_sec: 0,
-        tv_nsec: 0,
-    };
-    // SAFETY: valid out-pointer.
-    unsafe { libc::clock_gettime(clock, &mut ts) };
-    i128::from(ts.tv_sec) * 1_000_000_000 + i128::from(ts.tv_nsec)
 }
 
 /// The acting process, as every event names it.
