@@ -57,7 +57,7 @@ fn unprivileged_run_says_it_needs_root() {
     let Some(binary) = binary() else { return };
     if !is_root() {
         let output = Command::new(&binary).arg("run").output().unwrap();
-        assert_one_line_failure(&output, "root");
+        assert_one_line_failure(&output, "must run as root");
         return;
     }
     let setpriv = find_binary("setpriv").expect("setpriv (util-linux) drops privileges for this test");
@@ -73,5 +73,5 @@ fn unprivileged_run_says_it_needs_root() {
         .arg("run")
         .output()
         .unwrap();
-    assert_one_line_failure(&output, "root");
+    assert_one_line_failure(&output, "must run as root");
 }
