@@ -14,6 +14,7 @@ use crate::{
     connections::ConnectionTable,
     daemons::Daemons,
     decode::decode,
+    detect::{allow::Allowlist, ledger::Ledger, Detector, Settings},
     engine::Engine,
     existing,
     kernel::{preflight, KernelSensor, LossCounters, TrackedSockets},
@@ -26,6 +27,9 @@ use crate::{
 };
 
 const LOSS_CHECK_INTERVAL: Duration = Duration::from_secs(2);
+/// How often pending correlation (request halves, bodies) is checked against the clock; keeps
+/// detections well within a second of their request.
+const CORRELATION_TICK: Duration = Duration::from_millis(100);
 
 pub struct RunOptions {
     pub config: Option<PathBuf>,
@@ -41,6 +45,8 @@ pub async fn run(options: RunOptions) -> anyhow::Result<()> {
         None => Sink::stdout(),
     };
 
+    let ledger = Ledger::open(&config.detect.state_dir, config.detect.ledger_max_records)?;
+    let allow = Allowlist::compile(&config.allow)?;
     let mut kernel = KernelSensor::load(&config, &tracefs)?;
     let ring = kernel.take_events()?;
     let losses = kernel.take_loss_counters()?;
@@ -53,11 +59,21 @@ pub async fn run(options: RunOptions) -> anyhow::Result<()> {
     let proc_root = procfs::proc_root();
     let mut processes = ProcessTable::new(proc_root.clone());
     processes.seed();
+    let emitter = Emitter::new(procfs::hostname());
+    let detector = Detector::new(
+        Settings {
+            allow,
+            lookback_ns: u64::try_from(config.detect.lookback.as_nanos()).unwrap_or(u64::MAX),
+            boot_to_wall_ns: emitter.boot_to_wall_ns(),
+        },
+        ledger,
+    );
     let mut engine = Engine::new(
         processes,
         ConnectionTable::new(proc_root),
         Daemons::new(&config.watch.daemons, Some(daemon_map)),
-        Emitter::new(procfs::hostname()),
+        emitter,
+        detector,
     );
     engine.discover_daemons();
 
@@ -89,6 +105,7 @@ pub async fn run(options: RunOptions) -> anyhow::Result<()> {
     tracing::info!(programs = kernel.attached.len(), daemons = ?engine.daemons.tgids(), "buildwatch is running");
 
     read_events(ring, &losses, &mut engine, &mut sink).await?;
+    engine.finish(procfs::boot_time_ns(), &mut sink)?;
 
     let stop = StopBody {
         stats: engine.stats(),
@@ -113,12 +130,17 @@ async fn read_events(
     let mut sigint = signal(SignalKind::interrupt()).context("installing the SIGINT handler")?;
     let mut sigterm = signal(SignalKind::terminate()).context("installing the SIGTERM handler")?;
     let mut loss_check = tokio::time::interval(LOSS_CHECK_INTERVAL);
+    let mut correlation_tick = tokio::time::interval(CORRELATION_TICK);
     loop {
         tokio::select! {
             guard = ring.readable_mut() => {
                 let mut guard = guard.context("polling the ring buffer")?;
                 drain(guard.get_inner_mut(), engine, sink)?;
                 guard.clear_ready();
+                sink.flush()?;
+            }
+            _ = correlation_tick.tick() => {
+                engine.tick(procfs::boot_time_ns(), sink)?;
                 sink.flush()?;
             }
             _ = loss_check.tick() => {

@@ -1,6 +1,9 @@
 //! The agent's TOML configuration. Unknown keys are errors (with their line), so a typo never
 //! silently turns a setting off.
-use std::path::{Path, PathBuf};
+use std::{
+    path::{Path, PathBuf},
+    time::Duration,
+};
 
 use anyhow::{bail, Context as _};
 use sensor_common::{CAPTURE_MAX, UNIX_PATH_LEN};
@@ -17,6 +20,51 @@ pub struct Config {
     pub capture: Capture,
     pub output: Output,
     pub kernel: Kernel,
+    pub detect: Detect,
+    pub allow: Allow,
+}
+
+#[derive(Debug, Clone, PartialEq, Deserialize, Serialize)]
+#[serde(deny_unknown_fields, default)]
+pub struct Detect {
+    /// How far back a registry pull of the target repository excuses a build ("24h", "7d").
+    #[serde(with = "humantime_serde")]
+    pub lookback: Duration,
+    /// Where the image ledger is kept across restarts.
+    pub state_dir: PathBuf,
+    /// Bound on ledger records; the oldest go first.
+    pub ledger_max_records: usize,
+}
+
+impl Default for Detect {
+    fn default() -> Self {
+        Self {
+            lookback: Duration::from_secs(24 * 3600),
+            state_dir: PathBuf::from("/var/lib/buildwatch"),
+            ledger_max_records: 100_000,
+        }
+    }
+}
+
+/// Known-good activity. A match suppresses the detection; it is still counted (in
+/// `sensor.stop`) and logged at debug level.
+#[derive(Debug, Clone, Default, PartialEq, Deserialize, Serialize)]
+#[serde(deny_unknown_fields, default)]
+pub struct Allow {
+    /// Client executable paths (glob patterns: "/usr/local/bin/ci-*").
+    pub client_exes: Vec<String>,
+    /// Client user ids.
+    pub uids: Vec<u32>,
+    /// Client container ids (prefixes of the 64-hex id).
+    pub container_ids: Vec<String>,
+    /// Remote peers (CIDR: "10.0.0.0/8"); also silences api_exposed for them.
+    pub peer_cidrs: Vec<String>,
+    /// Target repositories or references (glob on the normalised name:
+    /// "docker.io/library/app*", "registry.example.com/ci/*").
+    pub repositories: Vec<String>,
+    /// Registry allowlist: when not empty, only pulls from these registry hosts count as
+    /// provenance ("docker.io", "127.0.0.1:5000").
+    pub registries: Vec<String>,
 }
 
 #[derive(Debug, Clone, PartialEq, Deserialize, Serialize)]
@@ -132,6 +180,13 @@ impl Config {
         if ring < PAGE_SIZE || !ring.is_power_of_two() {
             bail!("kernel.ring_buffer_bytes must be a power of two of at least {PAGE_SIZE}, not {ring}");
         }
+        if self.detect.ledger_max_records == 0 {
+            bail!("detect.ledger_max_records must be at least 1");
+        }
+        if !self.detect.state_dir.is_absolute() {
+            bail!("detect.state_dir must be an absolute path, not {}", self.detect.state_dir.display());
+        }
+        crate::detect::allow::Allowlist::compile(&self.allow)?;
         if self
             .watch
             .daemons
@@ -193,6 +248,19 @@ mod tests {
                 .ring_buffer_bytes,
             65536
         );
+    }
+
+    #[test]
+    fn detection_settings() {
+        let config = Config::parse(
+            "[detect]\nlookback = \"7d\"\nstate_dir = \"/tmp/bw\"\n[allow]\npeer_cidrs = [\"10.0.0.0/8\"]\nrepositories = [\"docker.io/library/app*\"]\n",
+        )
+        .unwrap();
+        assert_eq!(config.detect.lookback, Duration::from_secs(7 * 86400));
+        let err = Config::parse("[allow]\npeer_cidrs = [\"10.0.0.0/33\"]\n").unwrap_err();
+        assert!(format!("{err:#}").contains("10.0.0.0/33"), "{err:#}");
+        let err = Config::parse("[detect]\nlookback = \"soon\"\n").unwrap_err();
+        assert!(format!("{err:#}").contains("line 2"), "{err:#}");
     }
 
     #[test]

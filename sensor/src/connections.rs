@@ -4,6 +4,7 @@ use std::{collections::HashMap, path::PathBuf};
 
 use crate::{
     decode::{Endpoint, SocketOpen},
+    output::schema::ProcessView,
     procfs,
 };
 
@@ -14,6 +15,9 @@ pub struct Connection {
     pub tgid: u32,
     pub peer: Endpoint,
     pub local: Option<Endpoint>,
+    /// The connecting process as it was at connect time (client connections), so requests
+    /// written later name it without another lookup.
+    pub client: Option<ProcessView>,
 }
 
 pub struct ConnectionTable {
@@ -48,6 +52,7 @@ impl ConnectionTable {
             tgid,
             peer: socket.peer.clone(),
             local,
+            client: None,
         };
         self.by_id.insert(socket.conn_id, connection);
         &self.by_id[&socket.conn_id]
@@ -61,8 +66,15 @@ impl ConnectionTable {
                 tgid,
                 peer,
                 local: Some(local),
+                client: None,
             },
         );
+    }
+
+    pub fn set_client(&mut self, conn_id: u64, process: ProcessView) {
+        if let Some(connection) = self.by_id.get_mut(&conn_id) {
+            connection.client = Some(process);
+        }
     }
 
     pub fn get(&self, conn_id: u64) -> Option<&Connection> {

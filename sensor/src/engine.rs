@@ -7,6 +7,7 @@ use crate::{
     connections::ConnectionTable,
     daemons::Daemons,
     decode::{Header, RawEvent, Role, SocketData, SocketOpen},
+    detect::{DataInput, Detector},
     existing::ExistingConnection,
     output::{
         schema::{
@@ -24,6 +25,7 @@ pub struct Engine {
     pub connections: ConnectionTable,
     pub daemons: Daemons,
     pub emitter: Emitter,
+    pub detector: Detector,
     redactor: Redactor,
     events: BTreeMap<&'static str, u64>,
     decode_errors: u64,
@@ -37,12 +39,14 @@ impl Engine {
         connections: ConnectionTable,
         daemons: Daemons,
         emitter: Emitter,
+        detector: Detector,
     ) -> Self {
         Self {
             processes,
             connections,
             daemons,
             emitter,
+            detector,
             redactor: Redactor::default(),
             events: BTreeMap::new(),
             decode_errors: 0,
@@ -63,7 +67,45 @@ impl Engine {
         }
     }
 
+    /// Handles one kernel event: its own line, then whatever correlation concluded from it.
     pub fn handle(&mut self, event: RawEvent, sink: &mut Sink) -> anyhow::Result<()> {
+        self.handle_event(event, sink)?;
+        self.write_findings(sink)
+    }
+
+    /// Lets correlation report what is due at boot time `now` (pairing and body waits), and
+    /// saves the ledger if it changed.
+    pub fn tick(&mut self, now: u64, sink: &mut Sink) -> anyhow::Result<()> {
+        self.detector.tick(now);
+        self.write_findings(sink)?;
+        self.persist_ledger();
+        Ok(())
+    }
+
+    /// The sensor is stopping: report everything pending, close open builds, save the ledger.
+    pub fn finish(&mut self, now: u64, sink: &mut Sink) -> anyhow::Result<()> {
+        self.detector.flush(now);
+        self.write_findings(sink)?;
+        self.persist_ledger();
+        Ok(())
+    }
+
+    fn persist_ledger(&mut self) {
+        if let Err(err) = self.detector.persist() {
+            tracing::warn!("{err:#}");
+        }
+    }
+
+    fn write_findings(&mut self, sink: &mut Sink) -> anyhow::Result<()> {
+        for (at, finding) in self.detector.take_findings() {
+            *self.events.entry(finding.kind()).or_default() += 1;
+            let line = self.emitter.line(finding.kind(), Some(at), &finding);
+            sink.write(&line)?;
+        }
+        Ok(())
+    }
+
+    fn handle_event(&mut self, event: RawEvent, sink: &mut Sink) -> anyhow::Result<()> {
         match event {
             RawEvent::Fork { header, child_pid } => {
                 self.processes.on_fork(&header, child_pid);
@@ -78,7 +120,7 @@ impl Engine {
                         old_pid: None,
                         filename: None,
                     },
-                )
+                ).map(drop)
             }
             RawEvent::Argv {
                 header,
@@ -97,19 +139,23 @@ impl Engine {
                 self.daemons
                     .update(header.tgid, &process.comm, process.exe.as_deref());
                 let ancestry = self.processes.ancestry(header.tgid);
+                let view = ProcessView::full(&header, &process, ancestry);
                 let body = ProcessBody {
-                    process: ProcessView::full(&header, &process, ancestry),
+                    process: view.clone(),
                     child_pid: None,
                     old_pid: (old_pid != header.tgid).then_some(old_pid),
                     filename: Some(filename),
                 };
-                self.write(sink, "process.exec", &header, body)
+                let id = self.write(sink, "process.exec", &header, body)?;
+                self.detector.on_exec(&header, &id, &view);
+                Ok(())
             }
             RawEvent::Exit { header } => {
                 let process = ProcessView::new(&header, self.processes.get(header.tgid));
                 self.processes.on_exit(&header);
                 self.daemons.remove(header.tgid);
                 self.connections.process_exited(header.tgid);
+                self.detector.on_exit(header.tgid, header.boot_ns);
                 self.write(
                     sink,
                     "process.exit",
@@ -120,7 +166,7 @@ impl Engine {
                         old_pid: None,
                         filename: None,
                     },
-                )
+                ).map(drop)
             }
             RawEvent::Connect { header, socket } => {
                 self.socket_opened(sink, "socket.connect", header, socket)
@@ -135,6 +181,7 @@ impl Engine {
             } => {
                 let known = self.connections.close(conn_id);
                 self.redactor.close(conn_id);
+                self.detector.on_close(conn_id, header.boot_ns);
                 let socket = SocketView {
                     conn_id,
                     fd,
@@ -150,6 +197,7 @@ impl Engine {
                 };
                 let process = ProcessView::new(&header, self.processes.get(header.tgid));
                 self.write(sink, "socket.close", &header, SocketBody { process, socket })
+                    .map(drop)
             }
         }
     }
@@ -169,6 +217,11 @@ impl Engine {
             }
             None => ProcessView::new(&header, None),
         };
+        match socket.role {
+            Role::Client => self.connections.set_client(socket.conn_id, process.clone()),
+            Role::DaemonOutbound => self.detector.on_outbound_connect(header.tgid, socket.conn_id, &socket.peer),
+            Role::DaemonAccepted => {}
+        }
         let view = SocketView {
             conn_id: socket.conn_id,
             fd: socket.fd,
@@ -187,7 +240,7 @@ impl Engine {
                 process,
                 socket: view,
             },
-        )
+        ).map(drop)
     }
 
     /// A connection a daemon had before the sensor started, now tracked (see `existing`).
@@ -232,7 +285,7 @@ impl Engine {
         } else {
             "socket.connect"
         };
-        self.write(sink, kind, &header, SocketBody { process, socket })
+        self.write(sink, kind, &header, SocketBody { process, socket }).map(drop)
     }
 
     fn data(&mut self, sink: &mut Sink, header: Header, data: SocketData) -> anyhow::Result<()> {
@@ -240,11 +293,13 @@ impl Engine {
         if (data.bytes.len() as u32) < data.total_len {
             self.redactor.gap(data.conn_id, data.direction);
         }
-        let local = self
-            .connections
-            .get(data.conn_id)
-            .and_then(|c| c.local.as_ref())
-            .map(|l| l.to_string());
+        let connection = self.connections.get(data.conn_id);
+        let local_endpoint = connection.and_then(|c| c.local.clone());
+        let local = local_endpoint.as_ref().map(|l| l.to_string());
+        let short_view = ProcessView::new(&header, self.processes.get(header.tgid));
+        let process = connection
+            .and_then(|c| c.client.clone())
+            .unwrap_or_else(|| short_view.clone());
         let socket = SocketView {
             conn_id: data.conn_id,
             fd: data.fd,
@@ -256,7 +311,7 @@ impl Engine {
             existing: false,
         };
         let body = DataBody {
-            process: ProcessView::new(&header, self.processes.get(header.tgid)),
+            process: short_view,
             socket,
             data: DataView::new(
                 data.direction,
@@ -267,19 +322,34 @@ impl Engine {
                 redacted,
             ),
         };
-        self.write(sink, "socket.data", &header, body)
+        let id = self.write(sink, "socket.data", &header, body)?;
+        self.detector.on_data(DataInput {
+            header: &header,
+            line_id: &id,
+            conn_id: data.conn_id,
+            role: data.role,
+            direction: data.direction,
+            peer: &data.peer,
+            local: local_endpoint.as_ref(),
+            bytes: &data.bytes,
+            total_len: data.total_len,
+            process,
+        });
+        Ok(())
     }
 
+    /// Writes a line and returns its id.
     fn write<B: serde::Serialize>(
         &mut self,
         sink: &mut Sink,
         kind: &'static str,
         header: &Header,
         body: B,
-    ) -> anyhow::Result<()> {
+    ) -> anyhow::Result<String> {
         *self.events.entry(kind).or_default() += 1;
         let line = self.emitter.line(kind, Some(header.boot_ns), body);
-        sink.write(&line)
+        sink.write(&line)?;
+        Ok(line.id)
     }
 
     pub fn decode_error(&mut self) {
@@ -312,6 +382,7 @@ impl Engine {
             kernel_drops: self.kernel_drops.values().sum(),
             processes_tracked: self.processes.len(),
             connections_tracked: self.connections.len(),
+            detect: self.detector.stats(),
         }
     }
 }
@@ -356,11 +427,20 @@ mod tests {
 
     fn engine() -> Engine {
         let root = PathBuf::from("/nonexistent-proc");
+        let detector = Detector::new(
+            crate::detect::Settings {
+                allow: crate::detect::allow::Allowlist::default(),
+                lookback_ns: 3600 * 1_000_000_000,
+                boot_to_wall_ns: 0,
+            },
+            crate::detect::ledger::Ledger::in_memory(100),
+        );
         Engine::new(
             ProcessTable::new(root.clone()),
             ConnectionTable::new(root),
             Daemons::new(&["dockerd".to_string()], None),
             Emitter::new("test-host".into()),
+            detector,
         )
     }
 
@@ -458,9 +538,20 @@ mod tests {
         assert!(!content.contains("c2VjcmV0"), "{content}");
         assert!(content.starts_with("POST /v1.41/images/create?fromImage=alpine HTTP/1.1\r\n"));
         assert_eq!(data["data"]["length"], request.len());
-        assert_eq!(lines[2]["kind"], "socket.close");
-        assert_eq!(lines[2]["socket"]["peer"], "10.0.0.2:40000");
+        let exposed = &lines[2];
+        assert_eq!(exposed["kind"], "detection");
+        assert_eq!(exposed["detection"]["rule"], "api_exposed");
+        assert_eq!(exposed["detection"]["evidence"][0], data["id"]);
+        let pull = &lines[3];
+        assert_eq!(pull["kind"], "docker.operation");
+        assert_eq!(pull["operation"]["type"], "pull");
+        assert_eq!(pull["operation"]["image"], "docker.io/library/alpine:latest");
+        assert_eq!(pull["operation"]["peer"], "10.0.0.2:40000");
+        assert!(!pull.to_string().contains("c2VjcmV0"));
+        assert_eq!(lines[4]["kind"], "socket.close");
+        assert_eq!(lines[4]["socket"]["peer"], "10.0.0.2:40000");
         assert_eq!(engine.connections.len(), 0);
+        assert_eq!(engine.detector.stats().ledger_records, 1);
         let ids: Vec<&str> = lines.iter().map(|l| l["id"].as_str().unwrap()).collect();
         assert!(ids.windows(2).all(|w| w[0] != w[1]), "ids are unique: {ids:?}");
     }

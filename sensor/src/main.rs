@@ -4,13 +4,16 @@ mod cli;
 mod config;
 mod connections;
 mod daemons;
+mod docker;
 mod decode;
+mod detect;
 mod engine;
 mod existing;
 mod kernel;
 mod output;
 mod process_table;
 mod procfs;
+mod protocol;
 mod redact;
 
 use std::{io::IsTerminal as _, process::ExitCode};

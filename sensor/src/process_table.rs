@@ -10,6 +10,7 @@ use serde::Serialize;
 
 use crate::{
     decode::Header,
+    redact,
     procfs::{self, ProcSnapshot},
 };
 
@@ -53,7 +54,11 @@ impl From<ProcSnapshot> for Process {
             ppid: snapshot.ppid,
             comm: snapshot.comm,
             exe: snapshot.exe,
-            argv: snapshot.argv,
+            argv: {
+                let mut argv = snapshot.argv;
+                redact::argv(&mut argv);
+                argv
+            },
             argv_truncated: false,
             uid: snapshot.uid,
             gid: snapshot.gid,
@@ -167,9 +172,10 @@ impl ProcessTable {
             },
             None => procfs::exec_details(&self.proc_root, header.tgid),
         };
-        let (argv, argv_truncated) = argv
+        let (mut argv, argv_truncated) = argv
             .or_else(|| full.as_ref().map(|s| (s.argv.clone(), false)))
             .unwrap_or_default();
+        redact::argv(&mut argv);
         let process = Process {
             pid: header.tgid,
             ppid: previous

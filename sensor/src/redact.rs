@@ -1,6 +1,8 @@
 //! Credentials never leave the sensor: registry auth headers (`X-Registry-Auth`,
-//! `X-Registry-Config`) and HTTP authorization headers are blanked in captured bytes. The
-//! redactor keeps state per stream, so a header split across two syscalls is still caught.
+//! `X-Registry-Config`) and HTTP authorization headers are blanked in captured bytes, and so are
+//! build-arg values (the `buildargs=` query value in captured bytes, `--build-arg K=V` values in
+//! command lines; the keys stay in build objects). The redactor keeps state per stream, so a
+//! header split across two syscalls is still caught.
 use std::collections::HashMap;
 
 use crate::decode::Dir;
@@ -12,6 +14,9 @@ const SENSITIVE_HEADERS: [&[u8]; 4] = [
     b"proxy-authorization",
 ];
 const MARKER: &[u8] = b" <redacted>";
+const QUERY_KEY: &[u8] = b"buildargs=";
+const QUERY_MARKER: &[u8] = b"<redacted>";
+const REDACTED_VALUE: &str = "<redacted>";
 /// Longest line prefix remembered: enough for the longest sensitive header name and its colon.
 const MAX_NAME: usize = 24;
 /// Streams remembered at once; state of closed connections is dropped by the caller.
@@ -23,6 +28,10 @@ struct StreamState {
     line: Vec<u8>,
     /// Inside a sensitive header's value: drop bytes until the end of the line.
     redacting: bool,
+    /// The last bytes of the line, lower-cased, to spot `buildargs=` anywhere in it.
+    window: Vec<u8>,
+    /// Inside a `buildargs=` query value: drop bytes until `&`, a space or the end of the line.
+    redacting_query: bool,
 }
 
 impl StreamState {
@@ -30,6 +39,14 @@ impl StreamState {
         let mut output = Vec::with_capacity(input.len());
         let mut redacted = false;
         for &byte in input {
+            if self.redacting_query {
+                if matches!(byte, b'&' | b' ' | b'\r' | b'\n') {
+                    self.redacting_query = false;
+                    self.window.clear();
+                } else {
+                    continue;
+                }
+            }
             if self.redacting {
                 if byte == b'\r' || byte == b'\n' {
                     self.redacting = false;
@@ -39,6 +56,15 @@ impl StreamState {
                 continue;
             }
             output.push(byte);
+            self.window.push(byte.to_ascii_lowercase());
+            if self.window.len() > QUERY_KEY.len() {
+                self.window.remove(0);
+            }
+            if self.window == QUERY_KEY {
+                self.redacting_query = true;
+                redacted = true;
+                output.extend_from_slice(QUERY_MARKER);
+            }
             match byte {
                 b'\n' | b'\r' => self.line.clear(),
                 b':' if SENSITIVE_HEADERS.contains(&self.line.as_slice()) => {
@@ -58,6 +84,26 @@ impl StreamState {
 #[derive(Default)]
 pub struct Redactor {
     streams: HashMap<(u64, Dir), StreamState>,
+}
+
+/// Blanks the values of `--build-arg K=V` and `--build-arg=K=V` in a command line.
+pub fn argv(args: &mut [String]) {
+    let mut value_next = false;
+    for arg in args.iter_mut() {
+        if std::mem::take(&mut value_next) {
+            if let Some((key, _)) = arg.split_once('=') {
+                *arg = format!("{key}={REDACTED_VALUE}");
+            }
+            continue;
+        }
+        if arg == "--build-arg" {
+            value_next = true;
+        } else if let Some(pair) = arg.strip_prefix("--build-arg=") {
+            if let Some((key, _)) = pair.split_once('=') {
+                *arg = format!("--build-arg={key}={REDACTED_VALUE}");
+            }
+        }
+    }
 }
 
 impl Redactor {
@@ -90,6 +136,24 @@ impl Redactor {
 #[cfg(test)]
 mod tests {
     use super::*;
+
+    #[test]
+    fn build_arg_values_are_blanked() {
+        let (text, redacted) = redact_all(&[
+            b"POST /v1.41/build?buildargs=%7B%22TOKEN%22%3A%22s3c",
+            b"ret%22%7D&t=x HTTP/1.1\r\n",
+        ]);
+        assert!(redacted);
+        assert_eq!(text, "POST /v1.41/build?buildargs=<redacted>&t=x HTTP/1.1\r\n");
+        let mut args: Vec<String> = ["docker", "build", "--build-arg", "TOKEN=s3cret", "--build-arg=B=v", "--build-arg", "FROM_ENV", "."]
+            .map(String::from)
+            .to_vec();
+        argv(&mut args);
+        assert_eq!(
+            args,
+            ["docker", "build", "--build-arg", "TOKEN=<redacted>", "--build-arg=B=<redacted>", "--build-arg", "FROM_ENV", "."]
+        );
+    }
 
     fn redact_all(chunks: &[&[u8]]) -> (String, bool) {
         let mut redactor = Redactor::default();

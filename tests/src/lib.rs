@@ -36,7 +36,9 @@ pub fn sensor_binary(needs_root: bool) -> Option<PathBuf> {
     None
 }
 
-/// A config file in a private temporary directory, removed when dropped (also on panic).
+/// A config file in a private temporary directory, removed when dropped (also on panic). Unless
+/// the text has its own `[detect]` section, the sensor's state (the image ledger) is kept in that
+/// directory too, so tests never share history with each other or with the host.
 pub struct TempConfig {
     dir: PathBuf,
     pub path: PathBuf,
@@ -47,6 +49,10 @@ impl TempConfig {
         let dir = std::env::temp_dir().join(format!("buildwatch-{name}-{}", std::process::id()));
         std::fs::create_dir_all(&dir).expect("creating a temporary directory");
         let path = dir.join("config.toml");
+        let mut text = text.to_string();
+        if !text.contains("[detect]") {
+            text.push_str(&format!("\n[detect]\nstate_dir = \"{}\"\n", dir.join("state").display()));
+        }
         std::fs::write(&path, text).expect("writing a config file");
         Self { dir, path }
     }

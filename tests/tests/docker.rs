@@ -52,8 +52,9 @@ fn main() -> ExitCode {
     std::fs::write(
         &config,
         format!(
-            "[watch]\nunix_sockets = [\"{}\"]\ntcp_ports = [2375]\ndaemons = [\"dockerd\", \"containerd\"]\n",
-            env.socket.display()
+            "[watch]\nunix_sockets = [\"{}\"]\ntcp_ports = [2375]\ndaemons = [\"dockerd\", \"containerd\"]\n[detect]\nstate_dir = \"{}\"\n",
+            env.socket.display(),
+            env.dir.join("sensor-state").display()
         ),
     )
     .expect("writing the sensor config");

@@ -1,6 +1,7 @@
 //! `cargo xtask`: build, run and test buildwatch, installing what a fresh machine lacks.
 mod bench;
 mod build;
+mod fixture;
 mod prerequisites;
 mod run;
 mod test;
@@ -34,6 +35,19 @@ enum Command {
         #[arg(long)]
         unit_only: bool,
     },
+    /// Cut one connection's captured bytes out of a sensor event log into a decoder test
+    /// fixture (one JSON line per syscall: length, encoding, content).
+    Fixture {
+        /// The sensor's JSON lines (e.g. target/tmp/detection-events.jsonl).
+        events: std::path::PathBuf,
+        #[arg(long)]
+        conn_id: u64,
+        /// `send` (a client's writes) or `recv` (a daemon's reads).
+        #[arg(long, default_value = "recv")]
+        direction: String,
+        #[arg(long)]
+        output: std::path::PathBuf,
+    },
     /// Measure what the attached programs cost an unrelated syscall-heavy workload (needs root).
     Bench {
         /// Number of (without, with) pairs.
@@ -48,6 +62,12 @@ fn main() -> ExitCode {
         Command::Build => build::build().map(drop),
         Command::Run { args } => run::run(&args),
         Command::Test { unit_only } => test::test(unit_only),
+        Command::Fixture {
+            events,
+            conn_id,
+            direction,
+            output,
+        } => fixture::fixture(&events, conn_id, &direction, &output),
         Command::Bench { pairs } => bench::bench(pairs),
     };
     match result {

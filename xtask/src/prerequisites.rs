@@ -15,6 +15,7 @@ pub const TEST_PACKAGES: &[(&str, &str)] = &[
     ("podman", "podman"),
     ("iproute2", "ip"),
     ("tar", "tar"),
+    ("curl", "curl"),
 ];
 
 pub fn ensure_build_tools() -> anyhow::Result<()> {

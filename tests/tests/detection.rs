@@ -1,0 +1,442 @@
+//! Detections end to end: the real buildwatch binary watching a real dockerd, registry, podman
+//! and a remote client in a network namespace, asserting what each detection says.
+use std::{path::PathBuf, process::Command, process::ExitCode, time::Duration};
+
+use buildwatch_integration_tests::{
+    command::{run, run_command},
+    environment::{find_binary, missing_prerequisites, Environment, BASE_IMAGE, REGISTRY},
+    runner::{run_all, Scenario},
+    sensor::{event::*, Sensor},
+    TempConfig,
+};
+use serde_json::Value;
+
+const TIMEOUT: Duration = Duration::from_secs(60);
+/// A detection must follow its request within a second; the build itself may take longer.
+const BASE_REPOSITORY: &str = "127.0.0.1:5000/bwbase";
+
+struct World {
+    sensor: Sensor,
+    /// Kept for the restart scenario, which runs sensors of its own.
+    binary: PathBuf,
+    env: Environment,
+}
+
+fn main() -> ExitCode {
+    let ci = buildwatch_integration_tests::ci();
+    let mut problems = missing_prerequisites();
+    for (binary, package) in [("podman", "podman"), ("curl", "curl")] {
+        if find_binary(binary).is_none() {
+            problems.push(format!("{binary} (Debian package {package})"));
+        }
+    }
+    let binary = std::env::var_os("BUILDWATCH_BIN").map(PathBuf::from);
+    match &binary {
+        Some(path) if path.is_file() => {}
+        Some(path) => problems.push(format!("BUILDWATCH_BIN={} does not exist", path.display())),
+        None => problems.push("BUILDWATCH_BIN (run the tests with `cargo xtask test`)".to_string()),
+    }
+    if !problems.is_empty() {
+        let message = format!("detection tests need: {}", problems.join("; "));
+        if ci {
+            eprintln!("FAIL (CI=true, nothing may be skipped): {message}");
+            return ExitCode::FAILURE;
+        }
+        println!("skipping: {message}");
+        println!("0 passed, 0 failed, 1 skipped");
+        return ExitCode::SUCCESS;
+    }
+    let binary = binary.expect("checked above");
+    let env = Environment::start();
+    let config = sensor_config(&env, &env.dir.join("sensor-state"));
+    let world = World {
+        sensor: Sensor::start(&binary, &config),
+        binary,
+        env,
+    };
+    let passed = run_all(
+        &world,
+        &[
+            Scenario {
+                name: "remote_tcp_build_is_critical",
+                run: remote_tcp_build_is_critical,
+            },
+            Scenario {
+                name: "pull_then_build_is_not_flagged",
+                run: pull_then_build_is_not_flagged,
+            },
+            Scenario {
+                name: "local_untagged_build_is_medium",
+                run: local_untagged_build_is_medium,
+            },
+            Scenario {
+                name: "buildkit_build_is_detected",
+                run: buildkit_build_is_detected,
+            },
+            Scenario {
+                name: "podman_build_is_detected",
+                run: podman_build_is_detected,
+            },
+            Scenario {
+                name: "curl_raw_build_is_detected",
+                run: curl_raw_build_is_detected,
+            },
+            Scenario {
+                name: "privileged_run_of_built_image",
+                run: privileged_run_of_built_image,
+            },
+            Scenario {
+                name: "docker_load_is_side_loading",
+                run: docker_load_is_side_loading,
+            },
+            Scenario {
+                name: "ledger_survives_a_restart",
+                run: ledger_survives_a_restart,
+            },
+        ],
+    );
+    let dump = PathBuf::from(env!("CARGO_TARGET_TMPDIR")).join("detection-events.jsonl");
+    let lines: Vec<String> = world.sensor.all(0, |_| true).iter().map(Value::to_string).collect();
+    match std::fs::write(&dump, lines.join("\n") + "\n") {
+        Ok(()) => println!("the sensor's {} events are in {}", lines.len(), dump.display()),
+        Err(err) => println!("could not write {}: {err}", dump.display()),
+    }
+    drop(world);
+    if passed {
+        ExitCode::SUCCESS
+    } else {
+        ExitCode::FAILURE
+    }
+}
+
+fn sensor_config(env: &Environment, state_dir: &std::path::Path) -> PathBuf {
+    let path = env.dir.join(format!("buildwatch-{}.toml", state_dir.file_name().unwrap_or_default().to_string_lossy()));
+    std::fs::write(
+        &path,
+        format!(
+            "[watch]\nunix_sockets = [\"{}\"]\ntcp_ports = [2375]\ndaemons = [\"dockerd\", \"containerd\", \"podman\"]\n[detect]\nstate_dir = \"{}\"\n",
+            env.socket.display(),
+            state_dir.display()
+        ),
+    )
+    .expect("writing the sensor config");
+    path
+}
+
+/// The first detection of `rule` after `mark` that satisfies `predicate`.
+fn detection(sensor: &Sensor, mark: usize, rule: &str, what: &str, predicate: impl Fn(&Value) -> bool) -> Value {
+    sensor.wait_for(mark, TIMEOUT, what, |e| {
+        kind(e) == "detection" && e["detection"]["rule"] == rule && predicate(e)
+    })
+}
+
+/// The `build` summary line written when a build ends.
+fn build_summary(sensor: &Sensor, mark: usize, what: &str, predicate: impl Fn(&Value) -> bool) -> Value {
+    sensor.wait_for(mark, TIMEOUT, what, |e| kind(e) == "build" && predicate(&e["build"]))
+}
+
+fn has_tag(build: &Value, tag: &str) -> bool {
+    build["tags"].as_array().into_iter().flatten().any(|t| t == tag)
+}
+
+fn strings(value: &Value) -> Vec<String> {
+    value
+        .as_array()
+        .into_iter()
+        .flatten()
+        .map(|v| v.as_str().map(String::from).unwrap_or_else(|| v.to_string()))
+        .collect()
+}
+
+/// Asserts the detection names real evidence lines: every id is a line the sensor wrote.
+fn assert_evidence(sensor: &Sensor, detection: &Value) {
+    let ids = strings(&detection["detection"]["evidence"]);
+    assert!(!ids.is_empty(), "no evidence: {detection}");
+    for id in ids {
+        let found = sensor.all(0, |e| e["id"] == id.as_str());
+        assert_eq!(found.len(), 1, "evidence {id} is not a line of the sensor");
+        assert!(
+            matches!(kind(&found[0]), "socket.data" | "process.exec" | "socket.connect"),
+            "evidence {id} is a {}",
+            kind(&found[0])
+        );
+    }
+}
+
+fn remote_tcp_build_is_critical(world: &World) {
+    let env = &world.env;
+    let nonce = &env.nonce;
+    // The daemon must fetch the base image itself while building.
+    run_command(env.docker().args(["image", "rm", "--force", BASE_IMAGE]));
+    let command = format!("echo remote-{nonce} > /marker && (wget -q -T 1 -O /dev/null http://127.0.0.1:9/payload || true)");
+    let context = env.context("det-remote", &format!("FROM {BASE_IMAGE}\nRUN {command}\n"));
+    let tag = format!("bwdet/remote:{nonce}");
+    let full_tag = format!("docker.io/bwdet/remote:{nonce}");
+    let mark = world.sensor.mark();
+    run_command(env.remote_docker().args(["build", "-t", &tag]).arg(&context));
+
+    let found = detection(&world.sensor, mark, "build_without_pull", "build_without_pull for the remote build", |e| {
+        has_tag(&e["build"], &full_tag)
+    });
+    let d = &found["detection"];
+    assert_eq!(d["severity"], "critical", "{found}");
+    assert_eq!(d["attack"]["technique"], "T1612");
+    assert_eq!(d["attack"]["tactic"], "TA0005");
+    assert!(d["summary"].as_str().unwrap_or_default().contains(&env.remote_ip), "{d}");
+    let build = &found["build"];
+    assert_eq!(build["builder"], "classic");
+    assert_eq!(build["transport"], "tcp");
+    assert!(
+        build["peer"].as_str().unwrap_or_default().starts_with(&format!("{}:", env.remote_ip)),
+        "peer: {build}"
+    );
+    assert_eq!(build["endpoint"], format!("{}:2375", env.daemon_ip));
+    assert_eq!(u64::from(env.dockerd_pid), build["daemon"]["pid"].as_u64().unwrap_or_default());
+    assert_evidence(&world.sensor, &found);
+    // Emitted within a second of the request (not at the end of the build).
+    let request = world.sensor.wait_for(mark, TIMEOUT, "the request", |e| {
+        kind(e) == "socket.data" && content(e).contains(&format!("t=bwdet%2Fremote%3A{nonce}"))
+    });
+    let delay = time_ns(&found) - time_ns(&request);
+    assert!(delay < 1_000_000_000, "detection {delay} ns after the request");
+
+    let summary = build_summary(&world.sensor, mark, "the remote build's summary", |b| b["id"] == build["id"]);
+    let summary = &summary["build"];
+    assert_eq!(summary["state"], "finished");
+    assert_eq!(summary["detection_id"], d["id"]);
+    let bases = summary["base_images"].as_array().cloned().unwrap_or_default();
+    assert!(
+        bases.iter().any(|b| b["reference"] == BASE_IMAGE && b["fetched"] == true),
+        "base image not fetched from the registry: {bases:?}"
+    );
+    let steps = summary["steps"].as_array().cloned().unwrap_or_default();
+    assert!(
+        steps.iter().any(|s| strings(&s["argv"]) == ["/bin/sh", "-c", command.as_str()]),
+        "RUN step missing from {steps:?}"
+    );
+    assert!(
+        steps.iter().any(|s| strings(&s["argv"]).first().is_some_and(|a| a == "wget")),
+        "wget step missing from {steps:?}"
+    );
+    let egress = strings(&summary["egress"].as_array().cloned().unwrap_or_default().iter().map(|e| e["detail"].clone()).collect());
+    assert!(egress.iter().any(|e| e.contains("wget")), "egress: {egress:?}");
+    assert_eq!(summary["severity"], "critical");
+}
+
+fn pull_then_build_is_not_flagged(world: &World) {
+    let env = &world.env;
+    let nonce = &env.nonce;
+    let context = env.context("det-ci", &format!("FROM {BASE_IMAGE}\nLABEL ci={nonce}\n"));
+    let tag = format!("{BASE_REPOSITORY}:ci-{nonce}");
+    let mark = world.sensor.mark();
+    run_command(env.docker().args(["pull", BASE_IMAGE]));
+    run_command(env.docker().args(["build", "--cache-from", BASE_IMAGE, "-t", &tag]).arg(&context));
+    let summary = build_summary(&world.sensor, mark, "the CI build's summary", |b| has_tag(b, &tag));
+    assert!(summary["build"]["detection_id"].is_null(), "flagged: {summary}");
+    let flagged = world.sensor.all(mark, |e| kind(e) == "detection" && has_tag(&e["build"], &tag));
+    assert!(flagged.is_empty(), "a pulled repository was flagged: {flagged:?}");
+    let pull = world.sensor.all(mark, |e| {
+        kind(e) == "docker.operation" && e["operation"]["type"] == "pull" && e["operation"]["image"] == BASE_IMAGE
+    });
+    assert!(!pull.is_empty(), "the pull was not reported");
+}
+
+fn local_untagged_build_is_medium(world: &World) {
+    let env = &world.env;
+    let context = env.context("det-untagged", &format!("FROM {BASE_IMAGE}\nLABEL untagged={}\n", env.nonce));
+    let mark = world.sensor.mark();
+    let secret = format!("docker-secret-{}", env.nonce);
+    run_command(env.docker().args(["build", "--build-arg", &format!("TOKEN={secret}")]).arg(&context));
+    let found = detection(&world.sensor, mark, "build_without_pull", "build_without_pull for the untagged build", |e| {
+        e["build"]["tags"].as_array().is_some_and(Vec::is_empty) && e["build"]["transport"] == "unix"
+    });
+    assert_eq!(found["detection"]["severity"], "medium", "{found}");
+    let client = &found["build"]["client"];
+    assert_eq!(client["comm"], "docker", "{found}");
+    assert!(client["exe"].as_str().unwrap_or_default().ends_with("/docker"), "{client}");
+    assert!(strings(&client["argv"]).iter().any(|a| a == "build"), "{client}");
+    assert!(!client["ancestry"].as_array().cloned().unwrap_or_default().is_empty(), "{client}");
+    assert_eq!(found["build"]["endpoint"], format!("unix:{}", env.socket.display()));
+    assert!(
+        strings(&found["detection"]["reasons"]).iter().any(|r| r.contains("untagged")),
+        "{found}"
+    );
+    assert_eq!(strings(&found["build"]["build_arg_keys"]), ["TOKEN"]);
+    assert_evidence(&world.sensor, &found);
+    assert_no_secret(&world.sensor, &secret);
+}
+
+fn buildkit_build_is_detected(world: &World) {
+    let env = &world.env;
+    let nonce = &env.nonce;
+    let context = env.context("det-buildkit", &format!("FROM {BASE_IMAGE}\nRUN echo bk-{nonce}\n"));
+    let tag = format!("bwdet/buildkit:{nonce}");
+    let mark = world.sensor.mark();
+    run_command(
+        env.docker()
+            .env("DOCKER_BUILDKIT", "1")
+            .args(["build", "--network", "none", "-t", &tag])
+            .arg(&context),
+    );
+    let found = detection(&world.sensor, mark, "build_without_pull", "build_without_pull for the BuildKit build", |e| {
+        has_tag(&e["build"], &format!("docker.io/{tag}"))
+    });
+    assert_eq!(found["build"]["builder"], "buildkit", "{found}");
+    assert_eq!(found["detection"]["severity"], "medium");
+    assert_eq!(found["build"]["client"]["comm"], "docker");
+}
+
+fn podman_build_is_detected(world: &World) {
+    let env = &world.env;
+    let nonce = &env.nonce;
+    let context = env.context("det-podman", &format!("FROM {BASE_IMAGE}\nLABEL podman={nonce}\n"));
+    let tag = format!("bwdet/podman:{nonce}");
+    let root = env.dir.join("podman");
+    let mark = world.sensor.mark();
+    // In the daemon's namespace, where the registry listens. The build's own outcome depends on
+    // podman's storage on this kernel; the detection comes from the exec and must not.
+    let status = Command::new("nsenter")
+        .arg(format!("--net=/run/netns/{}", env.daemon_ns))
+        .arg("podman")
+        .arg("--root")
+        .arg(root.join("root"))
+        .arg("--runroot")
+        .arg(root.join("run"))
+        .args(["--cgroup-manager", "cgroupfs", "build", "--tls-verify=false", "-t", &tag])
+        .args(["--build-arg", &format!("TOKEN=podman-secret-{nonce}")])
+        .arg(&context)
+        .status()
+        .expect("running podman");
+    println!("podman build exited with {status}");
+    let found = detection(&world.sensor, mark, "build_without_pull", "build_without_pull for podman build", |e| {
+        has_tag(&e["build"], &format!("docker.io/{tag}"))
+    });
+    assert_eq!(found["build"]["builder"], "podman", "{found}");
+    assert_eq!(found["build"]["transport"], "exec");
+    assert_eq!(found["detection"]["severity"], "medium");
+    assert!(strings(&found["build"]["client"]["argv"]).iter().any(|a| a == "build"), "{found}");
+    assert_eq!(strings(&found["build"]["build_arg_keys"]), ["TOKEN"]);
+    assert_eq!(found["build"]["instructions"]["from"][0], BASE_IMAGE, "Dockerfile read from the context: {found}");
+    assert_evidence(&world.sensor, &found);
+    assert_no_secret(&world.sensor, &format!("podman-secret-{nonce}"));
+}
+
+/// Build-arg values appear in no line the sensor wrote (argv, captured bytes, build objects).
+fn assert_no_secret(sensor: &Sensor, secret: &str) {
+    let leaks = sensor.all(0, |e| e.to_string().contains(secret));
+    assert!(leaks.is_empty(), "build-arg value leaked in {} lines: {:?}", leaks.len(), leaks.first());
+}
+
+fn curl_raw_build_is_detected(world: &World) {
+    let env = &world.env;
+    let nonce = &env.nonce;
+    let context = env.context("det-curl", &format!("FROM {BASE_IMAGE}\nRUN echo curl-{nonce}\n"));
+    let tarball = env.dir.join("det-curl.tar");
+    run("tar", &["-C", &context.to_string_lossy(), "-cf", &tarball.to_string_lossy(), "."]);
+    let mark = world.sensor.mark();
+    run(
+        "curl",
+        &[
+            "--silent",
+            "--show-error",
+            "--fail",
+            "--unix-socket",
+            &env.socket.to_string_lossy(),
+            "-H",
+            "Content-Type: application/x-tar",
+            "-H",
+            "Expect: 100-continue",
+            "--data-binary",
+            &format!("@{}", tarball.display()),
+            &format!("http://docker/build?t=bwdet%2Fcurl%3A{nonce}&t=bwdet%2Fcurl%3Alatest"),
+        ],
+    );
+    let found = detection(&world.sensor, mark, "build_without_pull", "build_without_pull for curl's POST /build", |e| {
+        has_tag(&e["build"], &format!("docker.io/bwdet/curl:{nonce}"))
+    });
+    let build = &found["build"];
+    assert!(has_tag(build, "docker.io/bwdet/curl:latest"), "repeated t= lost: {build}");
+    assert_eq!(build["client"]["comm"], "curl", "{found}");
+    assert_eq!(build["instructions"]["from"][0], BASE_IMAGE, "Dockerfile from the context: {build}");
+    let summary = build_summary(&world.sensor, mark, "curl build summary", |b| b["id"] == build["id"]);
+    assert_eq!(summary["build"]["state"], "finished");
+}
+
+fn privileged_run_of_built_image(world: &World) {
+    let env = &world.env;
+    let nonce = &env.nonce;
+    let context = env.context("det-run", &format!("FROM {BASE_IMAGE}\nLABEL run={nonce}\n"));
+    let tag = format!("bwdet/run:{nonce}");
+    run_command(env.docker().args(["build", "-t", &tag]).arg(&context));
+    let mark = world.sensor.mark();
+    let id = run_command(env.docker().args(["create", "--privileged", "--network", "none", "-v", "/:/host", &tag, "true"]));
+    run_command(env.docker().args(["rm", id.trim()]));
+    let found = detection(&world.sensor, mark, "run_of_unpulled_image", "run_of_unpulled_image", |e| {
+        e["operation"]["image"] == tag.as_str()
+    });
+    let d = &found["detection"];
+    assert_eq!(d["severity"], "critical", "{found}");
+    assert_eq!(d["attack"]["technique"], "T1610");
+    let reasons = strings(&d["reasons"]);
+    assert!(reasons.iter().any(|r| r.contains("privileged")), "{reasons:?}");
+    assert!(reasons.iter().any(|r| r.contains("host root")), "{reasons:?}");
+    assert!(reasons.iter().any(|r| r.contains("build")), "{reasons:?}");
+    assert_eq!(found["operation"]["privileged"], true);
+    assert_eq!(found["operation"]["client"]["comm"], "docker");
+    assert_evidence(&world.sensor, &found);
+}
+
+fn docker_load_is_side_loading(world: &World) {
+    let env = &world.env;
+    let archive = env.dir.join("det-load.tar");
+    run_command(env.docker().args(["pull", BASE_IMAGE]));
+    run_command(env.docker().args(["save", "-o", &archive.to_string_lossy(), BASE_IMAGE]));
+    let mark = world.sensor.mark();
+    run_command(env.docker().args(["load", "-i", &archive.to_string_lossy()]));
+    let found = detection(&world.sensor, mark, "image_side_loaded", "image_side_loaded for docker load", |e| {
+        e["operation"]["type"] == "load"
+    });
+    assert_eq!(found["detection"]["severity"], "medium", "{found}");
+    assert_eq!(found["operation"]["client"]["comm"], "docker");
+    assert_evidence(&world.sensor, &found);
+}
+
+fn ledger_survives_a_restart(world: &World) {
+    let env = &world.env;
+    let nonce = &env.nonce;
+    let state = TempConfig::new("restart", "");
+    let state_dir = state.path.with_file_name("ledger-state");
+    let config = sensor_config(env, &state_dir);
+    {
+        let first = Sensor::start(&world.binary, &config);
+        let mark = first.mark();
+        run_command(env.docker().args(["pull", BASE_IMAGE]));
+        first.wait_for(mark, TIMEOUT, "the pull, seen by the first sensor", |e| {
+            kind(e) == "docker.operation" && e["operation"]["type"] == "pull"
+        });
+        let status = first.terminate(Duration::from_secs(15)).expect("the first sensor did not stop");
+        assert!(status.success(), "first sensor: {status}\n{}", first.stderr());
+    }
+    assert!(state_dir.join("ledger.json").is_file(), "no ledger in {}", state_dir.display());
+    let second = Sensor::start(&world.binary, &config);
+    let mark = second.mark();
+    let context = env.context("det-restart", &format!("FROM {BASE_IMAGE}\nLABEL restart={nonce}\n"));
+    let tag = format!("{REGISTRY}/bwbase:restart-{nonce}");
+    run_command(env.docker().args(["build", "-t", &tag]).arg(&context));
+    let summary = build_summary(&second, mark, "the build after the restart", |b| has_tag(b, &tag));
+    assert!(summary["build"]["detection_id"].is_null(), "flagged after restart: {summary}");
+    let flagged = second.all(mark, |e| kind(e) == "detection" && has_tag(&e["build"], &tag));
+    assert!(flagged.is_empty(), "the persisted pull was forgotten: {flagged:?}");
+    // The main sensor saw the same pull, so it must not flag it either; a sensor without the
+    // history would (checked by local_untagged_build_is_medium and the unit tests).
+    let status = second.terminate(Duration::from_secs(15)).expect("the second sensor did not stop");
+    assert!(status.success(), "second sensor: {status}\n{}", second.stderr());
+}
+
+fn time_ns(event: &Value) -> i128 {
+    let text = event["time"].as_str().unwrap_or_default();
+    humantime::parse_rfc3339(text)
+        .ok()
+        .and_then(|t| t.duration_since(std::time::UNIX_EPOCH).ok())
+        .map_or(0, |d| d.as_nanos() as i128)
+}
