@@ -217,10 +217,8 @@ impl Engine {
             }
             None => ProcessView::new(&header, None),
         };
-        match socket.role {
-            Role::Client => self.connections.set_client(socket.conn_id, process.clone()),
-            Role::DaemonOutbound => self.detector.on_outbound_connect(header.tgid, socket.conn_id, &socket.peer),
-            Role::DaemonAccepted => {}
+        if socket.role == Role::Client {
+            self.connections.set_client(socket.conn_id, process.clone());
         }
         let view = SocketView {
             conn_id: socket.conn_id,

@@ -289,12 +289,11 @@ fn buildkit_build_is_detected(world: &World) {
 fn podman_build_is_detected(world: &World) {
     let env = &world.env;
     let nonce = &env.nonce;
-    let context = env.context("det-podman", &format!("FROM {BASE_IMAGE}\nLABEL podman={nonce}\n"));
+    let context = env.context("det-podman", &format!("FROM {BASE_IMAGE}\nRUN echo podman-{nonce}\n"));
     let tag = format!("bwdet/podman:{nonce}");
     let root = env.dir.join("podman");
     let mark = world.sensor.mark();
-    // In the daemon's namespace, where the registry listens. The build's own outcome depends on
-    // podman's storage on this kernel; the detection comes from the exec and must not.
+    // In the daemon's namespace, where the registry listens.
     let status = Command::new("nsenter")
         .arg(format!("--net=/run/netns/{}", env.daemon_ns))
         .arg("podman")
@@ -302,12 +301,12 @@ fn podman_build_is_detected(world: &World) {
         .arg(root.join("root"))
         .arg("--runroot")
         .arg(root.join("run"))
-        .args(["--cgroup-manager", "cgroupfs", "build", "--tls-verify=false", "-t", &tag])
+        .args(["--cgroup-manager", "cgroupfs", "build", "--tls-verify=false", "--network", "none", "-t", &tag])
         .args(["--build-arg", &format!("TOKEN=podman-secret-{nonce}")])
         .arg(&context)
         .status()
         .expect("running podman");
-    println!("podman build exited with {status}");
+    assert!(status.success(), "podman build failed: {status}");
     let found = detection(&world.sensor, mark, "build_without_pull", "build_without_pull for podman build", |e| {
         has_tag(&e["build"], &format!("docker.io/{tag}"))
     });
@@ -318,6 +317,17 @@ fn podman_build_is_detected(world: &World) {
     assert_eq!(strings(&found["build"]["build_arg_keys"]), ["TOKEN"]);
     assert_eq!(found["build"]["instructions"]["from"][0], BASE_IMAGE, "Dockerfile read from the context: {found}");
     assert_evidence(&world.sensor, &found);
+    let summary = build_summary(&world.sensor, mark, "the podman build's summary", |b| b["id"] == found["build"]["id"]);
+    let summary = &summary["build"];
+    assert!(
+        summary["base_images"].as_array().into_iter().flatten().any(|b| b["reference"] == BASE_IMAGE && b["fetched"] == true),
+        "podman's registry fetch: {summary}"
+    );
+    let step = format!("echo podman-{nonce}");
+    assert!(
+        summary["steps"].as_array().into_iter().flatten().any(|s| strings(&s["argv"]).last() == Some(&step)),
+        "podman RUN step: {summary}"
+    );
     assert_no_secret(&world.sensor, &format!("podman-secret-{nonce}"));
 }
 

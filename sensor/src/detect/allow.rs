@@ -118,7 +118,7 @@ mod tests {
             .is_none());
         let app = ("docker.io/library/app".to_string(), "docker.io/library/app:1".to_string());
         let evil = ("docker.io/library/evil".to_string(), "docker.io/library/evil:1".to_string());
-        assert!(allow.all_repositories(&[app.clone()]).is_some());
+        assert!(allow.all_repositories(std::slice::from_ref(&app)).is_some());
         assert!(allow.all_repositories(&[app, evil]).is_none());
         assert!(allow.trusts_registry("127.0.0.1:5000"));
         assert!(!allow.trusts_registry("docker.io"));

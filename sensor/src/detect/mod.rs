@@ -54,6 +54,13 @@ const STARTED_RETENTION_NS: u64 = 30_000_000_000;
 const MAX_STARTED: usize = 1024;
 /// Requests waiting for their other half; beyond this the oldest is reported unpaired.
 const MAX_PENDING: usize = 4096;
+/// Streams parsed at once (each holds at most a request head and a kept body). Streams of
+/// connections whose close was lost are dropped when the table is full.
+const MAX_STREAMS: usize = 4096;
+/// Builds open at once; beyond this the oldest is closed as unfinished.
+const MAX_OPEN_BUILDS: usize = 1024;
+/// (endpoint, peer) pairs api_exposed remembers having reported.
+const MAX_EXPOSED: usize = 4096;
 
 /// What a detection is about.
 enum Subject {
@@ -75,19 +82,19 @@ pub struct Settings {
 #[serde(untagged)]
 pub enum Finding {
     Operation {
-        operation: OperationView,
+        operation: Box<OperationView>,
     },
     Detection {
         detection: DetectionView,
         #[serde(skip_serializing_if = "Option::is_none")]
-        build: Option<Build>,
+        build: Option<Box<Build>>,
         #[serde(skip_serializing_if = "Option::is_none")]
-        operation: Option<OperationView>,
+        operation: Option<Box<OperationView>>,
         #[serde(skip_serializing_if = "Option::is_none")]
-        api: Option<Origin>,
+        api: Option<Box<Origin>>,
     },
     Build {
-        build: Build,
+        build: Box<Build>,
     },
 }
 
@@ -148,7 +155,7 @@ struct Stream {
 impl Stream {
     fn new() -> Self {
         Self {
-            http: RequestStream::default(),
+            http: RequestStream::with_body_filter(api::wants_body),
             offset: 0,
             carriers: VecDeque::new(),
             session: None,
@@ -204,8 +211,6 @@ pub struct Detector {
     streams: HashMap<(u64, Dir), Stream>,
     pending: Vec<Pending>,
     builds: Vec<Build>,
-    /// Daemon outbound connections: conn_id -> (daemon tgid, destination).
-    outbound: HashMap<u64, (u32, Endpoint)>,
     exposed: HashSet<(String, IpAddr)>,
     started: VecDeque<(String, u64)>,
     findings: Vec<(u64, Finding)>,
@@ -220,7 +225,6 @@ impl Detector {
             streams: HashMap::new(),
             pending: Vec::new(),
             builds: Vec::new(),
-            outbound: HashMap::new(),
             exposed: HashSet::new(),
             started: VecDeque::new(),
             findings: Vec::new(),
@@ -258,6 +262,10 @@ impl Detector {
 
     pub fn on_data(&mut self, input: DataInput<'_>) {
         let key = (input.conn_id, input.direction);
+        if self.streams.len() >= MAX_STREAMS && !self.streams.contains_key(&key) {
+            tracing::warn!("{MAX_STREAMS} API streams open at once; dropping their parse state");
+            self.streams.clear();
+        }
         let stream = self.streams.entry(key).or_insert_with(Stream::new);
         let start = stream.offset;
         stream.offset += u64::from(input.total_len.max(input.bytes.len() as u32));
@@ -608,10 +616,6 @@ impl Detector {
         }
     }
 
-    pub fn on_outbound_connect(&mut self, tgid: u32, conn_id: u64, peer: &Endpoint) {
-        self.outbound.insert(conn_id, (tgid, peer.clone()));
-    }
-
     /// An exec: a daemon-less builder starting, or a build step.
     pub fn on_exec(&mut self, header: &Header, line_id: &str, process: &ProcessView) {
         let now = header.boot_ns;
@@ -712,7 +716,6 @@ impl Detector {
         for dir in [Dir::Send, Dir::Recv] {
             self.streams.remove(&(conn_id, dir));
         }
-        self.outbound.remove(&conn_id);
         let ids: Vec<String> = self
             .builds
             .iter()
@@ -790,7 +793,7 @@ impl Detector {
         self.findings.push((
             now,
             Finding::Operation {
-                operation: view.clone(),
+                operation: Box::new(view.clone()),
             },
         ));
         // Facts are dated by the request; lines by when they were concluded.
@@ -962,7 +965,7 @@ impl Detector {
                     now,
                     Finding::Detection {
                         detection,
-                        build: Some(build.clone()),
+                        build: Some(Box::new(build.clone())),
                         operation: None,
                         api: None,
                     },
@@ -975,6 +978,10 @@ impl Detector {
                     stream.build = Some(id.clone());
                 }
             }
+        }
+        if self.builds.len() >= MAX_OPEN_BUILDS {
+            let oldest = self.builds[0].id.clone();
+            self.finish_build(&oldest, now, BuildState::Unfinished);
         }
         self.builds.push(build);
     }
@@ -1013,7 +1020,7 @@ impl Detector {
                 }
             }
         }
-        self.findings.push((now, Finding::Build { build }));
+        self.findings.push((now, Finding::Build { build: Box::new(build) }));
     }
 
     fn check_exposed(&mut self, origin: &Origin, now: u64, evidence: &[String]) {
@@ -1024,6 +1031,9 @@ impl Detector {
             return;
         };
         let endpoint = origin.endpoint.clone().unwrap_or_else(|| "tcp".into());
+        if self.exposed.len() >= MAX_EXPOSED {
+            self.exposed.clear();
+        }
         if !self.exposed.insert((endpoint.clone(), ip)) {
             return;
         }
@@ -1058,9 +1068,9 @@ impl Detector {
         let detection = DetectionView::new(verdict, &subject_id, evidence);
         *self.stats.detections.entry(detection.rule).or_default() += 1;
         let (build, operation, api) = match subject {
-            Subject::Build(build) => (Some(build), None, None),
-            Subject::Operation(operation) => (None, Some(operation), None),
-            Subject::Api(origin) => (None, None, Some(origin)),
+            Subject::Build(build) => (Some(Box::new(build)), None, None),
+            Subject::Operation(operation) => (None, Some(Box::new(operation)), None),
+            Subject::Api(origin) => (None, None, Some(Box::new(origin))),
         };
         self.findings.push((
             at,

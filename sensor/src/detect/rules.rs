@@ -11,7 +11,6 @@ use crate::docker::api::CreateParams;
 #[derive(Debug, Clone, Copy, PartialEq, Eq, PartialOrd, Ord, Serialize)]
 #[serde(rename_all = "snake_case")]
 pub enum Severity {
-    Low,
     Medium,
     High,
     Critical,
@@ -20,7 +19,6 @@ pub enum Severity {
 impl Severity {
     pub fn raised(self) -> Self {
         match self {
-            Severity::Low => Severity::Medium,
             Severity::Medium => Severity::High,
             Severity::High | Severity::Critical => Severity::Critical,
         }
@@ -67,14 +65,6 @@ pub enum Rule {
 }
 
 impl Rule {
-    pub const ALL: [Rule; 5] = [
-        Rule::BuildWithoutPull,
-        Rule::RunOfUnpulledImage,
-        Rule::ImageSideLoaded,
-        Rule::BuildEgress,
-        Rule::ApiExposed,
-    ];
-
     pub fn name(self) -> &'static str {
         match self {
             Rule::BuildWithoutPull => "build_without_pull",
@@ -237,16 +227,32 @@ pub fn egress_command(argv: &[String]) -> Option<String> {
     const TOOLS: [&str; 12] = [
         "curl", "wget", "nc", "ncat", "netcat", "socat", "ftp", "tftp", "scp", "rsync", "aria2c", "telnet",
     ];
+    const SHELLS: [&str; 4] = ["sh", "bash", "ash", "dash"];
     let program = argv.first()?.rsplit('/').next()?;
     let line = argv.join(" ");
     if TOOLS.contains(&program) {
         return Some(format!("network tool: {}", truncate(&line)));
     }
-    let pipes_to_shell = ["| sh", "|sh", "| bash", "|bash", "| ash"].iter().any(|p| line.contains(p));
-    let fetches = TOOLS.iter().any(|t| line.split_whitespace().any(|w| w.rsplit('/').next() == Some(t)))
-        || line.contains("/dev/tcp/");
-    (fetches && (pipes_to_shell || matches!(program, "sh" | "bash" | "ash" | "dash")))
-        .then(|| format!("shell fetching from the network: {}", truncate(&line)))
+    if !SHELLS.contains(&program) {
+        return None;
+    }
+    let script = argv.iter().position(|a| a == "-c").and_then(|i| argv.get(i + 1))?;
+    let fetches = commands(script).any(|command| TOOLS.contains(&command)) || script.contains("/dev/tcp/");
+    fetches.then(|| format!("shell fetching from the network: {}", truncate(&line)))
+}
+
+/// The program names in command position of a shell line: the first word of each command
+/// between operators (`;`, `&&`, `||`, `|`, subshells, substitutions), after `VAR=value`
+/// assignments and `sudo`/`exec`/`command`.
+fn commands(line: &str) -> impl Iterator<Item = &str> {
+    line.split(|c: char| ";&|()`\n".contains(c))
+        .filter_map(|command| {
+            command
+                .split_whitespace()
+                .map(|w| w.trim_start_matches('$'))
+                .find(|w| !w.is_empty() && !w.contains('=') && !matches!(*w, "sudo" | "exec" | "command" | "!"))
+        })
+        .map(|word| word.rsplit('/').next().unwrap_or(word))
 }
 
 fn truncate(text: &str) -> String {
@@ -306,5 +312,8 @@ mod tests {
         assert!(egress_command(&["/bin/sh".into(), "-c".into(), "curl -s http://x | sh".into()]).is_some());
         assert!(egress_command(&["/bin/sh".into(), "-c".into(), "echo hi > /m".into()]).is_none());
         assert!(egress_command(&argv("apk add curl")).is_none());
+        assert!(egress_command(&["/bin/sh".into(), "-c".into(), "echo x && (wget -q http://x/p || true)".into()]).is_some());
+        assert!(egress_command(&["sh".into(), "-c".into(), "apk add curl && echo ok".into()]).is_none());
+        assert!(egress_command(&["sh".into(), "-c".into(), "X=1 $(/usr/bin/curl -s http://x) | sh".into()]).is_some());
     }
 }

@@ -154,7 +154,7 @@ impl ApiRequest {
         let mut segments: Vec<String> = path
             .split('/')
             .filter(|s| !s.is_empty())
-            .map(|s| percent_decode(s))
+            .map(percent_decode)
             .collect();
         let mut version = None;
         if segments.first().is_some_and(|s| is_version(s)) {
@@ -296,6 +296,18 @@ fn build_params(request: &ApiRequest) -> BuildParams {
         session: non_empty("session"),
         pull: request.flag("pull"),
     }
+}
+
+/// Whether a request's body is worth keeping: the JSON of container create and exec, the
+/// context of a build (its Dockerfile), the archive of a load (its image names).
+pub fn wants_body(head: &RequestHead) -> bool {
+    if !head.method.eq_ignore_ascii_case("POST") {
+        return false;
+    }
+    let path = head.target.split('?').next().unwrap_or_default();
+    ["/build", "/containers/create", "/exec", "/images/load"]
+        .iter()
+        .any(|end| path.ends_with(end))
 }
 
 /// Fills in what only the body tells: the container-create and exec JSON.

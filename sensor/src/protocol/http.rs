@@ -79,6 +79,9 @@ pub struct RequestStream {
     /// While resyncing: `buffer[0]` starts a line.
     line_start: bool,
     events: Vec<HttpEvent>,
+    wants_body: fn(&RequestHead) -> bool,
+    /// The current request's body is kept.
+    keeping: bool,
 }
 
 impl Default for RequestStream {
@@ -93,11 +96,22 @@ impl Default for RequestStream {
             upgrade_after_body: false,
             line_start: false,
             events: Vec::new(),
+            wants_body: |_| true,
+            keeping: true,
         }
     }
 }
 
 impl RequestStream {
+    /// A stream that keeps the bodies of only the requests `wants_body` picks (the others are
+    /// skipped and reported empty and incomplete), so memory goes where it is needed.
+    pub fn with_body_filter(wants_body: fn(&RequestHead) -> bool) -> Self {
+        Self {
+            wants_body,
+            ..Self::default()
+        }
+    }
+
     /// Feeds captured bytes; returns what they completed.
     pub fn feed(&mut self, bytes: &[u8]) -> Vec<HttpEvent> {
         if self.state == State::Upgraded {
@@ -165,7 +179,7 @@ impl RequestStream {
     }
 
     fn keep_body(&mut self, len: usize) {
-        if self.body_reported {
+        if self.body_reported || !self.keeping {
             self.consume(len);
             return;
         }
@@ -196,6 +210,7 @@ impl RequestStream {
         self.body.clear();
         self.body_reported = false;
         self.body_complete = true;
+        self.keeping = true;
     }
 
     fn body_done(&mut self) {
@@ -319,9 +334,10 @@ impl RequestStream {
                 .header("connection")
                 .is_some_and(|v| v.to_ascii_lowercase().contains("upgrade"));
         let upgrade = head.upgrade;
+        self.keeping = (self.wants_body)(&head);
         self.events.push(HttpEvent::Head(head));
         self.body.clear();
-        self.body_complete = true;
+        self.body_complete = self.keeping;
         self.body_reported = false;
         self.upgrade_after_body = upgrade;
         match (chunked, length) {
@@ -539,6 +555,14 @@ mod tests {
         let (body, complete) = &bodies(&events)[0];
         assert_eq!(body.len(), MAX_BODY);
         assert!(!complete);
+    }
+
+    #[test]
+    fn unwanted_bodies_are_skipped_not_kept() {
+        let mut stream = RequestStream::with_body_filter(|head| head.target.contains("create"));
+        let mut events = stream.feed(b"POST /images/load HTTP/1.1\r\nContent-Length: 5\r\n\r\nhello");
+        events.extend(stream.feed(b"POST /containers/create HTTP/1.1\r\nContent-Length: 2\r\n\r\n{}"));
+        assert_eq!(bodies(&events), [(Vec::new(), false), (b"{}".to_vec(), true)]);
     }
 
     #[test]
