@@ -182,6 +182,15 @@ struct Half {
     evidence: Vec<String>,
 }
 
+struct Reported {
+    id: String,
+    key: String,
+    first_ns: u64,
+    had_client: bool,
+}
+
+const MAX_REPORTED: usize = 256;
+
 struct Pending {
     id: String,
     key: String,
@@ -213,6 +222,9 @@ pub struct Detector {
     builds: Vec<Build>,
     exposed: HashSet<(String, IpAddr)>,
     started: VecDeque<(String, u64)>,
+    /// Operations reported recently, so a half that arrives after its operation was reported
+    /// alone is recognised.
+    reported: VecDeque<Reported>,
     findings: Vec<(u64, Finding)>,
     stats: DetectStats,
 }
@@ -227,6 +239,7 @@ impl Detector {
             builds: Vec::new(),
             exposed: HashSet::new(),
             started: VecDeque::new(),
+            reported: VecDeque::new(),
             findings: Vec::new(),
             stats: DetectStats::default(),
         }
@@ -369,6 +382,20 @@ impl Detector {
             evidence,
         };
         let is_client = input.role == Role::Client;
+        // The late half of a request already reported alone (a loopback TCP client whose write
+        // was processed after dockerd's read): it belongs to that operation, not a new one.
+        if let Some(recent) = self.reported.iter().find(|r| {
+            r.key == pair_key && now.saturating_sub(r.first_ns) < 2 * BODY_WAIT_NS && r.had_client != is_client
+        }) {
+            let build = self.builds.iter().find(|b| b.id == build_id_of(&recent.id)).map(|b| b.id.clone());
+            if let Some(stream) = self.streams.get_mut(&key) {
+                stream.build = build;
+            }
+            if let Some(build) = self.builds.iter_mut().find(|b| b.id == build_id_of(&recent.id)) {
+                build.conn_ids.push(input.conn_id);
+            }
+            return;
+        }
         // The other half of a request already seen?
         let found = self.pending.iter_mut().find(|p| {
             p.key == pair_key
@@ -764,6 +791,17 @@ impl Detector {
 
     fn finalize(&mut self, mut pending: Pending, now: u64) {
         let api = pending.request.as_ref().map(|r| r.api);
+        if !pending.key.is_empty() && (pending.client.is_none() || pending.daemon.is_none()) {
+            self.reported.push_back(Reported {
+                id: pending.id.clone(),
+                key: pending.key.clone(),
+                first_ns: pending.first_ns,
+                had_client: pending.client.is_some(),
+            });
+            if self.reported.len() > MAX_REPORTED {
+                self.reported.pop_front();
+            }
+        }
         if let Some((body, complete)) = &pending.body {
             api::complete_with_body(&mut pending.operation, api.unwrap_or(api::Api::Docker), body, *complete);
         }

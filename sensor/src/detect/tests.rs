@@ -313,6 +313,24 @@ fn client_and_daemon_halves_make_one_operation() {
 }
 
 #[test]
+fn a_late_half_joins_the_operation_reported_without_it() {
+    let mut h = Harness::new();
+    // dockerd's read of a TCP request from another host is reported at once ...
+    h.feed(&Side::remote(1, [10, 9, 8, 7]), "remote_tcp_build.recv.jsonl", false);
+    assert_eq!(h.detections("build_without_pull").len(), 1);
+    // ... and the client's write, processed later (the client ran in a namespace on this host),
+    // is not a second build.
+    let mut client = Side::client(2, 4242, "docker");
+    client.peer = Endpoint::Tcp(IpAddr::V4(Ipv4Addr::new(10, 0, 0, 1)), 2375);
+    h.feed(&client, "remote_tcp_build.recv.jsonl", false);
+    h.wait(BODY_WAIT_NS / MS);
+    assert_eq!(h.of_kind("docker.operation").len(), 1, "{:?}", h.json());
+    assert_eq!(h.detections("build_without_pull").len(), 1);
+    h.close(2);
+    assert_eq!(h.of_kind("build").len(), 1, "the client's close ends the build");
+}
+
+#[test]
 fn remote_tcp_build_is_critical_and_the_api_exposed_once() {
     let mut h = Harness::new();
     h.feed(&Side::remote(1, [10, 9, 8, 7]), "remote_tcp_build.recv.jsonl", false);
