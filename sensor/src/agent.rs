@@ -1,6 +1,13 @@
 //! `buildwatch run`: preflight, load and attach, seed the tables, then read the ring buffer until
-//! SIGINT/SIGTERM.
-use std::{collections::BTreeMap, path::PathBuf, time::Duration};
+//! SIGINT/SIGTERM. Lines go through a bounded queue to a writer thread, so a slow sink never
+//! holds up the kernel reader.
+use std::{
+    collections::BTreeMap,
+    path::PathBuf,
+    rc::Rc,
+    sync::{atomic::AtomicBool, Arc},
+    time::{Duration, Instant},
+};
 
 use anyhow::Context as _;
 use aya::maps::{MapData, RingBuf};
@@ -17,33 +24,82 @@ use crate::{
     detect::{allow::Allowlist, ledger::Ledger, Detector, Settings},
     engine::Engine,
     existing,
+    host::{LiveHost, RecordingHost, SharedHost},
     kernel::{preflight, KernelSensor, LossCounters, TrackedSockets},
+    notify::notify,
     output::{
-        schema::{SensorInfo, StartBody, StopBody},
+        queue::LineQueue,
+        schema::{HealthBody, SensorInfo, StartBody, Stats, StopBody},
+        writer::{self, FileSettings, Targets},
         Emitter, Sink,
     },
     process_table::ProcessTable,
     procfs,
+    recording::{self, Input, Recorder},
 };
 
-const LOSS_CHECK_INTERVAL: Duration = Duration::from_secs(2);
+const LOSS_CHECK_INTERVAL: Duration = Duration::from_secs(1);
 /// How often pending correlation (request halves, bodies) is checked against the clock; keeps
 /// detections well within a second of their request.
 const CORRELATION_TICK: Duration = Duration::from_millis(100);
 
 pub struct RunOptions {
-    pub config: Option<PathBuf>,
+    pub config: Config,
+    pub config_path: Option<PathBuf>,
+    /// `--output`: overrides `output.path`.
     pub output: Option<PathBuf>,
+    /// `--record`: also write every input of the engine here.
+    pub record: Option<PathBuf>,
+}
+
+/// The engine's inputs, applied and, when recording, written down with the host's answers.
+struct Inputs {
+    engine: Engine,
+    recording: Option<(Recorder, Rc<RecordingHost>)>,
+}
+
+impl Inputs {
+    fn apply(&mut self, input: Input, sink: &mut Sink) -> anyhow::Result<()> {
+        let input = self.engine.prepare(input);
+        match &mut self.recording {
+            None => self.engine.apply(input, sink),
+            Some((recorder, host)) => {
+                let copy = input.clone();
+                self.engine.apply(input, sink)?;
+                recorder.record(copy, host.take_answers())
+            }
+        }
+    }
+
+    fn flush(&mut self) -> anyhow::Result<()> {
+        match &mut self.recording {
+            Some((recorder, _)) => recorder.flush(),
+            None => Ok(()),
+        }
+    }
 }
 
 pub async fn run(options: RunOptions) -> anyhow::Result<()> {
-    let (config, config_path) = Config::load(options.config.as_deref())?;
+    let RunOptions {
+        mut config,
+        config_path,
+        output,
+        record,
+    } = options;
+    if let Some(path) = output {
+        config.output.path = Some(path);
+    }
     let tracefs = preflight::check()?;
-    let output = options.output.or_else(|| config.output.path.clone());
-    let mut sink = match &output {
-        Some(path) => Sink::file(path)?,
-        None => Sink::stdout(),
-    };
+    let queue = LineQueue::new(config.output.queue_lines);
+    let file = config.output.path.clone().map(|path| FileSettings {
+        path,
+        max_size: config.output.max_size,
+        max_backups: config.output.max_backups,
+    });
+    let targets = Targets::open(config.output.writes_stdout(), file)?;
+    let reopen = Arc::new(AtomicBool::new(false));
+    let writer = writer::spawn(queue.clone(), targets, Arc::clone(&reopen))?;
+    let mut sink = Sink::queue(queue.clone());
 
     let ledger = Ledger::open(&config.detect.state_dir, config.detect.ledger_max_records)?;
     let allow = Allowlist::compile(&config.allow)?;
@@ -56,10 +112,25 @@ pub async fn run(options: RunOptions) -> anyhow::Result<()> {
         spawn_kernel_logger(&mut kernel);
     }
 
-    let proc_root = procfs::proc_root();
-    let mut processes = ProcessTable::new(proc_root.clone());
-    processes.seed();
+    let live = LiveHost::new(&procfs::proc_root());
     let emitter = Emitter::new(procfs::hostname());
+    let (host, recording): (SharedHost, _) = match &record {
+        Some(path) => {
+            let header = recording::Header {
+                format: recording::FORMAT_VERSION,
+                sensor_version: env!("CARGO_PKG_VERSION").into(),
+                host: emitter.host().to_string(),
+                run_id: emitter.run_id().to_string(),
+                boot_to_wall_ns: emitter.boot_to_wall_ns(),
+                config: config.clone(),
+                ledger: ledger.records(),
+            };
+            let recorder = Recorder::create(path, &header)?;
+            let host = Rc::new(RecordingHost::new(live));
+            (host.clone(), Some((recorder, host)))
+        }
+        None => (Rc::new(live), None),
+    };
     let detector = Detector::new(
         Settings {
             allow,
@@ -67,25 +138,28 @@ pub async fn run(options: RunOptions) -> anyhow::Result<()> {
             boot_to_wall_ns: emitter.boot_to_wall_ns(),
         },
         ledger,
+        host.clone(),
     );
-    let mut engine = Engine::new(
-        processes,
-        ConnectionTable::new(proc_root),
+    let engine = Engine::new(
+        ProcessTable::new(host.clone()),
+        ConnectionTable::new(host),
         Daemons::new(&config.watch.daemons, Some(daemon_map)),
         emitter,
         detector,
     );
-    engine.discover_daemons();
+    let mut inputs = Inputs { engine, recording };
+    inputs.apply(Input::Seed, &mut sink)?;
 
     let start = StartBody {
         sensor: SensorInfo {
             version: env!("CARGO_PKG_VERSION"),
-            run_id: engine.emitter.run_id().to_string(),
+            run_id: inputs.engine.emitter.run_id().to_string(),
             pid: std::process::id(),
             kernel: procfs::kernel_release(),
             programs_attached: kernel.attached.clone(),
             programs_skipped: kernel.skipped.clone(),
             config: config_path.map(|p| p.display().to_string()),
+            config_sha256: config.digest(),
             capture_bytes: config.capture.bytes,
             watched_unix_sockets: config
                 .watch
@@ -95,33 +169,64 @@ pub async fn run(options: RunOptions) -> anyhow::Result<()> {
                 .collect(),
             watched_tcp_ports: config.watch.tcp_ports.clone(),
             daemons: config.watch.daemons.clone(),
-            daemon_pids: engine.daemons.tgids(),
+            daemon_pids: inputs.engine.daemons.tgids(),
+            recording: record.as_ref().map(|p| p.display().to_string()),
         },
     };
-    let line = engine.emitter.line("sensor.start", None, start);
+    let line = inputs.engine.emitter.line("sensor.start", None, start);
     sink.write(&line)?;
-    adopt_existing_connections(&mut engine, &mut tracked, &mut sink)?;
-    sink.flush()?;
-    tracing::info!(programs = kernel.attached.len(), daemons = ?engine.daemons.tgids(), "buildwatch is running");
+    adopt_existing_connections(&mut inputs, &mut tracked, &mut sink)?;
+    if let Err(err) = notify(&format!(
+        "READY=1\nSTATUS=watching {} daemons with {} programs attached",
+        inputs.engine.daemons.tgids().len(),
+        kernel.attached.len()
+    )) {
+        tracing::warn!("{err:#}");
+    }
+    tracing::info!(programs = kernel.attached.len(), daemons = ?inputs.engine.daemons.tgids(), "buildwatch is running");
 
-    read_events(ring, &losses, &mut engine, &mut sink).await?;
-    engine.finish(procfs::boot_time_ns(), &mut sink)?;
-
-    let stop = StopBody {
-        stats: engine.stats(),
+    let started = Instant::now();
+    let loop_state = Loop {
+        losses: &losses,
+        queue: &queue,
+        reopen: &reopen,
+        health_interval: config.output.health_interval,
+        started,
     };
-    let line = engine.emitter.line("sensor.stop", None, stop);
+    read_events(ring, loop_state, &mut inputs, &mut sink).await?;
+    let _ = notify("STOPPING=1");
+    inputs.apply(Input::Finish(procfs::boot_time_ns()), &mut sink)?;
+    inputs.flush()?;
+    inputs
+        .engine
+        .report_loss(kernel_drops(&losses), queue.stats().drops, &mut sink)?;
+    let stop = StopBody {
+        stats: full_stats(&inputs.engine, &queue, started),
+    };
+    let line = inputs.engine.emitter.line("sensor.stop", None, stop);
     sink.write(&line)?;
-    sink.flush()?;
+    queue.close();
+    if writer.join().is_err() {
+        tracing::error!("the output writer thread panicked");
+    }
     // Dropping `kernel` detaches every program.
     drop(kernel);
     Ok(())
 }
 
+/// What the event loop needs besides the engine.
+struct Loop<'a> {
+    losses: &'a LossCounters,
+    queue: &'a LineQueue,
+    reopen: &'a AtomicBool,
+    health_interval: Duration,
+    started: Instant,
+}
+
 async fn read_events(
     ring: RingBuf<MapData>,
-    losses: &LossCounters,
-    engine: &mut Engine,
+    state: Loop<'_>,
+    inputs: &mut Inputs,
     sink: &mut Sink,
 ) -> anyhow::Result<()> {
     // SAFETY: the ring buffer owns its fd, which stays open for as long as the AsyncFd owns it.
@@ -129,63 +234,95 @@ async fn read_events(
         .map_err(|err| anyhow::anyhow!("cannot poll the ring buffer: {err}"))?;
     let mut sigint = signal(SignalKind::interrupt()).context("installing the SIGINT handler")?;
     let mut sigterm = signal(SignalKind::terminate()).context("installing the SIGTERM handler")?;
+    let mut sighup = signal(SignalKind::hangup()).context("installing the SIGHUP handler")?;
     let mut loss_check = tokio::time::interval(LOSS_CHECK_INTERVAL);
     let mut correlation_tick = tokio::time::interval(CORRELATION_TICK);
+    // An interval of zero turns health lines off.
+    let health_period = if state.health_interval.is_zero() {
+        Duration::from_secs(365 * 24 * 3600)
+    } else {
+        state.health_interval
+    };
+    let mut health = tokio::time::interval_at(tokio::time::Instant::now() + health_period, health_period);
     loop {
         tokio::select! {
             guard = ring.readable_mut() => {
                 let mut guard = guard.context("polling the ring buffer")?;
-                drain(guard.get_inner_mut(), engine, sink)?;
+                drain(guard.get_inner_mut(), inputs, sink)?;
                 guard.clear_ready();
-                sink.flush()?;
             }
             _ = correlation_tick.tick() => {
-                engine.tick(procfs::boot_time_ns(), sink)?;
-                sink.flush()?;
+                if inputs.engine.has_timed_work() {
+                    inputs.apply(Input::Tick(procfs::boot_time_ns()), sink)?;
+                }
+                inputs.flush()?;
             }
             _ = loss_check.tick() => {
-                engine.report_loss(kernel_drops(losses), sink)?;
-                sink.flush()?;
+                inputs.engine.report_loss(kernel_drops(state.losses), state.queue.stats().drops, sink)?;
+            }
+            _ = health.tick(), if !state.health_interval.is_zero() => {
+                let body = HealthBody { health: full_stats(&inputs.engine, state.queue, state.started) };
+                let line = inputs.engine.emitter.line("sensor.health", None, body);
+                sink.write(&line)?;
+            }
+            _ = sighup.recv() => {
+                tracing::info!("SIGHUP: reopening the output file");
+                state.reopen.store(true, std::sync::atomic::Ordering::Release);
             }
             _ = sigint.recv() => break,
             _ = sigterm.recv() => break,
         }
     }
     // Whatever the kernel wrote before the signal is still reported.
-    drain(ring.get_mut(), engine, sink)?;
-    engine.report_loss(kernel_drops(losses), sink)?;
+    drain(ring.get_mut(), inputs, sink)?;
     Ok(())
+}
+
+fn full_stats(engine: &Engine, queue: &LineQueue, started: Instant) -> Stats {
+    Stats {
+        queue: Some(queue.stats()),
+        rss_bytes: procfs::rss_bytes(),
+        uptime_seconds: Some(started.elapsed().as_secs()),
+        ..engine.stats()
+    }
 }
 
 /// Tracks the connections watched daemons already had (after sensor.start, so those lines
 /// follow it). conn_ids continue from the current boot time, like the kernel's.
 fn adopt_existing_connections(
-    engine: &mut Engine,
+    inputs: &mut Inputs,
     tracked: &mut TrackedSockets,
     sink: &mut Sink,
 ) -> anyhow::Result<()> {
     let proc_root = procfs::proc_root();
-    let mut conn_id = procfs::boot_time_ns();
-    for tgid in engine.daemons.tgids() {
+    let now = procfs::boot_time_ns();
+    let mut conn_id = now;
+    for tgid in inputs.engine.daemons.tgids() {
         for connection in existing::daemon_connections(&proc_root, tgid) {
             conn_id += 1;
             if tracked.adopt(tgid, connection.fd, conn_id, connection.role, &connection.peer) {
-                engine.existing_connection(sink, tgid, conn_id, &connection)?;
+                let input = Input::Existing {
+                    tgid,
+                    conn_id,
+                    boot_ns: now,
+                    connection,
+                };
+                inputs.apply(input, sink)?;
             }
         }
     }
     Ok(())
 }
 
-fn drain(ring: &mut RingBuf<MapData>, engine: &mut Engine, sink: &mut Sink) -> anyhow::Result<()> {
+fn drain(ring: &mut RingBuf<MapData>, inputs: &mut Inputs, sink: &mut Sink) -> anyhow::Result<()> {
     while let Some(record) = ring.next() {
         match decode(&record) {
             Ok(event) => {
                 drop(record);
-                engine.handle(event, sink)?;
+                inputs.apply(Input::Event(event), sink)?;
             }
             Err(err) => {
-                engine.decode_error();
+                inputs.engine.decode_error();
                 tracing::warn!("dropped a malformed kernel record: {err}");
             }
         }

@@ -22,6 +22,29 @@ pub struct Config {
     pub kernel: Kernel,
     pub detect: Detect,
     pub allow: Allow,
+    pub log: Log,
+}
+
+#[derive(Debug, Clone, PartialEq, Deserialize, Serialize)]
+#[serde(deny_unknown_fields, default)]
+pub struct Log {
+    /// Diagnostics level on stderr (error, warn, info, debug, trace, or a tracing filter such as
+    /// "info,buildwatch::detect=debug"). `RUST_LOG` overrides it.
+    pub level: String,
+}
+
+impl Default for Log {
+    fn default() -> Self {
+        Self { level: "info".into() }
+    }
+}
+
+#[derive(Debug, Clone, Copy, Default, PartialEq, Eq, Deserialize, Serialize)]
+#[serde(rename_all = "snake_case")]
+pub enum Format {
+    /// buildwatch's own schema (docs/events.md).
+    #[default]
+    Json,
 }
 
 #[derive(Debug, Clone, PartialEq, Deserialize, Serialize)]
@@ -86,11 +109,44 @@ pub struct Capture {
     pub bytes: u32,
 }
 
-#[derive(Debug, Clone, Default, PartialEq, Deserialize, Serialize)]
+#[derive(Debug, Clone, PartialEq, Deserialize, Serialize)]
 #[serde(deny_unknown_fields, default)]
 pub struct Output {
-    /// Append JSON lines to this file instead of stdout. `--output` overrides it.
+    /// Append JSON lines to this file (0600, directory 0700). `--output` overrides it.
     pub path: Option<PathBuf>,
+    /// Write to stdout too. Default: stdout only when no file is set.
+    pub stdout: Option<bool>,
+    /// Rotate the file when it would grow past this many bytes (0: never; logrotate with
+    /// SIGHUP works either way).
+    pub max_size: u64,
+    /// Rotated files kept (`events.jsonl.1` newest .. `.N`).
+    pub max_backups: u32,
+    /// Lines waiting for the sinks at most; beyond it lines are dropped and reported.
+    pub queue_lines: usize,
+    /// Interval of `sensor.health` lines ("60s"; "0s" turns them off).
+    #[serde(with = "humantime_serde")]
+    pub health_interval: Duration,
+    pub format: Format,
+}
+
+impl Default for Output {
+    fn default() -> Self {
+        Self {
+            path: None,
+            stdout: None,
+            max_size: 0,
+            max_backups: 5,
+            queue_lines: crate::output::queue::DEFAULT_CAPACITY,
+            health_interval: Duration::from_secs(60),
+            format: Format::Json,
+        }
+    }
+}
+
+impl Output {
+    pub fn writes_stdout(&self) -> bool {
+        self.stdout.unwrap_or(self.path.is_none())
+    }
 }
 
 #[derive(Debug, Clone, PartialEq, Deserialize, Serialize)]
@@ -154,6 +210,16 @@ impl Config {
         Ok((config, Some(path)))
     }
 
+    /// SHA-256 of the effective settings (file and defaults), to tell configurations apart.
+    pub fn digest(&self) -> String {
+        use sha2::Digest as _;
+        let text = toml::to_string(self).unwrap_or_default();
+        sha2::Sha256::digest(text.as_bytes())
+            .iter()
+            .map(|b| format!("{b:02x}"))
+            .collect()
+    }
+
     pub fn parse(text: &str) -> anyhow::Result<Self> {
         let config: Config = toml::from_str(text).map_err(|err| anyhow::anyhow!(one_line(&err, text)))?;
         config.validate()?;
@@ -179,6 +245,21 @@ impl Config {
         let ring = self.kernel.ring_buffer_bytes;
         if ring < PAGE_SIZE || !ring.is_power_of_two() {
             bail!("kernel.ring_buffer_bytes must be a power of two of at least {PAGE_SIZE}, not {ring}");
+        }
+        if self.output.max_size > 0 && self.output.path.is_none() {
+            bail!("output.max_size rotates the output file: set output.path too");
+        }
+        if self.output.max_backups == 0 {
+            bail!("output.max_backups must be at least 1");
+        }
+        if self.output.queue_lines == 0 {
+            bail!("output.queue_lines must be at least 1");
+        }
+        if !self.output.writes_stdout() && self.output.path.is_none() {
+            bail!("output.stdout = false needs output.path: events would go nowhere");
+        }
+        if tracing_subscriber::EnvFilter::try_new(&self.log.level).is_err() {
+            bail!("log.level {:?} is not a level or tracing filter", self.log.level);
         }
         if self.detect.ledger_max_records == 0 {
             bail!("detect.ledger_max_records must be at least 1");
@@ -261,6 +342,21 @@ mod tests {
         assert!(format!("{err:#}").contains("10.0.0.0/33"), "{err:#}");
         let err = Config::parse("[detect]\nlookback = \"soon\"\n").unwrap_err();
         assert!(format!("{err:#}").contains("line 2"), "{err:#}");
+    }
+
+    #[test]
+    fn output_settings() {
+        let config = Config::parse("[output]\npath = \"/var/log/bw/e.jsonl\"\nmax_size = 1000\nhealth_interval = \"5s\"\n").unwrap();
+        assert!(!config.output.writes_stdout());
+        assert_eq!(config.output.health_interval, Duration::from_secs(5));
+        assert!(Config::default().output.writes_stdout());
+        assert!(Config::parse("[output]\nmax_size = 1000\n").is_err(), "rotation without a file");
+        assert!(Config::parse("[output]\nstdout = false\n").is_err(), "no sink at all");
+        assert!(Config::parse("[output]\nformat = \"ecs\"\n").is_err(), "not implemented");
+        assert!(Config::parse("[log]\nlevel = \"info,buildwatch=debug\"\n").is_ok());
+        assert!(Config::parse("[log]\nlevel = \"buildwatch=loudest\"\n").is_err());
+        assert_eq!(Config::default().digest().len(), 64);
+        assert_ne!(Config::default().digest(), config.digest());
     }
 
     #[test]

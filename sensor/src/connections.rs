@@ -1,11 +1,11 @@
 //! Tracked connections as the agent knows them: who opened them, the peer, and for accepted
 //! connections the daemon's listening address (resolved once per listener from /proc).
-use std::{collections::HashMap, path::PathBuf};
+use std::collections::HashMap;
 
 use crate::{
     decode::{Endpoint, SocketOpen},
+    host::SharedHost,
     output::schema::ProcessView,
-    procfs,
 };
 
 const MAX_CONNECTIONS: usize = 65_536;
@@ -21,16 +21,16 @@ pub struct Connection {
 }
 
 pub struct ConnectionTable {
-    proc_root: PathBuf,
+    host: SharedHost,
     by_id: HashMap<u64, Connection>,
     /// (tgid, listening fd) -> bound address.
     listeners: HashMap<(u32, i32), Option<Endpoint>>,
 }
 
 impl ConnectionTable {
-    pub fn new(proc_root: PathBuf) -> Self {
+    pub fn new(host: SharedHost) -> Self {
         Self {
-            proc_root,
+            host,
             by_id: HashMap::new(),
             listeners: HashMap::new(),
         }
@@ -38,10 +38,10 @@ impl ConnectionTable {
 
     pub fn open(&mut self, tgid: u32, socket: &SocketOpen) -> &Connection {
         let local = socket.listen_fd.and_then(|listen_fd| {
-            let proc_root = &self.proc_root;
+            let host = &self.host;
             self.listeners
                 .entry((tgid, listen_fd))
-                .or_insert_with(|| procfs::listening_address(proc_root, tgid, listen_fd))
+                .or_insert_with(|| host.listening_address(tgid, listen_fd))
                 .clone()
         });
         if self.by_id.len() >= MAX_CONNECTIONS {

@@ -113,7 +113,28 @@ pub struct SocketData {
     pub total_len: u32,
     pub peer: Endpoint,
     /// The captured prefix (at most the capture size).
+    #[serde(with = "base64_bytes")]
     pub bytes: Vec<u8>,
+    /// Credentials in `bytes` were masked (see `redact`).
+    #[serde(default)]
+    pub redacted: bool,
+}
+
+/// Bytes as base64 in recordings (a JSON array of numbers would triple their size).
+mod base64_bytes {
+    use base64::Engine as _;
+    use serde::{Deserialize, Deserializer, Serializer};
+
+    pub fn serialize<S: Serializer>(bytes: &[u8], serializer: S) -> Result<S::Ok, S::Error> {
+        serializer.serialize_str(&base64::engine::general_purpose::STANDARD.encode(bytes))
+    }
+
+    pub fn deserialize<'de, D: Deserializer<'de>>(deserializer: D) -> Result<Vec<u8>, D::Error> {
+        let text = String::deserialize(deserializer)?;
+        base64::engine::general_purpose::STANDARD
+            .decode(text)
+            .map_err(serde::de::Error::custom)
+    }
 }
 
 #[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize)]
@@ -153,6 +174,21 @@ pub enum RawEvent {
         fd: i32,
         role: Role,
     },
+}
+
+impl RawEvent {
+    pub fn header(&self) -> &Header {
+        match self {
+            RawEvent::Fork { header, .. }
+            | RawEvent::Exec { header, .. }
+            | RawEvent::Exit { header }
+            | RawEvent::Argv { header, .. }
+            | RawEvent::Connect { header, .. }
+            | RawEvent::Accept { header, .. }
+            | RawEvent::Data { header, .. }
+            | RawEvent::Close { header, .. } => header,
+        }
+    }
 }
 
 /// Decodes one ring buffer record.
@@ -256,6 +292,7 @@ pub fn decode(record: &[u8]) -> Result<RawEvent, DecodeError> {
                     total_len: raw.total_len,
                     peer: endpoint(&raw.peer),
                     bytes: raw.data[..captured].to_vec(),
+                    redacted: false,
                 },
             }
         }

@@ -16,7 +16,7 @@ use crate::{
         Emitter, Sink,
     },
     process_table::ProcessTable,
-    procfs,
+    recording::Input,
     redact::Redactor,
 };
 
@@ -30,6 +30,7 @@ pub struct Engine {
     events: BTreeMap<&'static str, u64>,
     decode_errors: u64,
     kernel_drops: BTreeMap<&'static str, u64>,
+    queue_drops: BTreeMap<&'static str, u64>,
     reported_decode_errors: u64,
 }
 
@@ -51,12 +52,13 @@ impl Engine {
             events: BTreeMap::new(),
             decode_errors: 0,
             kernel_drops: BTreeMap::new(),
+            queue_drops: BTreeMap::new(),
             reported_decode_errors: 0,
         }
     }
 
     /// Marks every already-running daemon (after the process table was seeded).
-    pub fn discover_daemons(&mut self) {
+    fn discover_daemons(&mut self) {
         let found: Vec<(u32, String, Option<String>)> = self
             .processes
             .iter()
@@ -65,6 +67,48 @@ impl Engine {
         for (pid, comm, exe) in found {
             self.daemons.update(pid, &comm, exe.as_deref());
         }
+    }
+
+    /// Masks credentials in captured bytes (length-preserving, see `redact`), before the input
+    /// is applied or recorded: nothing downstream, recordings included, ever holds them.
+    pub fn prepare(&mut self, mut input: Input) -> Input {
+        match &mut input {
+            Input::Event(RawEvent::Data { data, .. }) => {
+                data.redacted = self.redactor.redact(data.conn_id, data.direction, &mut data.bytes);
+                if (data.bytes.len() as u32) < data.total_len {
+                    self.redactor.gap(data.conn_id, data.direction);
+                }
+            }
+            Input::Event(RawEvent::Close { conn_id, .. }) => self.redactor.close(*conn_id),
+            _ => {}
+        }
+        input
+    }
+
+    /// Applies one input (live or from a recording, already prepared).
+    pub fn apply(&mut self, input: Input, sink: &mut Sink) -> anyhow::Result<()> {
+        match input {
+            Input::Seed => {
+                self.processes.seed();
+                self.discover_daemons();
+                Ok(())
+            }
+            Input::Event(event) => self.handle(event, sink),
+            Input::Existing {
+                tgid,
+                conn_id,
+                boot_ns,
+                connection,
+            } => self.existing_connection(sink, tgid, conn_id, boot_ns, &connection),
+            Input::Tick(now) => self.tick(now, sink),
+            Input::Finish(now) => self.finish(now, sink),
+        }
+    }
+
+    /// Whether a clock tick could change anything now (a request waits for its other half or
+    /// its body, or a build is open). Ticks that cannot are not recorded.
+    pub fn has_timed_work(&self) -> bool {
+        self.detector.has_timed_work()
     }
 
     /// Handles one kernel event: its own line, then whatever correlation concluded from it.
@@ -180,7 +224,6 @@ impl Engine {
                 role,
             } => {
                 let known = self.connections.close(conn_id);
-                self.redactor.close(conn_id);
                 self.detector.on_close(conn_id, header.boot_ns);
                 let socket = SocketView {
                     conn_id,
@@ -242,16 +285,17 @@ impl Engine {
     }
 
     /// A connection a daemon had before the sensor started, now tracked (see `existing`).
-    pub fn existing_connection(
+    fn existing_connection(
         &mut self,
         sink: &mut Sink,
         tgid: u32,
         conn_id: u64,
+        boot_ns: u64,
         connection: &ExistingConnection,
     ) -> anyhow::Result<()> {
         let known = self.processes.get_or_load(tgid).cloned();
         let header = Header {
-            boot_ns: procfs::boot_time_ns(),
+            boot_ns,
             pid: tgid,
             tgid,
             uid: known.as_ref().map_or(0, |p| p.uid),
@@ -287,10 +331,6 @@ impl Engine {
     }
 
     fn data(&mut self, sink: &mut Sink, header: Header, data: SocketData) -> anyhow::Result<()> {
-        let (bytes, redacted) = self.redactor.redact(data.conn_id, data.direction, &data.bytes);
-        if (data.bytes.len() as u32) < data.total_len {
-            self.redactor.gap(data.conn_id, data.direction);
-        }
         let connection = self.connections.get(data.conn_id);
         let local_endpoint = connection.and_then(|c| c.local.clone());
         let local = local_endpoint.as_ref().map(|l| l.to_string());
@@ -316,8 +356,8 @@ impl Engine {
                 data.segment,
                 data.total_len,
                 data.bytes.len() as u32,
-                &bytes,
-                redacted,
+                &data.bytes,
+                data.redacted,
             ),
         };
         let id = self.write(sink, "socket.data", &header, body)?;
@@ -354,33 +394,47 @@ impl Engine {
         self.decode_errors += 1;
     }
 
-    /// Records the kernel's cumulative drop counts; writes `sensor.loss` when they or the decode
-    /// errors grew since the last report.
-    pub fn report_loss(&mut self, drops: BTreeMap<&'static str, u64>, sink: &mut Sink) -> anyhow::Result<()> {
-        if drops == self.kernel_drops && self.decode_errors == self.reported_decode_errors {
+    /// Records the kernel's and the output queue's cumulative drop counts; writes `sensor.loss`
+    /// when they or the decode errors grew since the last report.
+    pub fn report_loss(
+        &mut self,
+        drops: BTreeMap<&'static str, u64>,
+        queue_drops: BTreeMap<&'static str, u64>,
+        sink: &mut Sink,
+    ) -> anyhow::Result<()> {
+        if drops == self.kernel_drops
+            && self.decode_errors == self.reported_decode_errors
+            && queue_drops == self.queue_drops
+        {
             return Ok(());
         }
-        self.kernel_drops = drops.clone();
-        self.reported_decode_errors = self.decode_errors;
         let body = LossBody {
             loss: LossView {
-                kernel_drops: drops,
+                kernel_drops: drops.clone(),
+                queue_drops: queue_drops.clone(),
                 decode_errors: self.decode_errors,
             },
         };
-        *self.events.entry("sensor.loss").or_default() += 1;
         let line = self.emitter.line("sensor.loss", None, body);
-        sink.write(&line)
+        // A report the full queue dropped is retried at the next check.
+        if sink.write(&line)? {
+            *self.events.entry("sensor.loss").or_default() += 1;
+            self.kernel_drops = drops;
+            self.queue_drops = queue_drops;
+            self.reported_decode_errors = self.decode_errors;
+        }
+        Ok(())
     }
 
     pub fn stats(&self) -> Stats {
         Stats {
             events: self.events.clone(),
             decode_errors: self.decode_errors,
-            kernel_drops: self.kernel_drops.values().sum(),
+            kernel_drops: self.kernel_drops.clone(),
             processes_tracked: self.processes.len(),
             connections_tracked: self.connections.len(),
             detect: self.detector.stats(),
+            ..Stats::default()
         }
     }
 }
@@ -424,7 +478,8 @@ mod tests {
     }
 
     fn engine() -> Engine {
-        let root = PathBuf::from("/nonexistent-proc");
+        let host: crate::host::SharedHost =
+            std::rc::Rc::new(crate::host::LiveHost::new(std::path::Path::new("/nonexistent-proc")));
         let detector = Detector::new(
             crate::detect::Settings {
                 allow: crate::detect::allow::Allowlist::default(),
@@ -432,10 +487,11 @@ mod tests {
                 boot_to_wall_ns: 0,
             },
             crate::detect::ledger::Ledger::in_memory(100),
+            host.clone(),
         );
         Engine::new(
-            ProcessTable::new(root.clone()),
-            ConnectionTable::new(root),
+            ProcessTable::new(host.clone()),
+            ConnectionTable::new(host),
             Daemons::new(&["dockerd".to_string()], None),
             Emitter::new("test-host".into()),
             detector,
@@ -451,7 +507,8 @@ mod tests {
         let captured = Captured::default();
         let mut sink = Sink::writer(captured.clone());
         for event in events {
-            engine.handle(event, &mut sink).unwrap();
+            let input = engine.prepare(Input::Event(event));
+            engine.apply(input, &mut sink).unwrap();
         }
         sink.flush().unwrap();
         (engine, captured.lines())
@@ -509,6 +566,7 @@ mod tests {
             total_len: request.len() as u32,
             peer,
             bytes: request.to_vec(),
+            redacted: false,
         };
         let (engine, lines) = run(vec![
             RawEvent::Accept {
@@ -559,22 +617,22 @@ mod tests {
         let mut engine = engine();
         let captured = Captured::default();
         let mut sink = Sink::writer(captured.clone());
-        engine.report_loss(BTreeMap::new(), &mut sink).unwrap();
-        engine
-            .report_loss(BTreeMap::from([("socket.data", 3)]), &mut sink)
-            .unwrap();
-        engine
-            .report_loss(BTreeMap::from([("socket.data", 3)]), &mut sink)
-            .unwrap();
+        let none = BTreeMap::new;
+        let data = || BTreeMap::from([("socket.data", 3)]);
+        engine.report_loss(none(), none(), &mut sink).unwrap();
+        engine.report_loss(data(), none(), &mut sink).unwrap();
+        engine.report_loss(data(), none(), &mut sink).unwrap();
         engine.decode_error();
+        engine.report_loss(data(), none(), &mut sink).unwrap();
         engine
-            .report_loss(BTreeMap::from([("socket.data", 3)]), &mut sink)
+            .report_loss(data(), BTreeMap::from([("socket.data", 7)]), &mut sink)
             .unwrap();
         sink.flush().unwrap();
         let lines = captured.lines();
-        assert_eq!(lines.len(), 2, "{lines:?}");
+        assert_eq!(lines.len(), 3, "{lines:?}");
         assert_eq!(lines[0]["loss"]["kernel_drops"]["socket.data"], 3);
         assert_eq!(lines[1]["loss"]["decode_errors"], 1);
-        assert_eq!(engine.stats().kernel_drops, 3);
+        assert_eq!(lines[2]["loss"]["queue_drops"]["socket.data"], 7);
+        assert_eq!(engine.stats().kernel_drops.get("socket.data"), Some(&3));
     }
 }

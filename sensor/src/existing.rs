@@ -11,7 +11,7 @@ use crate::{
     procfs::{self, NetTables, TcpState},
 };
 
-#[derive(Debug, Clone, PartialEq, Eq)]
+#[derive(Debug, Clone, PartialEq, Eq, serde::Serialize, serde::Deserialize)]
 pub struct ExistingConnection {
     pub fd: i32,
     pub role: Role,

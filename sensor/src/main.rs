@@ -4,49 +4,90 @@ mod cli;
 mod config;
 mod connections;
 mod daemons;
-mod docker;
 mod decode;
 mod detect;
+mod docker;
 mod engine;
 mod existing;
+mod host;
 mod kernel;
+mod notify;
 mod output;
 mod process_table;
 mod procfs;
 mod protocol;
+mod recording;
 mod redact;
+mod replay;
 
 use std::{io::IsTerminal as _, process::ExitCode};
 
 use clap::Parser as _;
 use tracing_subscriber::EnvFilter;
 
-use crate::cli::{Cli, Command};
+use crate::{
+    cli::{Cli, Command},
+    config::Config,
+};
 
 fn main() -> ExitCode {
     let cli = Cli::parse();
-    tracing_subscriber::fmt()
-        .with_env_filter(EnvFilter::try_from_default_env().unwrap_or_else(|_| EnvFilter::new("info")))
-        .with_writer(std::io::stderr)
-        .with_ansi(std::io::stderr().is_terminal())
-        .init();
-    let runtime = match tokio::runtime::Builder::new_current_thread().enable_all().build() {
-        Ok(runtime) => runtime,
-        Err(err) => return fail(&anyhow::anyhow!("cannot start the async runtime: {err}")),
-    };
-    let result = runtime.block_on(async {
-        match cli.command {
-            Command::Run { output, config } => agent::run(agent::RunOptions { config, output }).await,
-        }
-    });
-    match result {
+    match execute(cli.command) {
         Ok(()) => ExitCode::SUCCESS,
-        Err(err) => fail(&err),
+        Err(err) => {
+            // One line on stderr, with the cause chain, and no backtrace.
+            eprintln!("buildwatch: {err:#}");
+            ExitCode::FAILURE
+        }
     }
 }
 
-/// One line on stderr, with the cause chain, and no backtrace.
-fn fail(err: &anyhow::Error) -> ExitCode {
-    eprintln!("buildwatch: {err:#}");
-    ExitCode::FAILURE
+fn execute(command: Command) -> anyhow::Result<()> {
+    match command {
+        Command::Run { config, output, record } => {
+            let (config, config_path) = Config::load(config.as_deref())?;
+            init_logging(&config.log.level);
+            let runtime = tokio::runtime::Builder::new_current_thread()
+                .enable_all()
+                .build()
+                .map_err(|err| anyhow::anyhow!("cannot start the async runtime: {err}"))?;
+            runtime.block_on(agent::run(agent::RunOptions {
+                config,
+                config_path,
+                output,
+                record,
+            }))
+        }
+        Command::Replay { recording, config, all } => {
+            let tuned = match config {
+                Some(path) => Some(Config::load(Some(&path))?.0),
+                None => None,
+            };
+            init_logging(&tuned.as_ref().map_or_else(|| "warn".to_string(), |c| c.log.level.clone()));
+            replay::replay(replay::ReplayOptions {
+                recording,
+                config: tuned,
+                all,
+            })
+        }
+        Command::CheckConfig { path } => {
+            let (config, path) = Config::load(path.as_deref())?;
+            let source = path.map_or_else(|| "built-in defaults".to_string(), |p| p.display().to_string());
+            println!("# {source}: valid. Effective settings (sha256 {}):", config.digest());
+            print!("{}", toml::to_string(&config).map_err(|err| anyhow::anyhow!("cannot print the settings: {err}"))?);
+            Ok(())
+        }
+    }
+}
+
+/// Diagnostics go to stderr; `RUST_LOG` overrides the configured level.
+fn init_logging(level: &str) {
+    let filter = EnvFilter::try_from_default_env()
+        .or_else(|_| EnvFilter::try_new(level))
+        .unwrap_or_else(|_| EnvFilter::new("info"));
+    tracing_subscriber::fmt()
+        .with_env_filter(filter)
+        .with_writer(std::io::stderr)
+        .with_ansi(std::io::stderr().is_terminal())
+        .init();
 }

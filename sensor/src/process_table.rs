@@ -1,17 +1,15 @@
 //! Every process the sensor knows: seeded from /proc at start, then kept current from fork,
 //! exec and exit events. Exited processes stay a while so late events and ancestry chains of
 //! their children still resolve.
-use std::{
-    collections::{HashMap, VecDeque},
-    path::PathBuf,
-};
+use std::collections::{HashMap, VecDeque};
 
 use serde::Serialize;
 
 use crate::{
     decode::Header,
-    redact,
+    host::SharedHost,
     procfs::{self, ProcSnapshot},
+    redact,
 };
 
 /// How long an exited process is kept, in nanoseconds.
@@ -70,7 +68,7 @@ impl From<ProcSnapshot> for Process {
 }
 
 pub struct ProcessTable {
-    proc_root: PathBuf,
+    host: SharedHost,
     processes: HashMap<u32, Process>,
     /// argv captured at execve entry, keyed by the calling thread id.
     pending_argv: HashMap<u32, (Vec<String>, bool)>,
@@ -78,9 +76,9 @@ pub struct ProcessTable {
 }
 
 impl ProcessTable {
-    pub fn new(proc_root: PathBuf) -> Self {
+    pub fn new(host: SharedHost) -> Self {
         Self {
-            proc_root,
+            host,
             processes: HashMap::new(),
             pending_argv: HashMap::new(),
             exited: VecDeque::new(),
@@ -90,10 +88,8 @@ impl ProcessTable {
     /// Loads every process currently in /proc. Call after the programs are attached, so nothing
     /// that starts meanwhile is missed.
     pub fn seed(&mut self) {
-        for tgid in procfs::all_tgids(&self.proc_root) {
-            if let Some(snapshot) = procfs::snapshot(&self.proc_root, tgid) {
-                self.processes.entry(tgid).or_insert_with(|| snapshot.into());
-            }
+        for snapshot in self.host.processes() {
+            self.processes.entry(snapshot.tgid).or_insert_with(|| snapshot.into());
         }
     }
 
@@ -109,7 +105,7 @@ impl ProcessTable {
     /// its fork record may have been lost).
     pub fn get_or_load(&mut self, tgid: u32) -> Option<&Process> {
         if !self.processes.contains_key(&tgid) {
-            let snapshot = procfs::snapshot(&self.proc_root, tgid)?;
+            let snapshot = self.host.snapshot(tgid)?;
             self.insert(snapshot.into());
         }
         self.processes.get(&tgid)
@@ -162,7 +158,7 @@ impl ProcessTable {
         // The kernel gave argv and the table knows the parent in the common case; then only
         // exe, cwd and cgroup are read. Otherwise the whole /proc entry is.
         let full = (argv.is_none() || previous.is_none())
-            .then(|| procfs::snapshot(&self.proc_root, header.tgid))
+            .then(|| self.host.snapshot(header.tgid))
             .flatten();
         let live = match &full {
             Some(snapshot) => procfs::ExecDetails {
@@ -170,7 +166,7 @@ impl ProcessTable {
                 cwd: snapshot.cwd.clone(),
                 container_id: snapshot.container_id.clone(),
             },
-            None => procfs::exec_details(&self.proc_root, header.tgid),
+            None => self.host.exec_details(header.tgid),
         };
         let (mut argv, argv_truncated) = argv
             .or_else(|| full.as_ref().map(|s| (s.argv.clone(), false)))
@@ -266,7 +262,9 @@ mod tests {
 
     /// A table over an empty /proc, so only events feed it.
     fn table() -> ProcessTable {
-        ProcessTable::new(PathBuf::from("/nonexistent-proc"))
+        ProcessTable::new(std::rc::Rc::new(crate::host::LiveHost::new(std::path::Path::new(
+            "/nonexistent-proc",
+        ))))
     }
 
     fn add(table: &mut ProcessTable, pid: u32, ppid: u32, comm: &str) {

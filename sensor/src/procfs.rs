@@ -6,10 +6,12 @@ use std::{
     path::{Path, PathBuf},
 };
 
+use serde::{Deserialize, Serialize};
+
 use crate::decode::Endpoint;
 
 /// What /proc says about one process.
-#[derive(Debug, Clone, Default, PartialEq, Eq)]
+#[derive(Debug, Clone, Default, PartialEq, Eq, Serialize, Deserialize)]
 pub struct ProcSnapshot {
     pub tgid: u32,
     pub ppid: u32,
@@ -70,7 +72,7 @@ pub fn snapshot(root: &Path, tgid: u32) -> Option<ProcSnapshot> {
 }
 
 /// What an exec changes that the kernel event does not carry.
-#[derive(Debug, Clone, Default, PartialEq, Eq)]
+#[derive(Debug, Clone, Default, PartialEq, Eq, Serialize, Deserialize)]
 pub struct ExecDetails {
     pub exe: Option<String>,
     pub cwd: Option<String>,
@@ -278,6 +280,15 @@ pub fn kernel_release() -> String {
     fs::read_to_string("/proc/sys/kernel/osrelease")
         .map(|h| h.trim().to_string())
         .unwrap_or_default()
+}
+
+/// Resident set size of this process, from /proc/self/statm.
+pub fn rss_bytes() -> Option<u64> {
+    let statm = fs::read_to_string("/proc/self/statm").ok()?;
+    let pages: u64 = statm.split_whitespace().nth(1)?.parse().ok()?;
+    // SAFETY: sysconf has no preconditions.
+    let page = unsafe { libc::sysconf(libc::_SC_PAGESIZE) };
+    Some(pages * u64::try_from(page).ok()?)
 }
 
 pub fn proc_root() -> PathBuf {

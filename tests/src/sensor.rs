@@ -35,10 +35,26 @@ pub struct Sensor {
 impl Sensor {
     /// Starts `buildwatch run --config CONFIG` and waits for its `sensor.start` line.
     pub fn start(binary: &Path, config: &Path) -> Self {
+        Self::start_with(binary, config, &[], &[])
+    }
+
+    /// Same, with more arguments to `run` and environment variables.
+    pub fn start_with(binary: &Path, config: &Path, args: &[&std::ffi::OsStr], env: &[(&str, &std::ffi::OsStr)]) -> Self {
+        let sensor = Self::spawn(binary, config, args, env);
+        sensor.wait_for(0, Duration::from_secs(30), "sensor.start", |e| {
+            e["kind"] == "sensor.start"
+        });
+        sensor
+    }
+
+    /// Starts the sensor without waiting for anything on stdout (its output may go to a file).
+    pub fn spawn(binary: &Path, config: &Path, args: &[&std::ffi::OsStr], env: &[(&str, &std::ffi::OsStr)]) -> Self {
         let mut child = Command::new(binary)
             .arg("run")
             .arg("--config")
             .arg(config)
+            .args(args)
+            .envs(env.iter().copied())
             .env("RUST_LOG", "info")
             .stdin(Stdio::null())
             .stdout(Stdio::piped())
@@ -80,15 +96,11 @@ impl Sensor {
                     .push_str(&String::from_utf8_lossy(&buffer[..n]));
             }
         });
-        let sensor = Self {
+        Self {
             child: Mutex::new(child),
             collected,
             stderr,
-        };
-        sensor.wait_for(0, Duration::from_secs(30), "sensor.start", |e| {
-            e["kind"] == "sensor.start"
-        });
-        sensor
+        }
     }
 
     /// Index of the next event; pass it to `wait_for` to only look at what happens after now.
@@ -238,6 +250,13 @@ impl Sensor {
             .lock()
             .unwrap_or_else(std::sync::PoisonError::into_inner)
             .clone()
+    }
+
+    /// Sends a signal (SIGHUP to reopen the output file).
+    pub fn signal(&self, signal: i32) {
+        let child = self.child.lock().unwrap_or_else(std::sync::PoisonError::into_inner);
+        // SAFETY: signalling our own child.
+        unsafe { libc::kill(child.id() as i32, signal) };
     }
 
     /// SIGTERM, then waits for the exit (and for stdout to close).

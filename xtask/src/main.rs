@@ -2,6 +2,7 @@
 mod bench;
 mod build;
 mod fixture;
+mod install;
 mod prerequisites;
 mod run;
 mod test;
@@ -35,6 +36,26 @@ enum Command {
         #[arg(long)]
         unit_only: bool,
     },
+    /// Build (release) and install the binary, an example /etc/buildwatch/config.toml (never
+    /// overwriting one) and the systemd unit buildwatch.service; prints the systemctl lines.
+    Install {
+        /// Installation prefix of the binary (PREFIX/bin/buildwatch).
+        #[arg(long, default_value = "/usr/local")]
+        prefix: std::path::PathBuf,
+        /// Prepended to every installed path (packaging, or a trial into a scratch directory).
+        #[arg(long, default_value = "/")]
+        destdir: std::path::PathBuf,
+    },
+    /// Remove what `install` installed; the configuration and state stay unless --purge.
+    Uninstall {
+        #[arg(long, default_value = "/usr/local")]
+        prefix: std::path::PathBuf,
+        #[arg(long, default_value = "/")]
+        destdir: std::path::PathBuf,
+        /// Also remove /etc/buildwatch, /var/lib/buildwatch and /var/log/buildwatch.
+        #[arg(long)]
+        purge: bool,
+    },
     /// Cut one connection's captured bytes out of a sensor event log into a decoder test
     /// fixture (one JSON line per syscall: length, encoding, content).
     Fixture {
@@ -62,6 +83,12 @@ fn main() -> ExitCode {
         Command::Build => build::build().map(drop),
         Command::Run { args } => run::run(&args),
         Command::Test { unit_only } => test::test(unit_only),
+        Command::Install { prefix, destdir } => install::install(&install::Layout { prefix, destdir }),
+        Command::Uninstall {
+            prefix,
+            destdir,
+            purge,
+        } => install::uninstall(&install::Layout { prefix, destdir }, purge),
         Command::Fixture {
             events,
             conn_id,

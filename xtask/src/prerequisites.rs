@@ -16,6 +16,7 @@ pub const TEST_PACKAGES: &[(&str, &str)] = &[
     ("iproute2", "ip"),
     ("tar", "tar"),
     ("curl", "curl"),
+    ("systemd", "systemd-analyze"),
 ];
 
 pub fn ensure_build_tools() -> anyhow::Result<()> {

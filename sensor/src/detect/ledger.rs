@@ -126,6 +126,18 @@ impl Ledger {
         self.records.len()
     }
 
+    pub fn records(&self) -> Vec<Record> {
+        self.records.iter().cloned().collect()
+    }
+
+    /// An in-memory ledger holding `records` (a replay starts from the recorded ledger).
+    pub fn from_records(records: Vec<Record>, max_records: usize) -> Self {
+        let mut ledger = Self::in_memory(max_records);
+        ledger.records = records.into();
+        ledger.trim();
+        ledger
+    }
+
     pub fn record(&mut self, image: &ImageRef, source: Source, time_ns: i128, via: Option<String>) {
         self.records.push_back(Record {
             reference: image.to_string(),

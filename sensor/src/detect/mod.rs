@@ -33,6 +33,7 @@ use crate::{
         commands, dockerfile,
         reference::{registry_host, ImageRef},
     },
+    host::SharedHost,
     output::schema::ProcessView,
     protocol::{
         buildkit::{Marker, SessionScanner},
@@ -216,6 +217,7 @@ impl Pending {
 
 pub struct Detector {
     settings: Settings,
+    host: SharedHost,
     ledger: Ledger,
     streams: HashMap<(u64, Dir), Stream>,
     pending: Vec<Pending>,
@@ -230,9 +232,10 @@ pub struct Detector {
 }
 
 impl Detector {
-    pub fn new(settings: Settings, ledger: Ledger) -> Self {
+    pub fn new(settings: Settings, ledger: Ledger, host: SharedHost) -> Self {
         Self {
             settings,
+            host,
             ledger,
             streams: HashMap::new(),
             pending: Vec::new(),
@@ -243,6 +246,12 @@ impl Detector {
             findings: Vec::new(),
             stats: DetectStats::default(),
         }
+    }
+
+    /// Whether a tick could change anything: a request waits for its other half or body, or a
+    /// build is open (and may expire).
+    pub fn has_timed_work(&self) -> bool {
+        !self.pending.is_empty() || !self.builds.is_empty()
     }
 
     /// Findings produced since the last call, with the boot time they happened at.
@@ -920,7 +929,7 @@ impl Detector {
             (Some((bytes, _)), _) => dockerfile::from_context(bytes, params.dockerfile.as_deref()),
             (None, Some(context)) => {
                 let cwd = view.origin.client.as_ref().and_then(|c| c.cwd.as_deref());
-                dockerfile::from_directory(cwd, context, params.dockerfile.as_deref())
+                self.host.dockerfile(cwd, context, params.dockerfile.as_deref())
             }
             (None, None) => None,
         };

@@ -147,6 +147,7 @@ impl Harness {
                     boot_to_wall_ns: 1_700_000_000_000_000_000,
                 },
                 Ledger::in_memory(1000),
+                std::rc::Rc::new(crate::host::LiveHost::new(std::path::Path::new("/nonexistent-proc"))),
             ),
             now: 1_000 * MS,
             lines: 0,

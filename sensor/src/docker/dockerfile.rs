@@ -6,14 +6,14 @@ use std::{
     path::{Path, PathBuf},
 };
 
-use serde::Serialize;
+use serde::{Deserialize, Serialize};
 
 /// Dockerfile bytes read at most.
 const MAX_DOCKERFILE: u64 = 64 * 1024;
 /// Instructions kept per kind.
 const MAX_INSTRUCTIONS: usize = 32;
 
-#[derive(Debug, Clone, Default, PartialEq, Eq, Serialize)]
+#[derive(Debug, Clone, Default, PartialEq, Eq, Serialize, Deserialize)]
 pub struct Dockerfile {
     pub name: String,
     /// `FROM` images (stage names excluded), as written.

@@ -1,6 +1,9 @@
-//! JSON lines out: the event schema (documented in docs/events.md) and the sinks.
+//! JSON lines out: the event schema (documented in docs/events.md), the engine's sink, the
+//! bounded queue and the writer thread with its stdout and file targets.
+pub mod queue;
 pub mod schema;
 pub mod sink;
+pub mod writer;
 
 pub use schema::Emitter;
 pub use sink::Sink;

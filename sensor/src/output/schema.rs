@@ -28,6 +28,9 @@ pub struct Line<B: Serialize> {
 pub struct Emitter {
     run_id: String,
     next: u64,
+    /// `sensor.*` lines are numbered apart (`<run_id>-s<n>`), so the ids of event lines depend
+    /// on the engine's inputs only and a replay reproduces them.
+    next_sensor: u64,
     host: String,
     /// CLOCK_REALTIME - CLOCK_BOOTTIME, to turn kernel boot times into wall times.
     boot_to_wall_ns: i128,
@@ -41,23 +44,39 @@ impl Emitter {
             "{:08x}",
             (wall as u64 ^ u64::from(std::process::id()) << 32) as u32
         );
+        Self::with_clock(host, run_id, wall - boot)
+    }
+
+    /// An emitter continuing a recorded run: same host name, run id and clock offset.
+    pub fn with_clock(host: String, run_id: String, boot_to_wall_ns: i128) -> Self {
         Self {
             run_id,
             next: 0,
+            next_sensor: 0,
             host,
-            boot_to_wall_ns: wall - boot,
+            boot_to_wall_ns,
         }
     }
 
+    pub fn host(&self) -> &str {
+        &self.host
+    }
+
     pub fn line<B: Serialize>(&mut self, kind: &'static str, boot_ns: Option<u64>, body: B) -> Line<B> {
-        self.next += 1;
+        let id = if kind.starts_with("sensor.") {
+            self.next_sensor += 1;
+            format!("{}-s{}", self.run_id, self.next_sensor)
+        } else {
+            self.next += 1;
+            format!("{}-{}", self.run_id, self.next)
+        };
         let wall_ns = match boot_ns {
             Some(boot) => i128::from(boot) + self.boot_to_wall_ns,
             None => procfs::clock_ns(libc::CLOCK_REALTIME),
         };
         let time = SystemTime::UNIX_EPOCH + Duration::from_nanos(wall_ns.max(0) as u64);
         Line {
-            id: format!("{}-{}", self.run_id, self.next),
+            id,
             kind,
             time: humantime::format_rfc3339_nanos(time).to_string(),
             host: self.host.clone(),
@@ -232,11 +251,16 @@ pub struct SensorInfo {
     pub programs_attached: Vec<String>,
     pub programs_skipped: Vec<crate::kernel::loader::SkippedProbe>,
     pub config: Option<String>,
+    /// SHA-256 of the effective configuration (file and defaults).
+    pub config_sha256: String,
     pub capture_bytes: u32,
     pub watched_unix_sockets: Vec<String>,
     pub watched_tcp_ports: Vec<u16>,
     pub daemons: Vec<String>,
     pub daemon_pids: Vec<u32>,
+    /// `--record`: where the engine's inputs are recorded.
+    #[serde(skip_serializing_if = "Option::is_none")]
+    pub recording: Option<String>,
 }
 
 #[derive(Debug, Serialize)]
@@ -248,6 +272,8 @@ pub struct LossBody {
 pub struct LossView {
     /// Records the kernel could not write (ring buffer full), per event kind, since start.
     pub kernel_drops: BTreeMap<&'static str, u64>,
+    /// Lines dropped because the output queue was full (sinks too slow), per kind, since start.
+    pub queue_drops: BTreeMap<&'static str, u64>,
     /// Records the agent could not decode, since start.
     pub decode_errors: u64,
 }
@@ -259,12 +285,26 @@ pub struct StopBody {
 
 #[derive(Debug, Default, Clone, Serialize)]
 pub struct Stats {
+    /// Lines written per kind since start.
     pub events: BTreeMap<&'static str, u64>,
     pub decode_errors: u64,
-    pub kernel_drops: u64,
+    /// Records the kernel dropped, per kind, since start.
+    pub kernel_drops: BTreeMap<&'static str, u64>,
     pub processes_tracked: usize,
     pub connections_tracked: usize,
     pub detect: crate::detect::DetectStats,
+    /// The output queue (absent in replays).
+    #[serde(skip_serializing_if = "Option::is_none")]
+    pub queue: Option<crate::output::queue::QueueStats>,
+    #[serde(skip_serializing_if = "Option::is_none")]
+    pub rss_bytes: Option<u64>,
+    #[serde(skip_serializing_if = "Option::is_none")]
+    pub uptime_seconds: Option<u64>,
+}
+
+#[derive(Debug, Serialize)]
+pub struct HealthBody {
+    pub health: Stats,
 }
 
 #[cfg(test)]
@@ -295,6 +335,7 @@ mod tests {
             LossBody {
                 loss: LossView {
                     kernel_drops: BTreeMap::new(),
+                    queue_drops: BTreeMap::new(),
                     decode_errors: 2,
                 },
             },
@@ -304,6 +345,6 @@ mod tests {
         assert_eq!(json["host"], "host1");
         assert_eq!(json["loss"]["decode_errors"], 2);
         assert!(json["time"].as_str().unwrap().ends_with('Z'));
-        assert!(json["id"].as_str().unwrap().ends_with("-1"));
+        assert!(json["id"].as_str().unwrap().ends_with("-s1"), "sensor lines are numbered apart");
     }
 }

@@ -1,57 +1,68 @@
-//! Where JSON lines go: stdout, or appended to a file (created 0600 in a 0700 directory).
-use std::{
-    fs::{self, OpenOptions},
-    io::{self, BufWriter, Write as _},
-    os::unix::fs::{DirBuilderExt as _, OpenOptionsExt as _},
-    path::Path,
-};
+//! The engine's end of the output: serializes each line and hands it to the bounded queue the
+//! writer thread drains (live), or writes it straight to a writer (replay, tests).
+use std::io::{self, BufWriter, Write as _};
 
 use anyhow::Context as _;
 use serde::Serialize;
 
+use super::{
+    queue::{LineQueue, QueuedLine},
+    schema::Line,
+};
+
+enum Target {
+    Queue(LineQueue),
+    Direct(BufWriter<Box<dyn io::Write + Send>>),
+}
+
 pub struct Sink {
-    writer: BufWriter<Box<dyn io::Write + Send>>,
+    target: Target,
+    /// Only lines of these kinds are written (replay prints detections only by default).
+    only: Option<Vec<&'static str>>,
 }
 
 impl Sink {
-    pub fn stdout() -> Self {
-        Self::writer(io::stdout())
+    pub fn queue(queue: LineQueue) -> Self {
+        Self {
+            target: Target::Queue(queue),
+            only: None,
+        }
     }
 
-    /// Any writer.
+    /// Any writer, written synchronously.
     pub fn writer(writer: impl io::Write + Send + 'static) -> Self {
         Self {
-            writer: BufWriter::new(Box::new(writer)),
+            target: Target::Direct(BufWriter::new(Box::new(writer))),
+            only: None,
         }
     }
 
-    pub fn file(path: &Path) -> anyhow::Result<Self> {
-        if let Some(dir) = path.parent().filter(|d| !d.as_os_str().is_empty() && !d.exists()) {
-            fs::DirBuilder::new()
-                .recursive(true)
-                .mode(0o700)
-                .create(dir)
-                .with_context(|| format!("cannot create output directory {}", dir.display()))?;
-        }
-        let file = OpenOptions::new()
-            .create(true)
-            .append(true)
-            .mode(0o600)
-            .open(path)
-            .with_context(|| format!("cannot open output file {}", path.display()))?;
-        Ok(Self {
-            writer: BufWriter::new(Box::new(file)),
-        })
+    pub fn only(mut self, kinds: Vec<&'static str>) -> Self {
+        self.only = Some(kinds);
+        self
     }
 
-    /// Writes one line; a line is never split across writes of other lines.
-    pub fn write<T: Serialize>(&mut self, line: &T) -> anyhow::Result<()> {
-        serde_json::to_writer(&mut self.writer, line).context("serializing an event")?;
-        self.writer.write_all(b"\n").context("writing an event")?;
-        Ok(())
+    /// Writes one line; false when a full queue dropped it (and counted the drop, see
+    /// `LineQueue`): the engine never waits for a sink.
+    pub fn write<B: Serialize>(&mut self, line: &Line<B>) -> anyhow::Result<bool> {
+        if self.only.as_ref().is_some_and(|kinds| !kinds.contains(&line.kind)) {
+            return Ok(true);
+        }
+        let mut bytes = serde_json::to_vec(line).context("serializing an event")?;
+        bytes.push(b'\n');
+        match &mut self.target {
+            Target::Queue(queue) => Ok(queue.push(QueuedLine { kind: line.kind, bytes })),
+            Target::Direct(writer) => {
+                writer.write_all(&bytes).context("writing an event")?;
+                Ok(true)
+            }
+        }
     }
 
     pub fn flush(&mut self) -> anyhow::Result<()> {
-        self.writer.flush().context("flushing events")
+        match &mut self.target {
+            Target::Queue(_) => Ok(()),
+            Target::Direct(writer) => writer.flush().context("flushing events"),
+        }
     }
 }

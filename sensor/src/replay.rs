@@ -1,0 +1,86 @@
+//! `buildwatch replay`: the same engine, offline, on a recording. Times come from the recorded
+//! events and ticks, host questions are answered from the recording, and the ledger starts as
+//! the live run's did, so a replay reaches the live run's conclusions: same lines, same ids.
+use std::{path::PathBuf, rc::Rc};
+
+use crate::{
+    config::Config,
+    connections::ConnectionTable,
+    daemons::Daemons,
+    detect::{allow::Allowlist, ledger::Ledger, Detector, Settings},
+    engine::Engine,
+    host::{ReplayHost, SharedHost},
+    output::{Emitter, Sink},
+    process_table::ProcessTable,
+    recording::{Input, Reader},
+};
+
+pub struct ReplayOptions {
+    pub recording: PathBuf,
+    /// Detection settings to replay with instead of the recorded ones (to try allowlists).
+    pub config: Option<Config>,
+    /// Print every line, not only detections.
+    pub all: bool,
+}
+
+pub fn replay(options: ReplayOptions) -> anyhow::Result<()> {
+    let sink = Sink::writer(std::io::stdout());
+    let mut sink = if options.all { sink } else { sink.only(vec!["detection"]) };
+    let mismatches = replay_into(&options.recording, options.config, &mut sink)?;
+    if mismatches > 0 {
+        tracing::warn!(
+            mismatches,
+            "the recording's answers did not match this engine's questions (recorded by another version?)"
+        );
+    }
+    Ok(())
+}
+
+/// Replays `recording` into `sink`; returns how many host questions the recording could not
+/// answer (0 for a recording of this version).
+pub fn replay_into(recording: &std::path::Path, tuned: Option<Config>, sink: &mut Sink) -> anyhow::Result<u64> {
+    let mut reader = Reader::open(recording)?;
+    let header = reader.header.clone();
+    let mut config = header.config.clone();
+    if let Some(tuned) = tuned {
+        config.detect = tuned.detect;
+        config.allow = tuned.allow;
+    }
+    let replay_host = Rc::new(ReplayHost::default());
+    let host: SharedHost = replay_host.clone();
+    let detector = Detector::new(
+        Settings {
+            allow: Allowlist::compile(&config.allow)?,
+            lookback_ns: u64::try_from(config.detect.lookback.as_nanos()).unwrap_or(u64::MAX),
+            boot_to_wall_ns: header.boot_to_wall_ns,
+        },
+        Ledger::from_records(header.ledger.clone(), config.detect.ledger_max_records),
+        host.clone(),
+    );
+    let mut engine = Engine::new(
+        ProcessTable::new(host.clone()),
+        ConnectionTable::new(host),
+        Daemons::new(&config.watch.daemons, None),
+        Emitter::with_clock(header.host.clone(), header.run_id.clone(), header.boot_to_wall_ns),
+        detector,
+    );
+    let mut last_time = 0;
+    let mut finished = false;
+    while let Some(step) = reader.next_step() {
+        let (input, answers) = step?;
+        match &input {
+            Input::Event(event) => last_time = event.header().boot_ns,
+            Input::Tick(now) => last_time = *now,
+            Input::Finish(_) => finished = true,
+            _ => {}
+        }
+        replay_host.load(answers);
+        engine.apply(input, sink)?;
+    }
+    if !finished {
+        // The live run did not stop cleanly; report what was pending at its last event.
+        engine.apply(Input::Finish(last_time), sink)?;
+    }
+    sink.flush()?;
+    Ok(replay_host.mismatches())
+}

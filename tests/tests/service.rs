@@ -1,0 +1,338 @@
+//! buildwatch as a service: the systemd unit, install/uninstall, readiness notification, file
+//! output across SIGHUP reopen and size rotation without losing or tearing a line, health and
+//! loss lines, graceful shutdown. Uses the binary built by `cargo xtask test` (BUILDWATCH_BIN).
+use std::{
+    collections::BTreeSet,
+    ffi::OsStr,
+    io::Read as _,
+    os::unix::net::UnixDatagram,
+    path::{Path, PathBuf},
+    process::{Command, Stdio},
+    time::{Duration, Instant},
+};
+
+use buildwatch_integration_tests::{
+    environment::find_binary,
+    sensor::{event::kind, Sensor},
+    sensor_binary, TempConfig,
+};
+use serde_json::Value;
+
+fn workspace() -> PathBuf {
+    PathBuf::from(env!("CARGO_MANIFEST_DIR"))
+        .parent()
+        .expect("tests/ is inside the workspace")
+        .to_path_buf()
+}
+
+/// A directory of its own for one test, removed at the end.
+struct Scratch(PathBuf);
+
+impl Scratch {
+    fn new(name: &str) -> Self {
+        let dir = std::env::temp_dir().join(format!("buildwatch-service-{name}-{}", std::process::id()));
+        let _ = std::fs::remove_dir_all(&dir);
+        std::fs::create_dir_all(&dir).expect("creating a scratch directory");
+        Self(dir)
+    }
+}
+
+impl Drop for Scratch {
+    fn drop(&mut self) {
+        let _ = std::fs::remove_dir_all(&self.0);
+    }
+}
+
+/// Short-lived processes, to make the sensor write lines (fork, exec, exit each).
+fn burst(count: usize) {
+    for _ in 0..count {
+        let _ = Command::new("/bin/true").status();
+    }
+}
+
+fn json_lines(path: &Path) -> Vec<Value> {
+    std::fs::read_to_string(path)
+        .unwrap_or_default()
+        .lines()
+        .map(|line| serde_json::from_str(line).unwrap_or_else(|err| panic!("torn or invalid line in {}: {err}: {line}", path.display())))
+        .collect()
+}
+
+/// Asserts the lines hold every id of the run exactly once: `<run>-1..N` for events and
+/// `<run>-s1..M` for sensor lines, so nothing was lost or written twice.
+fn assert_no_gaps(lines: &[Value]) {
+    let mut events = BTreeSet::new();
+    let mut sensor = BTreeSet::new();
+    for line in lines {
+        let id = line["id"].as_str().expect("every line has an id");
+        let (_, number) = id.rsplit_once('-').expect("ids are <run>-<n>");
+        let fresh = match number.strip_prefix('s') {
+            Some(n) => sensor.insert(n.parse::<u64>().expect("sensor line number")),
+            None => events.insert(number.parse::<u64>().expect("event line number")),
+        };
+        assert!(fresh, "{id} written twice");
+    }
+    for (what, numbers) in [("event", &events), ("sensor", &sensor)] {
+        let max = numbers.iter().max().copied().unwrap_or(0);
+        assert_eq!(numbers.len() as u64, max, "{what} lines missing: {} of 1..={max} present", numbers.len());
+    }
+}
+
+#[test]
+fn unit_file_passes_systemd_analyze_verify() {
+    let Some(binary) = sensor_binary(false) else { return };
+    let Some(analyze) = find_binary("systemd-analyze") else {
+        assert!(!buildwatch_integration_tests::ci(), "CI=true: systemd-analyze (Debian package systemd) is missing");
+        eprintln!("skipping: systemd-analyze is missing");
+        return;
+    };
+    let scratch = Scratch::new("unit");
+    let template = std::fs::read_to_string(workspace().join("sensor/dist/buildwatch.service")).unwrap();
+    let bindir = binary.parent().unwrap().display().to_string();
+    let unit = scratch.0.join("buildwatch.service");
+    std::fs::write(&unit, template.replace("@BINDIR@", &bindir)).unwrap();
+    let output = Command::new(&analyze).arg("verify").arg(&unit).output().unwrap();
+    let stderr = String::from_utf8_lossy(&output.stderr);
+    assert!(output.status.success(), "systemd-analyze verify failed: {stderr}");
+    assert!(stderr.trim().is_empty(), "systemd-analyze verify warned: {stderr}");
+    // The check itself works: a misspelled key is reported.
+    std::fs::write(&unit, template.replace("@BINDIR@", &bindir).replace("Type=notify", "Typ=notify")).unwrap();
+    let output = Command::new(&analyze).arg("verify").arg(&unit).output().unwrap();
+    assert!(String::from_utf8_lossy(&output.stderr).contains("Typ"), "a bad key went unnoticed");
+    for key in ["Type=notify", "NoNewPrivileges=yes", "ProtectSystem=strict", "CapabilityBoundingSet=CAP_BPF CAP_PERFMON"] {
+        assert!(template.contains(key), "the unit lacks {key}");
+    }
+}
+
+#[test]
+fn install_keeps_an_existing_config_and_uninstall_keeps_state() {
+    let Some(_) = sensor_binary(false) else { return };
+    let scratch = Scratch::new("install");
+    let destdir = scratch.0.join("root");
+    let cargo = std::env::var_os("CARGO").unwrap_or_else(|| "cargo".into());
+    let xtask = |args: &[&str]| {
+        let output = Command::new(&cargo)
+            .current_dir(workspace())
+            .arg("xtask")
+            .args(args)
+            .arg("--destdir")
+            .arg(&destdir)
+            .output()
+            .expect("running cargo xtask");
+        let text = String::from_utf8_lossy(&output.stdout).into_owned();
+        assert!(output.status.success(), "xtask {args:?} failed: {text}\n{}", String::from_utf8_lossy(&output.stderr));
+        text
+    };
+    let printed = xtask(&["install"]);
+    assert!(printed.contains("systemctl enable --now buildwatch.service"), "{printed}");
+    let binary = destdir.join("usr/local/bin/buildwatch");
+    let config = destdir.join("etc/buildwatch/config.toml");
+    let unit = destdir.join("etc/systemd/system/buildwatch.service");
+    assert!(binary.is_file() && config.is_file() && unit.is_file());
+    let unit_text = std::fs::read_to_string(&unit).unwrap();
+    assert!(unit_text.contains("ExecStart=/usr/local/bin/buildwatch run --config /etc/buildwatch/config.toml"), "{unit_text}");
+    let version = Command::new(&binary).arg("--version").output().unwrap();
+    assert!(String::from_utf8_lossy(&version.stdout).starts_with("buildwatch "), "the installed binary runs");
+
+    std::fs::write(&config, "[detect]\nlookback = \"7d\"\n").unwrap();
+    let printed = xtask(&["install"]);
+    assert!(printed.contains("kept"), "{printed}");
+    assert_eq!(std::fs::read_to_string(&config).unwrap(), "[detect]\nlookback = \"7d\"\n", "config overwritten");
+
+    std::fs::create_dir_all(destdir.join("var/lib/buildwatch")).unwrap();
+    xtask(&["uninstall"]);
+    assert!(!binary.exists() && !unit.exists());
+    assert!(config.exists() && destdir.join("var/lib/buildwatch").exists(), "config and state are kept");
+    xtask(&["uninstall", "--purge"]);
+    assert!(!config.exists() && !destdir.join("var/lib/buildwatch").exists());
+}
+
+#[test]
+fn readiness_is_notified_after_attaching() {
+    let Some(binary) = sensor_binary(true) else { return };
+    let scratch = Scratch::new("notify");
+    let socket_path = scratch.0.join("notify.sock");
+    let socket = UnixDatagram::bind(&socket_path).unwrap();
+    socket.set_read_timeout(Some(Duration::from_secs(60))).unwrap();
+    let config = TempConfig::new("notify", "[output]\nhealth_interval = \"0s\"\n");
+    let sensor = Sensor::start_with(&binary, &config.path, &[], &[("NOTIFY_SOCKET", socket_path.as_os_str())]);
+    let mut buffer = [0u8; 512];
+    let n = socket.recv(&mut buffer).expect("no readiness notification");
+    let message = String::from_utf8_lossy(&buffer[..n]).into_owned();
+    assert!(message.starts_with("READY=1\n"), "{message}");
+    assert!(message.contains("STATUS="), "{message}");
+    let start = sensor.all(0, |e| kind(e) == "sensor.start");
+    assert_eq!(start.len(), 1, "ready only after sensor.start");
+    assert!(!start[0]["sensor"]["programs_attached"].as_array().unwrap().is_empty());
+    assert_eq!(start[0]["sensor"]["config_sha256"].as_str().unwrap().len(), 64);
+    let status = sensor.terminate(Duration::from_secs(10)).expect("no exit after SIGTERM");
+    assert!(status.success());
+    let n = socket.recv(&mut buffer).expect("no stopping notification");
+    assert_eq!(&buffer[..n], b"STOPPING=1");
+}
+
+#[test]
+fn sighup_reopen_loses_no_line() {
+    let Some(binary) = sensor_binary(true) else { return };
+    let scratch = Scratch::new("reopen");
+    let output = scratch.0.join("log/events.jsonl");
+    let moved = scratch.0.join("log/events.jsonl.old");
+    let config = TempConfig::new(
+        "reopen",
+        &format!("[output]\npath = \"{}\"\nhealth_interval = \"0s\"\n", output.display()),
+    );
+    let sensor = Sensor::spawn(&binary, &config.path, &[], &[]);
+    wait_for_file_line(&output, "sensor.start");
+    assert!(sensor.all(0, |_| true).is_empty(), "with a file output nothing goes to stdout");
+    burst(200);
+    // logrotate without copytruncate: move the file, then HUP.
+    std::fs::rename(&output, &moved).unwrap();
+    burst(100);
+    sensor.signal(libc::SIGHUP);
+    wait_for_file(&output);
+    burst(200);
+    let status = sensor.terminate(Duration::from_secs(10)).expect("no exit after SIGTERM");
+    assert!(status.success(), "{}", sensor.stderr());
+    let before = json_lines(&moved);
+    let after = json_lines(&output);
+    assert!(before.len() > 200 && after.len() > 200, "{} lines before, {} after", before.len(), after.len());
+    assert_eq!(kind(after.last().unwrap()), "sensor.stop", "flushed to the last line");
+    let all: Vec<Value> = before.into_iter().chain(after).collect();
+    assert_no_gaps(&all);
+    assert!(all.iter().all(|l| kind(l) != "sensor.loss"), "lines were dropped");
+    use std::os::unix::fs::PermissionsExt as _;
+    assert_eq!(std::fs::metadata(&output).unwrap().permissions().mode() & 0o777, 0o600);
+    assert_eq!(std::fs::metadata(output.parent().unwrap()).unwrap().permissions().mode() & 0o777, 0o700);
+}
+
+#[test]
+fn size_rotation_loses_no_line() {
+    let Some(binary) = sensor_binary(true) else { return };
+    let scratch = Scratch::new("rotate");
+    let output = scratch.0.join("events.jsonl");
+    let config = TempConfig::new(
+        "rotate",
+        &format!(
+            "[output]\npath = \"{}\"\nmax_size = 65536\nmax_backups = 1000\nhealth_interval = \"0s\"\n",
+            output.display()
+        ),
+    );
+    let sensor = Sensor::spawn(&binary, &config.path, &[], &[]);
+    // Other tests' processes make lines too: sensor.start may already be in a rotated file.
+    let first = PathBuf::from(format!("{}.1", output.display()));
+    let deadline = Instant::now() + Duration::from_secs(30);
+    while !first.exists() && !file_has(&output, "sensor.start") {
+        assert!(Instant::now() < deadline, "the sensor did not start writing");
+        std::thread::sleep(Duration::from_millis(50));
+    }
+    burst(600);
+    let status = sensor.terminate(Duration::from_secs(10)).expect("no exit after SIGTERM");
+    assert!(status.success(), "{}", sensor.stderr());
+    let mut all = Vec::new();
+    let mut files = 0;
+    for n in (1..=1000).rev() {
+        let backup = PathBuf::from(format!("{}.{n}", output.display()));
+        if backup.exists() {
+            files += 1;
+            assert!(std::fs::metadata(&backup).unwrap().len() <= 65536, "{} too big", backup.display());
+            all.extend(json_lines(&backup));
+        }
+    }
+    all.extend(json_lines(&output));
+    assert!(files >= 3, "only {files} rotations");
+    assert_no_gaps(&all);
+    assert_eq!(kind(all.last().unwrap()), "sensor.stop");
+}
+
+#[test]
+fn health_and_queue_loss_are_reported() {
+    let Some(binary) = sensor_binary(true) else { return };
+    let config = TempConfig::new("health", "[output]\nhealth_interval = \"1s\"\nqueue_lines = 100\n");
+    // stdout is a pipe nobody reads for a while: the writer blocks, the queue fills, lines drop.
+    let mut child = Command::new(&binary)
+        .args([OsStr::new("run"), OsStr::new("--config"), config.path.as_os_str()])
+        .stdout(Stdio::piped())
+        .stderr(Stdio::null())
+        .spawn()
+        .unwrap();
+    std::thread::sleep(Duration::from_secs(3));
+    burst(1500);
+    std::thread::sleep(Duration::from_secs(1));
+    let mut stdout = child.stdout.take().unwrap();
+    let reader = std::thread::spawn(move || {
+        let mut text = String::new();
+        let _ = stdout.read_to_string(&mut text);
+        text
+    });
+    // Reading again: the next checks report the drops and health.
+    std::thread::sleep(Duration::from_secs(3));
+    // SAFETY: signalling our own child.
+    unsafe { libc::kill(child.id() as i32, libc::SIGTERM) };
+    let status = child.wait().unwrap();
+    assert!(status.success());
+    let text = reader.join().unwrap();
+    let lines: Vec<Value> = text.lines().map(|l| serde_json::from_str(l).expect("whole JSON lines")).collect();
+    let loss = lines
+        .iter()
+        .find(|l| kind(l) == "sensor.loss" && l["loss"]["queue_drops"].as_object().is_some_and(|d| !d.is_empty()))
+        .unwrap_or_else(|| panic!("no sensor.loss with queue drops in {} lines", lines.len()));
+    let dropped: u64 = loss["loss"]["queue_drops"].as_object().unwrap().values().map(|v| v.as_u64().unwrap()).sum();
+    assert!(dropped > 0);
+    let health: Vec<&Value> = lines.iter().filter(|l| kind(l) == "sensor.health").collect();
+    assert!(!health.is_empty(), "no sensor.health line");
+    let last = &health.last().unwrap()["health"];
+    assert_eq!(last["queue"]["capacity"], 100);
+    assert_eq!(last["queue"]["high_water"], 100, "{last}");
+    for field in ["events", "kernel_drops", "decode_errors", "processes_tracked", "connections_tracked", "rss_bytes", "uptime_seconds"] {
+        assert!(!last[field].is_null(), "health lacks {field}: {last}");
+    }
+    assert!(last["detect"]["ledger_records"].is_number());
+    let stop = lines.last().unwrap();
+    assert_eq!(kind(stop), "sensor.stop", "the stop line is written after the drops");
+    assert!(stop["stats"]["queue"]["drops"].as_object().is_some_and(|d| !d.is_empty()));
+}
+
+#[test]
+fn check_config_prints_effective_settings() {
+    let Some(binary) = sensor_binary(false) else { return };
+    let config = TempConfig::new("check", "[detect]\nlookback = \"7d\"\n");
+    let output = Command::new(&binary).arg("check-config").arg(&config.path).output().unwrap();
+    let text = String::from_utf8_lossy(&output.stdout);
+    assert!(output.status.success(), "{}", String::from_utf8_lossy(&output.stderr));
+    assert!(text.contains("valid"), "{text}");
+    assert!(text.contains("lookback = \"7days\"") || text.contains("lookback = \"7d\""), "{text}");
+    assert!(text.contains("state_dir = "), "defaults filled in: {text}");
+    let bad = TempConfig::new("check-bad", "[output]\nmax_size = 5\n");
+    let output = Command::new(&binary).arg("check-config").arg(&bad.path).output().unwrap();
+    assert_eq!(output.status.code(), Some(1));
+    assert!(String::from_utf8_lossy(&output.stderr).contains("output.path"));
+    let help = Command::new(&binary).arg("--help").output().unwrap();
+    let help = String::from_utf8_lossy(&help.stdout);
+    for command in ["run", "replay", "check-config", "Exit codes"] {
+        assert!(help.contains(command), "--help lacks {command}: {help}");
+    }
+}
+
+fn wait_for_file(path: &Path) {
+    let deadline = Instant::now() + Duration::from_secs(30);
+    while !path.exists() {
+        assert!(Instant::now() < deadline, "{} never appeared", path.display());
+        std::thread::sleep(Duration::from_millis(50));
+    }
+}
+
+fn file_has(path: &Path, wanted_kind: &str) -> bool {
+    let text = std::fs::read_to_string(path).unwrap_or_default();
+    text.lines().any(|l| l.contains(&format!("\"kind\":\"{wanted_kind}\"")))
+}
+
+fn wait_for_file_line(path: &Path, wanted_kind: &str) {
+    let deadline = Instant::now() + Duration::from_secs(30);
+    loop {
+        if file_has(path, wanted_kind) {
+            return;
+        }
+        assert!(Instant::now() < deadline, "no {wanted_kind} in {}", path.display());
+        std::thread::sleep(Duration::from_millis(50));
+    }
+}
