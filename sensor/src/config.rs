@@ -265,7 +265,10 @@ impl Config {
             bail!("detect.ledger_max_records must be at least 1");
         }
         if !self.detect.state_dir.is_absolute() {
-            bail!("detect.state_dir must be an absolute path, not {}", self.detect.state_dir.display());
+            bail!(
+                "detect.state_dir must be an absolute path, not {}",
+                self.detect.state_dir.display()
+            );
         }
         crate::detect::allow::Allowlist::compile(&self.allow)?;
         if self
@@ -346,13 +349,25 @@ mod tests {
 
     #[test]
     fn output_settings() {
-        let config = Config::parse("[output]\npath = \"/var/log/bw/e.jsonl\"\nmax_size = 1000\nhealth_interval = \"5s\"\n").unwrap();
+        let config = Config::parse(
+            "[output]\npath = \"/var/log/bw/e.jsonl\"\nmax_size = 1000\nhealth_interval = \"5s\"\n",
+        )
+        .unwrap();
         assert!(!config.output.writes_stdout());
         assert_eq!(config.output.health_interval, Duration::from_secs(5));
         assert!(Config::default().output.writes_stdout());
-        assert!(Config::parse("[output]\nmax_size = 1000\n").is_err(), "rotation without a file");
-        assert!(Config::parse("[output]\nstdout = false\n").is_err(), "no sink at all");
-        assert!(Config::parse("[output]\nformat = \"ecs\"\n").is_err(), "not implemented");
+        assert!(
+            Config::parse("[output]\nmax_size = 1000\n").is_err(),
+            "rotation without a file"
+        );
+        assert!(
+            Config::parse("[output]\nstdout = false\n").is_err(),
+            "no sink at all"
+        );
+        assert!(
+            Config::parse("[output]\nformat = \"ecs\"\n").is_err(),
+            "not implemented"
+        );
         assert!(Config::parse("[log]\nlevel = \"info,buildwatch=debug\"\n").is_ok());
         assert!(Config::parse("[log]\nlevel = \"buildwatch=loudest\"\n").is_err());
         assert_eq!(Config::default().digest().len(), 64);

@@ -74,7 +74,9 @@ impl Engine {
     pub fn prepare(&mut self, mut input: Input) -> Input {
         match &mut input {
             Input::Event(RawEvent::Data { data, .. }) => {
-                data.redacted = self.redactor.redact(data.conn_id, data.direction, &mut data.bytes);
+                data.redacted = self
+                    .redactor
+                    .redact(data.conn_id, data.direction, &mut data.bytes);
                 if (data.bytes.len() as u32) < data.total_len {
                     self.redactor.gap(data.conn_id, data.direction);
                 }
@@ -164,7 +166,8 @@ impl Engine {
                         old_pid: None,
                         filename: None,
                     },
-                ).map(drop)
+                )
+                .map(drop)
             }
             RawEvent::Argv {
                 header,
@@ -210,7 +213,8 @@ impl Engine {
                         old_pid: None,
                         filename: None,
                     },
-                ).map(drop)
+                )
+                .map(drop)
             }
             RawEvent::Connect { header, socket } => {
                 self.socket_opened(sink, "socket.connect", header, socket)
@@ -281,7 +285,8 @@ impl Engine {
                 process,
                 socket: view,
             },
-        ).map(drop)
+        )
+        .map(drop)
     }
 
     /// A connection a daemon had before the sensor started, now tracked (see `existing`).
@@ -327,7 +332,8 @@ impl Engine {
         } else {
             "socket.connect"
         };
-        self.write(sink, kind, &header, SocketBody { process, socket }).map(drop)
+        self.write(sink, kind, &header, SocketBody { process, socket })
+            .map(drop)
     }
 
     fn data(&mut self, sink: &mut Sink, header: Header, data: SocketData) -> anyhow::Result<()> {
@@ -443,7 +449,6 @@ impl Engine {
 mod tests {
     use std::{
         net::{IpAddr, Ipv4Addr},
-        path::PathBuf,
         sync::{Arc, Mutex},
     };
 
@@ -478,8 +483,9 @@ mod tests {
     }
 
     fn engine() -> Engine {
-        let host: crate::host::SharedHost =
-            std::rc::Rc::new(crate::host::LiveHost::new(std::path::Path::new("/nonexistent-proc")));
+        let host: crate::host::SharedHost = std::rc::Rc::new(crate::host::LiveHost::new(
+            std::path::Path::new("/nonexistent-proc"),
+        ));
         let detector = Detector::new(
             crate::detect::Settings {
                 allow: crate::detect::allow::Allowlist::default(),

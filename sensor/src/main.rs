@@ -44,7 +44,11 @@ fn main() -> ExitCode {
 
 fn execute(command: Command) -> anyhow::Result<()> {
     match command {
-        Command::Run { config, output, record } => {
+        Command::Run {
+            config,
+            output,
+            record,
+        } => {
             let (config, config_path) = Config::load(config.as_deref())?;
             init_logging(&config.log.level);
             let runtime = tokio::runtime::Builder::new_current_thread()
@@ -58,12 +62,20 @@ fn execute(command: Command) -> anyhow::Result<()> {
                 record,
             }))
         }
-        Command::Replay { recording, config, all } => {
+        Command::Replay {
+            recording,
+            config,
+            all,
+        } => {
             let tuned = match config {
                 Some(path) => Some(Config::load(Some(&path))?.0),
                 None => None,
             };
-            init_logging(&tuned.as_ref().map_or_else(|| "warn".to_string(), |c| c.log.level.clone()));
+            init_logging(
+                &tuned
+                    .as_ref()
+                    .map_or_else(|| "warn".to_string(), |c| c.log.level.clone()),
+            );
             replay::replay(replay::ReplayOptions {
                 recording,
                 config: tuned,
@@ -73,8 +85,15 @@ fn execute(command: Command) -> anyhow::Result<()> {
         Command::CheckConfig { path } => {
             let (config, path) = Config::load(path.as_deref())?;
             let source = path.map_or_else(|| "built-in defaults".to_string(), |p| p.display().to_string());
-            println!("# {source}: valid. Effective settings (sha256 {}):", config.digest());
-            print!("{}", toml::to_string(&config).map_err(|err| anyhow::anyhow!("cannot print the settings: {err}"))?);
+            println!(
+                "# {source}: valid. Effective settings (sha256 {}):",
+                config.digest()
+            );
+            print!(
+                "{}",
+                toml::to_string(&config)
+                    .map_err(|err| anyhow::anyhow!("cannot print the settings: {err}"))?
+            );
             Ok(())
         }
     }

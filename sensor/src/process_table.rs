@@ -89,7 +89,9 @@ impl ProcessTable {
     /// that starts meanwhile is missed.
     pub fn seed(&mut self) {
         for snapshot in self.host.processes() {
-            self.processes.entry(snapshot.tgid).or_insert_with(|| snapshot.into());
+            self.processes
+                .entry(snapshot.tgid)
+                .or_insert_with(|| snapshot.into());
         }
     }
 
@@ -262,9 +264,9 @@ mod tests {
 
     /// A table over an empty /proc, so only events feed it.
     fn table() -> ProcessTable {
-        ProcessTable::new(std::rc::Rc::new(crate::host::LiveHost::new(std::path::Path::new(
-            "/nonexistent-proc",
-        ))))
+        ProcessTable::new(std::rc::Rc::new(crate::host::LiveHost::new(
+            std::path::Path::new("/nonexistent-proc"),
+        )))
     }
 
     fn add(table: &mut ProcessTable, pid: u32, ppid: u32, comm: &str) {

@@ -14,7 +14,9 @@ use std::{
 use anyhow::{bail, Context as _};
 use serde::{Deserialize, Serialize};
 
-use crate::{config::Config, decode::RawEvent, detect::ledger::Record, existing::ExistingConnection, host::Answer};
+use crate::{
+    config::Config, decode::RawEvent, detect::ledger::Record, existing::ExistingConnection, host::Answer,
+};
 
 pub const FORMAT_VERSION: u32 = 1;
 
@@ -140,8 +142,9 @@ impl Reader {
         Some(
             line.with_context(|| format!("cannot read {}", self.path))
                 .and_then(|line| {
-                    serde_json::from_str::<Step>(&line)
-                        .map_err(|err| anyhow::anyhow!("{}:{number}: not a recording step ({err})", self.path))
+                    serde_json::from_str::<Step>(&line).map_err(|err| {
+                        anyhow::anyhow!("{}:{number}: not a recording step ({err})", self.path)
+                    })
                 })
                 .map(|step| (step.input, step.answers)),
         )

@@ -244,7 +244,8 @@ mod tests {
     #[test]
     fn build_arg_values_are_masked_and_keys_kept() {
         let line = b"POST /v1.41/build?buildargs=%7B%22TOKEN%22%3A%22s3c%2Fr%22%2C%22N%22%3Anull%7D&t=x HTTP/1.1\r\n";
-        let expected = "POST /v1.41/build?buildargs=%7B%22TOKEN%22%3A%22*******%22%2C%22N%22%3Anull%7D&t=x HTTP/1.1\r\n";
+        let expected =
+            "POST /v1.41/build?buildargs=%7B%22TOKEN%22%3A%22*******%22%2C%22N%22%3Anull%7D&t=x HTTP/1.1\r\n";
         let (text, redacted) = redact_all(&[line]);
         assert!(redacted);
         assert_eq!(text, expected);
@@ -268,13 +269,31 @@ mod tests {
 
     #[test]
     fn build_args_in_command_lines() {
-        let mut args: Vec<String> = ["docker", "build", "--build-arg", "TOKEN=s3cret", "--build-arg=B=v", "--build-arg", "FROM_ENV", "."]
-            .map(String::from)
-            .to_vec();
+        let mut args: Vec<String> = [
+            "docker",
+            "build",
+            "--build-arg",
+            "TOKEN=s3cret",
+            "--build-arg=B=v",
+            "--build-arg",
+            "FROM_ENV",
+            ".",
+        ]
+        .map(String::from)
+        .to_vec();
         argv(&mut args);
         assert_eq!(
             args,
-            ["docker", "build", "--build-arg", "TOKEN=<redacted>", "--build-arg=B=<redacted>", "--build-arg", "FROM_ENV", "."]
+            [
+                "docker",
+                "build",
+                "--build-arg",
+                "TOKEN=<redacted>",
+                "--build-arg=B=<redacted>",
+                "--build-arg",
+                "FROM_ENV",
+                "."
+            ]
         );
     }
 
@@ -299,7 +318,10 @@ mod tests {
         ]);
         assert!(redacted);
         assert!(!out.contains("c2VjcmV0"), "{out}");
-        assert!(out.ends_with("x-registry-config: ****************\r\nA: b\r\n"), "{out}");
+        assert!(
+            out.ends_with("x-registry-config: ****************\r\nA: b\r\n"),
+            "{out}"
+        );
     }
 
     #[test]

@@ -25,7 +25,11 @@ pub struct ReplayOptions {
 
 pub fn replay(options: ReplayOptions) -> anyhow::Result<()> {
     let sink = Sink::writer(std::io::stdout());
-    let mut sink = if options.all { sink } else { sink.only(vec!["detection"]) };
+    let mut sink = if options.all {
+        sink
+    } else {
+        sink.only(vec!["detection"])
+    };
     let mismatches = replay_into(&options.recording, options.config, &mut sink)?;
     if mismatches > 0 {
         tracing::warn!(
@@ -38,7 +42,11 @@ pub fn replay(options: ReplayOptions) -> anyhow::Result<()> {
 
 /// Replays `recording` into `sink`; returns how many host questions the recording could not
 /// answer (0 for a recording of this version).
-pub fn replay_into(recording: &std::path::Path, tuned: Option<Config>, sink: &mut Sink) -> anyhow::Result<u64> {
+pub fn replay_into(
+    recording: &std::path::Path,
+    tuned: Option<Config>,
+    sink: &mut Sink,
+) -> anyhow::Result<u64> {
     let mut reader = Reader::open(recording)?;
     let header = reader.header.clone();
     let mut config = header.config.clone();
@@ -83,4 +91,96 @@ pub fn replay_into(recording: &std::path::Path, tuned: Option<Config>, sink: &mu
     }
     sink.flush()?;
     Ok(replay_host.mismatches())
+}
+
+#[cfg(test)]
+mod tests {
+    use std::sync::{Arc, Mutex};
+
+    use super::*;
+
+    #[derive(Clone, Default)]
+    struct Captured(Arc<Mutex<Vec<u8>>>);
+
+    impl std::io::Write for Captured {
+        fn write(&mut self, buf: &[u8]) -> std::io::Result<usize> {
+            self.0.lock().unwrap().extend_from_slice(buf);
+            Ok(buf.len())
+        }
+        fn flush(&mut self) -> std::io::Result<()> {
+            Ok(())
+        }
+    }
+
+    fn shipped(name: &str) -> PathBuf {
+        PathBuf::from(env!("CARGO_MANIFEST_DIR"))
+            .join("testdata/recordings")
+            .join(name)
+    }
+
+    fn detections(recording: &std::path::Path, tuned: Option<Config>) -> Vec<serde_json::Value> {
+        let captured = Captured::default();
+        let mut sink = Sink::writer(captured.clone()).only(vec!["detection"]);
+        let mismatches = replay_into(recording, tuned, &mut sink).unwrap();
+        assert_eq!(mismatches, 0, "every host question has its recorded answer");
+        let bytes = captured.0.lock().unwrap().clone();
+        String::from_utf8(bytes)
+            .unwrap()
+            .lines()
+            .map(|l| serde_json::from_str(l).unwrap())
+            .collect()
+    }
+
+    #[test]
+    fn shipped_recording_replays_to_its_detections() {
+        let found = detections(&shipped("remote-build-and-privileged-run.jsonl"), None);
+        let rules: Vec<(&str, &str)> = found
+            .iter()
+            .map(|d| {
+                (
+                    d["detection"]["rule"].as_str().unwrap(),
+                    d["detection"]["severity"].as_str().unwrap(),
+                )
+            })
+            .collect();
+        assert_eq!(
+            rules,
+            [
+                ("api_exposed", "medium"),
+                ("build_without_pull", "critical"),
+                ("build_egress", "critical"),
+                ("run_of_unpulled_image", "critical"),
+            ]
+        );
+        // Deterministic: the same ids twice.
+        let again = detections(&shipped("remote-build-and-privileged-run.jsonl"), None);
+        assert_eq!(found, again);
+    }
+
+    #[test]
+    fn replay_with_a_tuned_allowlist() {
+        let tuned = Config::parse("[allow]\npeer_cidrs = [\"10.0.0.0/8\"]\n").unwrap();
+        let found = detections(&shipped("remote-build-and-privileged-run.jsonl"), Some(tuned));
+        let rules: Vec<&str> = found
+            .iter()
+            .map(|d| d["detection"]["rule"].as_str().unwrap())
+            .collect();
+        assert!(
+            !rules.contains(&"api_exposed") && !rules.contains(&"build_without_pull"),
+            "{rules:?}"
+        );
+    }
+
+    #[test]
+    fn not_a_recording_is_a_clear_error() {
+        let path = std::env::temp_dir().join(format!("bw-not-a-recording-{}", std::process::id()));
+        std::fs::write(&path, "{\"kind\":\"sensor.start\"}\n").unwrap();
+        let mut sink = Sink::writer(std::io::sink());
+        let err = replay_into(&path, None, &mut sink).unwrap_err();
+        assert!(
+            format!("{err:#}").contains("not a buildwatch recording header"),
+            "{err:#}"
+        );
+        std::fs::remove_file(&path).unwrap();
+    }
 }

@@ -51,7 +51,10 @@ impl TempConfig {
         let path = dir.join("config.toml");
         let mut text = text.to_string();
         if !text.contains("[detect]") {
-            text.push_str(&format!("\n[detect]\nstate_dir = \"{}\"\n", dir.join("state").display()));
+            text.push_str(&format!(
+                "\n[detect]\nstate_dir = \"{}\"\n",
+                dir.join("state").display()
+            ));
         }
         std::fs::write(&path, text).expect("writing a config file");
         Self { dir, path }

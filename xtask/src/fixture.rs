@@ -30,7 +30,10 @@ pub fn fixture(events: &Path, conn_id: u64, direction: &str, output: &Path) -> a
         }));
     }
     if records.is_empty() {
-        bail!("no {direction} data on connection {conn_id} in {}", events.display());
+        bail!(
+            "no {direction} data on connection {conn_id} in {}",
+            events.display()
+        );
     }
     let mut out = fs::File::create(output).with_context(|| format!("cannot create {}", output.display()))?;
     for record in &records {

@@ -36,7 +36,8 @@ impl Layout {
 /// The unit file with the binary's real directory.
 pub fn unit_text(bindir: &Path) -> anyhow::Result<String> {
     let template = build::workspace_root().join("sensor/dist").join(UNIT_NAME);
-    let text = fs::read_to_string(&template).with_context(|| format!("cannot read {}", template.display()))?;
+    let text =
+        fs::read_to_string(&template).with_context(|| format!("cannot read {}", template.display()))?;
     Ok(text.replace("@BINDIR@", &bindir.display().to_string()))
 }
 
@@ -48,7 +49,8 @@ pub fn install(layout: &Layout) -> anyhow::Result<()> {
     // Copy to a temporary name and rename, so a running sensor's binary is replaced, not
     // rewritten in place.
     let temporary = bindir.join(".buildwatch.new");
-    fs::copy(&binary, &temporary).with_context(|| format!("cannot copy the binary to {}", temporary.display()))?;
+    fs::copy(&binary, &temporary)
+        .with_context(|| format!("cannot copy the binary to {}", temporary.display()))?;
     fs::set_permissions(&temporary, fs::Permissions::from_mode(0o755))?;
     fs::rename(&temporary, &target).with_context(|| format!("cannot install {}", target.display()))?;
     println!("installed {}", target.display());
@@ -62,13 +64,17 @@ pub fn install(layout: &Layout) -> anyhow::Result<()> {
         let example = build::workspace_root().join("docs/config.example.toml");
         fs::copy(&example, &config).with_context(|| format!("cannot write {}", config.display()))?;
         fs::set_permissions(&config, fs::Permissions::from_mode(0o644))?;
-        println!("installed {} (every key commented, defaults apply)", config.display());
+        println!(
+            "installed {} (every key commented, defaults apply)",
+            config.display()
+        );
     }
 
     let unit_dir = layout.destdir.join(UNIT_DIR);
     create_dir(&unit_dir, 0o755)?;
     let unit = unit_dir.join(UNIT_NAME);
-    fs::write(&unit, unit_text(&layout.bindir())?).with_context(|| format!("cannot write {}", unit.display()))?;
+    fs::write(&unit, unit_text(&layout.bindir())?)
+        .with_context(|| format!("cannot write {}", unit.display()))?;
     fs::set_permissions(&unit, fs::Permissions::from_mode(0o644))?;
     println!("installed {}", unit.display());
     println!();

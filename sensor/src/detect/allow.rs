@@ -28,7 +28,11 @@ impl Allowlist {
         Ok(Self {
             client_exes: patterns("client_exes", &allow.client_exes)?,
             uids: allow.uids.clone(),
-            container_ids: allow.container_ids.iter().map(|c| c.to_ascii_lowercase()).collect(),
+            container_ids: allow
+                .container_ids
+                .iter()
+                .map(|c| c.to_ascii_lowercase())
+                .collect(),
             peer_cidrs: allow
                 .peer_cidrs
                 .iter()
@@ -55,7 +59,11 @@ impl Allowlist {
                 return Some(format!("client uid {}", client.uid));
             }
             if let Some(id) = &client.container_id {
-                if self.container_ids.iter().any(|prefix| id.starts_with(prefix.as_str())) {
+                if self
+                    .container_ids
+                    .iter()
+                    .any(|prefix| id.starts_with(prefix.as_str()))
+                {
                     return Some(format!("client container {id}"));
                 }
             }
@@ -116,8 +124,14 @@ mod tests {
         assert!(allow
             .origin(&Origin::for_test(Transport::Tcp, Some("192.168.1.6:1234")))
             .is_none());
-        let app = ("docker.io/library/app".to_string(), "docker.io/library/app:1".to_string());
-        let evil = ("docker.io/library/evil".to_string(), "docker.io/library/evil:1".to_string());
+        let app = (
+            "docker.io/library/app".to_string(),
+            "docker.io/library/app:1".to_string(),
+        );
+        let evil = (
+            "docker.io/library/evil".to_string(),
+            "docker.io/library/evil:1".to_string(),
+        );
         assert!(allow.all_repositories(std::slice::from_ref(&app)).is_some());
         assert!(allow.all_repositories(&[app, evil]).is_none());
         assert!(allow.trusts_registry("127.0.0.1:5000"));

@@ -119,8 +119,12 @@ pub struct Build {
     pub builder_tgid: Option<u32>,
     #[serde(skip)]
     pub conn_ids: Vec<u64>,
+    /// A build_egress detection was written (once per build).
     #[serde(skip)]
-    pub egress_reported: bool,
+    pub egress_detected: bool,
+    /// The severity was already raised for egress (seen in the Dockerfile).
+    #[serde(skip)]
+    pub raised_for_egress: bool,
 }
 
 fn is_zero(n: &u32) -> bool {
@@ -188,7 +192,9 @@ fn is_runtime(path_or_comm: &str) -> bool {
     let name = path_or_comm.rsplit('/').next().unwrap_or(path_or_comm);
     // runc's re-exec'd init shows as "runc:[2:INIT]".
     let name = name.split(':').next().unwrap_or(name);
-    RUNTIME.iter().any(|r| name == *r || name.starts_with("containerd-shim"))
+    RUNTIME
+        .iter()
+        .any(|r| name == *r || name.starts_with("containerd-shim"))
 }
 
 #[cfg(test)]
@@ -225,13 +231,25 @@ mod tests {
 
     #[test]
     fn steps_are_children_of_the_runtime() {
-        assert!(runs_under_runtime(&process("sh", "/bin/busybox", &["runc", "dockerd"])));
+        assert!(runs_under_runtime(&process(
+            "sh",
+            "/bin/busybox",
+            &["runc", "dockerd"]
+        )));
         assert!(runs_under_runtime(&process(
             "wget",
             "/bin/busybox",
             &["sh", "containerd-shim", "containerd"]
         )));
-        assert!(!runs_under_runtime(&process("runc:[2:INIT]", "/usr/bin/runc", &["runc", "dockerd"])));
-        assert!(!runs_under_runtime(&process("docker", "/usr/bin/docker", &["bash", "sshd"])));
+        assert!(!runs_under_runtime(&process(
+            "runc:[2:INIT]",
+            "/usr/bin/runc",
+            &["runc", "dockerd"]
+        )));
+        assert!(!runs_under_runtime(&process(
+            "docker",
+            "/usr/bin/docker",
+            &["bash", "sshd"]
+        )));
     }
 }

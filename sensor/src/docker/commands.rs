@@ -31,7 +31,10 @@ fn subcommand<'a>(args: &[&'a str], global_with_value: &[&str]) -> (Vec<&'a str>
     let words: Vec<&str> = args[i.min(args.len())..].iter().take(2).copied().collect();
     let rest = args.get(i + 1..).unwrap_or_default().to_vec();
     match words.as_slice() {
-        [first @ ("image" | "buildx"), second, ..] => (vec![first, second], args.get(i + 2..).unwrap_or_default().to_vec()),
+        [first @ ("image" | "buildx"), second, ..] => (
+            vec![first, second],
+            args.get(i + 2..).unwrap_or_default().to_vec(),
+        ),
         [first, ..] => (vec![first], rest),
         [] => (Vec::new(), Vec::new()),
     }
@@ -56,7 +59,9 @@ fn podman(args: &[&str]) -> Option<Operation> {
     let (words, rest) = subcommand(args, &PODMAN_GLOBAL);
     match words.as_slice() {
         ["build"] | ["image", "build"] | ["buildx", "build"] => Some(build(Builder::Podman, &rest)),
-        ["pull"] | ["image", "pull"] => positional(&rest, &[]).and_then(ImageRef::parse).map(|image| Operation::Pull { image }),
+        ["pull"] | ["image", "pull"] => positional(&rest, &[])
+            .and_then(ImageRef::parse)
+            .map(|image| Operation::Pull { image }),
         ["load"] | ["image", "load"] => Some(Operation::Load),
         ["import"] | ["image", "import"] => {
             let positional: Vec<&str> = rest.iter().copied().filter(|a| !a.starts_with('-')).collect();
@@ -73,9 +78,12 @@ fn buildah(args: &[&str]) -> Option<Operation> {
     let (words, rest) = subcommand(args, &["--root", "--runroot", "--storage-driver", "--log-level"]);
     match words.as_slice() {
         ["bud"] | ["build"] | ["build-using-dockerfile"] => Some(build(Builder::Buildah, &rest)),
-        ["pull"] | ["from"] => positional(&rest, &["--name", "--creds", "--authfile", "--arch", "--os", "--platform"])
-            .and_then(ImageRef::parse)
-            .map(|image| Operation::Pull { image }),
+        ["pull"] | ["from"] => positional(
+            &rest,
+            &["--name", "--creds", "--authfile", "--arch", "--os", "--platform"],
+        )
+        .and_then(ImageRef::parse)
+        .map(|image| Operation::Pull { image }),
         _ => None,
     }
 }
@@ -87,7 +95,9 @@ fn kaniko(args: &[&str]) -> Option<Operation> {
             "-d" | "--destination" => params.tags.extend(ImageRef::parse(value)),
             "-f" | "--dockerfile" => params.dockerfile = Some(value.to_string()),
             "-c" | "--context" if value.contains("://") => params.remote_context = Some(value.to_string()),
-            "--build-arg" => params.build_arg_keys.extend(value.split('=').next().map(String::from)),
+            "--build-arg" => params
+                .build_arg_keys
+                .extend(value.split('=').next().map(String::from)),
             _ => {}
         }
     }
@@ -103,7 +113,9 @@ fn build(builder: Builder, args: &[&str]) -> Operation {
         match flag {
             "-t" | "--tag" => params.tags.extend(ImageRef::parse(value)),
             "-f" | "--file" => params.dockerfile = Some(value.to_string()),
-            "--build-arg" => params.build_arg_keys.extend(value.split('=').next().map(String::from)),
+            "--build-arg" => params
+                .build_arg_keys
+                .extend(value.split('=').next().map(String::from)),
             "--network" | "--net" => params.network_mode = Some(value.to_string()),
             "--pull" | "--pull-always" => params.pull = value != "false" && value != "never",
             _ => {}
@@ -181,7 +193,9 @@ mod tests {
         )
         .unwrap();
         assert_eq!(tags(&build), ["docker.io/library/evil:1", "127.0.0.1:5000/e:2"]);
-        let Operation::Build { builder, params } = &build else { panic!() };
+        let Operation::Build { builder, params } = &build else {
+            panic!()
+        };
         assert_eq!(*builder, Builder::Podman);
         assert_eq!(params.dockerfile.as_deref(), Some("Containerfile"));
         assert_eq!(params.build_arg_keys.iter().collect::<Vec<_>>(), ["TOKEN"]);
@@ -192,7 +206,10 @@ mod tests {
         ));
         assert!(matches!(
             classify(None, &argv("buildah bud -t x .")),
-            Some(Operation::Build { builder: Builder::Buildah, .. })
+            Some(Operation::Build {
+                builder: Builder::Buildah,
+                ..
+            })
         ));
     }
 
@@ -205,7 +222,10 @@ mod tests {
         .unwrap();
         assert_eq!(tags(&kaniko), ["reg:5000/app:1"]);
         assert_eq!(
-            classify(None, &argv("podman pull --tls-verify=false 127.0.0.1:5000/base:1")),
+            classify(
+                None,
+                &argv("podman pull --tls-verify=false 127.0.0.1:5000/base:1")
+            ),
             Some(Operation::Pull {
                 image: ImageRef::parse("127.0.0.1:5000/base:1").unwrap()
             })

@@ -37,7 +37,11 @@ pub fn from_context(tar_bytes: &[u8], name: Option<&str>) -> Option<Dockerfile> 
             continue;
         }
         let mut text = String::new();
-        if (&mut entry).take(MAX_DOCKERFILE).read_to_string(&mut text).is_err() {
+        if (&mut entry)
+            .take(MAX_DOCKERFILE)
+            .read_to_string(&mut text)
+            .is_err()
+        {
             return None;
         }
         return Some(parse(wanted, &text));
@@ -70,13 +74,17 @@ pub fn parse(name: &str, text: &str) -> Dockerfile {
     };
     let mut stages: Vec<String> = Vec::new();
     for instruction in instructions(text) {
-        let (keyword, rest) = instruction.split_once(char::is_whitespace).unwrap_or((&instruction, ""));
+        let (keyword, rest) = instruction
+            .split_once(char::is_whitespace)
+            .unwrap_or((&instruction, ""));
         let rest = rest.trim();
         match keyword.to_ascii_uppercase().as_str() {
             "FROM" => {
                 let words: Vec<&str> = rest.split_whitespace().filter(|w| !w.starts_with("--")).collect();
                 if let Some(image) = words.first() {
-                    if !stages.iter().any(|s| s.eq_ignore_ascii_case(image)) && dockerfile.from.len() < MAX_INSTRUCTIONS {
+                    if !stages.iter().any(|s| s.eq_ignore_ascii_case(image))
+                        && dockerfile.from.len() < MAX_INSTRUCTIONS
+                    {
                         dockerfile.from.push(image.to_string());
                     }
                 }
@@ -130,7 +138,9 @@ mod tests {
             header.set_size(content.len() as u64);
             header.set_mode(0o644);
             header.set_cksum();
-            builder.append_data(&mut header, name, content.as_bytes()).unwrap();
+            builder
+                .append_data(&mut header, name, content.as_bytes())
+                .unwrap();
         }
         builder.into_inner().unwrap()
     }
@@ -159,8 +169,16 @@ mod tests {
     #[test]
     fn named_dockerfile_and_cut_contexts() {
         let context = tar_of(&[("Dockerfile.evil", "FROM busybox\n"), ("big", &"x".repeat(5000))]);
-        assert_eq!(from_context(&context, Some("Dockerfile.evil")).unwrap().from, ["busybox"]);
-        assert_eq!(from_context(&context[..1500], Some("./Dockerfile.evil")).unwrap().from, ["busybox"]);
+        assert_eq!(
+            from_context(&context, Some("Dockerfile.evil")).unwrap().from,
+            ["busybox"]
+        );
+        assert_eq!(
+            from_context(&context[..1500], Some("./Dockerfile.evil"))
+                .unwrap()
+                .from,
+            ["busybox"]
+        );
         assert_eq!(from_context(&context[..700], None), None);
         assert_eq!(from_context(b"not a tar at all", None), None);
     }

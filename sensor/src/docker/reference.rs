@@ -28,7 +28,9 @@ impl ImageRef {
             None => (text, None),
         };
         let (name, tag) = match name.rfind(':') {
-            Some(colon) if !name[colon..].contains('/') => (&name[..colon], Some(name[colon + 1..].to_string())),
+            Some(colon) if !name[colon..].contains('/') => {
+                (&name[..colon], Some(name[colon + 1..].to_string()))
+            }
             _ => (name, None),
         };
         let (registry, path) = match name.split_once('/') {
@@ -107,7 +109,10 @@ fn normalise_registry(host: &str) -> String {
 /// `sha256:<64 hex>` or a bare hex id (12 to 64 digits) as `docker run` accepts.
 pub fn is_image_id(text: &str) -> bool {
     let hex = text.strip_prefix("sha256:").unwrap_or(text);
-    (12..=64).contains(&hex.len()) && hex.bytes().all(|b| b.is_ascii_hexdigit() && !b.is_ascii_uppercase())
+    (12..=64).contains(&hex.len())
+        && hex
+            .bytes()
+            .all(|b| b.is_ascii_hexdigit() && !b.is_ascii_uppercase())
 }
 
 /// A registry's host for provenance (`registry-1.docker.io` is Docker Hub).
@@ -120,7 +125,9 @@ mod tests {
     use super::*;
 
     fn norm(text: &str) -> String {
-        ImageRef::parse(text).map(|r| r.to_string()).unwrap_or_else(|| "-".into())
+        ImageRef::parse(text)
+            .map(|r| r.to_string())
+            .unwrap_or_else(|| "-".into())
     }
 
     #[test]
@@ -128,13 +135,22 @@ mod tests {
         assert_eq!(norm("alpine"), "docker.io/library/alpine:latest");
         assert_eq!(norm("alpine:3.20"), "docker.io/library/alpine:3.20");
         assert_eq!(norm("docker.io/alpine"), "docker.io/library/alpine:latest");
-        assert_eq!(norm("index.docker.io/library/alpine"), "docker.io/library/alpine:latest");
+        assert_eq!(
+            norm("index.docker.io/library/alpine"),
+            "docker.io/library/alpine:latest"
+        );
         assert_eq!(norm("user/app:1"), "docker.io/user/app:1");
         assert_eq!(norm("127.0.0.1:5000/bwbase:1"), "127.0.0.1:5000/bwbase:1");
         assert_eq!(norm("localhost/app"), "localhost/app:latest");
-        assert_eq!(norm("Registry.Example.com:443/a/b/c"), "registry.example.com:443/a/b/c:latest");
+        assert_eq!(
+            norm("Registry.Example.com:443/a/b/c"),
+            "registry.example.com:443/a/b/c:latest"
+        );
         let digest = format!("sha256:{}", "a".repeat(64));
-        assert_eq!(norm(&format!("alpine@{digest}")), format!("docker.io/library/alpine@{digest}"));
+        assert_eq!(
+            norm(&format!("alpine@{digest}")),
+            format!("docker.io/library/alpine@{digest}")
+        );
         assert_eq!(
             ImageRef::parse("127.0.0.1:5000/bwbase:1").unwrap().repository(),
             "127.0.0.1:5000/bwbase"
@@ -153,7 +169,9 @@ mod tests {
     #[test]
     fn query_parts() {
         assert_eq!(
-            ImageRef::from_parts("127.0.0.1:5000/bwbase", Some("1")).unwrap().to_string(),
+            ImageRef::from_parts("127.0.0.1:5000/bwbase", Some("1"))
+                .unwrap()
+                .to_string(),
             "127.0.0.1:5000/bwbase:1"
         );
         assert_eq!(

@@ -345,6 +345,9 @@ mod tests {
         assert_eq!(json["host"], "host1");
         assert_eq!(json["loss"]["decode_errors"], 2);
         assert!(json["time"].as_str().unwrap().ends_with('Z'));
-        assert!(json["id"].as_str().unwrap().ends_with("-s1"), "sensor lines are numbered apart");
+        assert!(
+            json["id"].as_str().unwrap().ends_with("-s1"),
+            "sensor lines are numbered apart"
+        );
     }
 }

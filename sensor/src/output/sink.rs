@@ -45,13 +45,20 @@ impl Sink {
     /// Writes one line; false when a full queue dropped it (and counted the drop, see
     /// `LineQueue`): the engine never waits for a sink.
     pub fn write<B: Serialize>(&mut self, line: &Line<B>) -> anyhow::Result<bool> {
-        if self.only.as_ref().is_some_and(|kinds| !kinds.contains(&line.kind)) {
+        if self
+            .only
+            .as_ref()
+            .is_some_and(|kinds| !kinds.contains(&line.kind))
+        {
             return Ok(true);
         }
         let mut bytes = serde_json::to_vec(line).context("serializing an event")?;
         bytes.push(b'\n');
         match &mut self.target {
-            Target::Queue(queue) => Ok(queue.push(QueuedLine { kind: line.kind, bytes })),
+            Target::Queue(queue) => Ok(queue.push(QueuedLine {
+                kind: line.kind,
+                bytes,
+            })),
             Target::Direct(writer) => {
                 writer.write_all(&bytes).context("writing an event")?;
                 Ok(true)

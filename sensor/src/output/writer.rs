@@ -133,7 +133,11 @@ impl Targets {
 }
 
 /// Runs the writer on its own thread until the queue is closed and drained.
-pub fn spawn(queue: LineQueue, mut targets: Targets, reopen: Arc<AtomicBool>) -> anyhow::Result<JoinHandle<()>> {
+pub fn spawn(
+    queue: LineQueue,
+    mut targets: Targets,
+    reopen: Arc<AtomicBool>,
+) -> anyhow::Result<JoinHandle<()>> {
     std::thread::Builder::new()
         .name("buildwatch-writer".into())
         .spawn(move || {
@@ -199,7 +203,12 @@ mod tests {
         };
         let queue = LineQueue::new(10_000);
         let reopen = Arc::new(AtomicBool::new(false));
-        let writer = spawn(queue.clone(), Targets::open(false, Some(settings)).unwrap(), reopen).unwrap();
+        let writer = spawn(
+            queue.clone(),
+            Targets::open(false, Some(settings)).unwrap(),
+            reopen,
+        )
+        .unwrap();
         for n in 0..1000 {
             queue.push(line(n));
         }
@@ -219,7 +228,10 @@ mod tests {
         assert_eq!(all, expected, "every line once, whole, in order");
         use std::os::unix::fs::PermissionsExt as _;
         assert_eq!(fs::metadata(&path).unwrap().permissions().mode() & 0o777, 0o600);
-        assert_eq!(fs::metadata(path.parent().unwrap()).unwrap().permissions().mode() & 0o777, 0o700);
+        assert_eq!(
+            fs::metadata(path.parent().unwrap()).unwrap().permissions().mode() & 0o777,
+            0o700
+        );
         fs::remove_dir_all(&dir).unwrap();
     }
 }

@@ -78,9 +78,13 @@ impl SessionScanner {
         for (key, value) in string_map_entries(&window) {
             match key.as_str() {
                 "name" if !value.is_empty() => {
-                    self.facts
-                        .tags
-                        .extend(value.split(',').map(str::trim).filter(|t| !t.is_empty()).map(String::from));
+                    self.facts.tags.extend(
+                        value
+                            .split(',')
+                            .map(str::trim)
+                            .filter(|t| !t.is_empty())
+                            .map(String::from),
+                    );
                 }
                 "filename" => self.facts.dockerfile = Some(value),
                 "context" if value.contains("://") || value.starts_with("git@") => {
@@ -186,7 +190,8 @@ mod tests {
 
     #[test]
     fn a_solve_request_split_across_reads() {
-        let mut stream = b"PRI * HTTP/2.0\r\n\r\nSM\r\n\r\n\x00\x00\x30\x01\x04\x00\x00\x00\x01\x83\x86".to_vec();
+        let mut stream =
+            b"PRI * HTTP/2.0\r\n\r\nSM\r\n\r\n\x00\x00\x30\x01\x04\x00\x00\x00\x01\x83\x86".to_vec();
         stream.extend(huffman("/moby.buildkit.v1.Control/Solve", true));
         stream.extend(b"\x00\x01\x00\x00\x00\x00\x01");
         stream.extend(map_entry("name", "127.0.0.1:5000/evil:1,evil:latest"));
@@ -208,13 +213,18 @@ mod tests {
         );
         assert_eq!(facts.dockerfile.as_deref(), Some("Dockerfile.evil"));
         assert_eq!(facts.build_arg_keys.iter().collect::<Vec<_>>(), ["TOKEN"]);
-        assert_eq!(facts.remote_context.as_deref(), Some("https://example.org/repo.git"));
+        assert_eq!(
+            facts.remote_context.as_deref(),
+            Some("https://example.org/repo.git")
+        );
     }
 
     #[test]
     fn random_bytes_reveal_nothing() {
         let mut scanner = SessionScanner::default();
-        let noise: Vec<u8> = (0..20_000u32).map(|i| (i.wrapping_mul(2_654_435_761) >> 11) as u8).collect();
+        let noise: Vec<u8> = (0..20_000u32)
+            .map(|i| (i.wrapping_mul(2_654_435_761) >> 11) as u8)
+            .collect();
         assert!(!scanner.scan(&noise));
         assert_eq!(scanner.facts, SessionFacts::default());
     }

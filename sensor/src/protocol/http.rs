@@ -13,7 +13,15 @@ pub const MAX_HEAD: usize = 64 * 1024;
 pub const MAX_BODY: usize = 64 * 1024;
 const MAX_HEADERS: usize = 64;
 const H2_PREFACE: &[u8] = b"PRI * HTTP/2.0\r\n\r\nSM\r\n\r\n";
-const METHODS: [&[u8]; 7] = [b"GET ", b"POST ", b"HEAD ", b"PUT ", b"DELETE ", b"PATCH ", b"OPTIONS "];
+const METHODS: [&[u8]; 7] = [
+    b"GET ",
+    b"POST ",
+    b"HEAD ",
+    b"PUT ",
+    b"DELETE ",
+    b"PATCH ",
+    b"OPTIONS ",
+];
 
 #[derive(Debug, Clone, PartialEq, Eq)]
 pub struct RequestHead {
@@ -53,9 +61,13 @@ pub enum HttpEvent {
 #[derive(Debug, Clone, Copy, PartialEq, Eq)]
 enum State {
     Head,
-    Sized { remaining: u64 },
+    Sized {
+        remaining: u64,
+    },
     ChunkSize,
-    ChunkData { remaining: u64 },
+    ChunkData {
+        remaining: u64,
+    },
     ChunkEnd,
     Trailers,
     Upgraded,
@@ -163,7 +175,11 @@ impl RequestStream {
     fn desync(&mut self, reason: &'static str) {
         if matches!(
             self.state,
-            State::Sized { .. } | State::ChunkSize | State::ChunkData { .. } | State::ChunkEnd | State::Trailers
+            State::Sized { .. }
+                | State::ChunkSize
+                | State::ChunkData { .. }
+                | State::ChunkEnd
+                | State::Trailers
         ) {
             self.body_complete = false;
             self.finish_body();
@@ -406,7 +422,13 @@ impl RequestStream {
             .line_start
             .then_some(0)
             .into_iter()
-            .chain(bytes.iter().enumerate().filter(|(_, b)| **b == b'\n').map(|(i, _)| i + 1))
+            .chain(
+                bytes
+                    .iter()
+                    .enumerate()
+                    .filter(|(_, b)| **b == b'\n')
+                    .map(|(i, _)| i + 1),
+            )
             .collect();
         for start in line_starts {
             let rest = &bytes[start..];
@@ -495,9 +517,8 @@ mod tests {
     #[test]
     fn expect_continue_and_upgrade() {
         let mut stream = RequestStream::default();
-        let mut events = stream.feed(
-            b"POST /build HTTP/1.1\r\nExpect: 100-continue\r\nContent-Length: 3\r\n\r\n",
-        );
+        let mut events =
+            stream.feed(b"POST /build HTTP/1.1\r\nExpect: 100-continue\r\nContent-Length: 3\r\n\r\n");
         events.extend(stream.feed(b"tar"));
         events.extend(stream.feed(
             b"POST /session HTTP/1.1\r\nConnection: Upgrade\r\nUpgrade: h2c\r\n\r\nPRI * HTTP/2.0\r\n",
@@ -523,7 +544,9 @@ mod tests {
         events.extend(stream.feed(b"\r\nSM\r\n\r\n\x00\x00\x12\x04"));
         assert_eq!(
             events,
-            [HttpEvent::Upgraded(b"PRI * HTTP/2.0\r\n\r\nSM\r\n\r\n\x00\x00\x12\x04".to_vec())]
+            [HttpEvent::Upgraded(
+                b"PRI * HTTP/2.0\r\n\r\nSM\r\n\r\n\x00\x00\x12\x04".to_vec()
+            )]
         );
     }
 
@@ -550,7 +573,8 @@ mod tests {
     fn body_is_bounded() {
         let mut stream = RequestStream::default();
         let size = MAX_BODY + 10;
-        let mut events = stream.feed(format!("POST /images/load HTTP/1.1\r\nContent-Length: {size}\r\n\r\n").as_bytes());
+        let mut events =
+            stream.feed(format!("POST /images/load HTTP/1.1\r\nContent-Length: {size}\r\n\r\n").as_bytes());
         events.extend(stream.feed(&vec![0u8; size]));
         let (body, complete) = &bodies(&events)[0];
         assert_eq!(body.len(), MAX_BODY);
