@@ -447,40 +447,15 @@ impl Engine {
 
 #[cfg(test)]
 mod tests {
-    use std::{
-        net::{IpAddr, Ipv4Addr},
-        sync::{Arc, Mutex},
-    };
+    use std::net::{IpAddr, Ipv4Addr};
 
     use serde_json::Value;
 
     use super::*;
-    use crate::decode::{Dir, Endpoint};
-
-    /// A writer the test can read back.
-    #[derive(Clone, Default)]
-    struct Captured(Arc<Mutex<Vec<u8>>>);
-
-    impl std::io::Write for Captured {
-        fn write(&mut self, buf: &[u8]) -> std::io::Result<usize> {
-            self.0.lock().unwrap().extend_from_slice(buf);
-            Ok(buf.len())
-        }
-        fn flush(&mut self) -> std::io::Result<()> {
-            Ok(())
-        }
-    }
-
-    impl Captured {
-        fn lines(&self) -> Vec<Value> {
-            let bytes = self.0.lock().unwrap().clone();
-            String::from_utf8(bytes)
-                .unwrap()
-                .lines()
-                .map(|l| serde_json::from_str(l).unwrap())
-                .collect()
-        }
-    }
+    use crate::{
+        decode::{Dir, Endpoint},
+        output::sink::Captured,
+    };
 
     fn engine() -> Engine {
         let host: crate::host::SharedHost = std::rc::Rc::new(crate::host::LiveHost::new(

@@ -47,3 +47,47 @@ pub fn run_all<E>(environment: &E, scenarios: &[Scenario<'_, E>]) -> bool {
     println!("{passed} passed, {} failed", failed.len());
     failed.is_empty()
 }
+
+/// The sensor binary for a scenario suite, after checking the environment's prerequisites and
+/// `extra` binaries (name, Debian package). `Err` is the exit code to return at once: a failure
+/// under CI=true, a skip otherwise.
+pub fn prerequisites(
+    suite: &str,
+    extra: &[(&str, &str)],
+) -> Result<std::path::PathBuf, std::process::ExitCode> {
+    let mut problems = crate::environment::missing_prerequisites();
+    for (binary, package) in extra {
+        if crate::environment::find_binary(binary).is_none() {
+            problems.push(format!("{binary} (Debian package {package})"));
+        }
+    }
+    let binary = std::env::var_os("BUILDWATCH_BIN").map(std::path::PathBuf::from);
+    match &binary {
+        Some(path) if path.is_file() => {}
+        Some(path) => problems.push(format!("BUILDWATCH_BIN={} does not exist", path.display())),
+        None => problems.push("BUILDWATCH_BIN (run the tests with `cargo xtask test`)".to_string()),
+    }
+    match binary {
+        Some(binary) if problems.is_empty() => Ok(binary),
+        _ => {
+            let message = format!("{suite} tests need: {}", problems.join("; "));
+            if crate::ci() {
+                eprintln!("FAIL (CI=true, nothing may be skipped): {message}");
+                return Err(std::process::ExitCode::FAILURE);
+            }
+            println!("skipping: {message}");
+            println!("0 passed, 0 failed, 1 skipped");
+            Err(std::process::ExitCode::SUCCESS)
+        }
+    }
+}
+
+/// Writes every line the sensor printed to `dump` for a look after a failure (and for
+/// `cargo xtask fixture`).
+pub fn dump_events(sensor: &crate::sensor::Sensor, dump: &std::path::Path) {
+    let lines: Vec<String> = sensor.all(0, |_| true).iter().map(ToString::to_string).collect();
+    match std::fs::write(dump, lines.join("\n") + "\n") {
+        Ok(()) => println!("the sensor's {} events are in {}", lines.len(), dump.display()),
+        Err(err) => println!("could not write {}: {err}", dump.display()),
+    }
+}

