@@ -139,6 +139,43 @@ mod tests {
     }
 
     #[test]
+    fn shipped_local_recording_flags_the_build_not_the_ci_pattern() {
+        let path = shipped("local-builds-and-import.jsonl");
+        let found = detections(&path, None);
+        let rules: Vec<(&str, &str)> = found
+            .iter()
+            .map(|d| {
+                (
+                    d["detection"]["rule"].as_str().unwrap(),
+                    d["detection"]["severity"].as_str().unwrap(),
+                )
+            })
+            .collect();
+        assert_eq!(
+            rules,
+            [("build_without_pull", "medium"), ("image_side_loaded", "medium")]
+        );
+        assert_eq!(found[0]["build"]["builder"], "buildkit");
+        let captured = Captured::default();
+        let mut sink = Sink::writer(captured.clone()).only(vec!["build"]);
+        replay_into(&path, None, &mut sink).unwrap();
+        let builds = captured.lines();
+        assert_eq!(builds.len(), 2, "the CI build and the BuildKit build");
+        let ci = builds
+            .iter()
+            .find(|b| {
+                b["build"]["tags"][0]
+                    .as_str()
+                    .is_some_and(|t| t.contains("/bwbase:1-ci-"))
+            })
+            .expect("the CI build");
+        assert!(
+            ci["build"]["detection_id"].is_null(),
+            "pulled first, not flagged: {ci}"
+        );
+    }
+
+    #[test]
     fn replay_with_a_tuned_allowlist() {
         let tuned = Config::parse("[allow]\npeer_cidrs = [\"10.0.0.0/8\"]\n").unwrap();
         let found = detections(&shipped("remote-build-and-privileged-run.jsonl"), Some(tuned));

@@ -758,8 +758,8 @@ fn small_recording_of_a_remote_attack(world: &World) {
 fn small_recording_of_local_builds(world: &World) {
     let nonce = world.env.nonce.clone();
     let rules = ["build_without_pull", "image_side_loaded"];
-    record(world, "local-builds-and-load.jsonl", &rules, |env| {
-        // The CI pattern (not flagged), a BuildKit build (flagged), a load (side-loaded).
+    record(world, "local-builds-and-import.jsonl", &rules, |env| {
+        // The CI pattern (not flagged), a BuildKit build (flagged), an import (side-loaded).
         let context = env.context(
             "recorded-local",
             &format!("FROM {BASE_IMAGE}\nLABEL local={nonce}\n"),
@@ -783,12 +783,27 @@ fn small_recording_of_local_builds(world: &World) {
                 ])
                 .arg(&context),
         );
-        let archive = env.dir.join("recorded-load.tar");
-        run_command(
-            env.docker()
-                .args(["save", "-o", &archive.to_string_lossy(), BASE_IMAGE]),
+        // A tiny root filesystem keeps the recording small (a `docker load` archive would be
+        // megabytes of captured bytes).
+        let rootfs = env.dir.join("recorded-import");
+        std::fs::create_dir_all(&rootfs).expect("creating a root filesystem");
+        std::fs::write(rootfs.join("payload"), "#!/bin/sh\necho side-loaded\n").expect("writing a file");
+        let tarball = env.dir.join("recorded-import.tar");
+        run(
+            "tar",
+            &[
+                "-C",
+                &rootfs.to_string_lossy(),
+                "-cf",
+                &tarball.to_string_lossy(),
+                ".",
+            ],
         );
-        run_command(env.docker().args(["load", "-i", &archive.to_string_lossy()]));
+        run_command(env.docker().args([
+            "import",
+            &tarball.to_string_lossy(),
+            &format!("bwdet/imported:{nonce}"),
+        ]));
     });
 }
 

@@ -1,0 +1,128 @@
+//! The process side of correlation: daemon-less builders starting from their command lines,
+//! build steps exec'd under the container runtime, builders exiting.
+use super::{
+    builds::{self, BuildState, Egress, Step},
+    rules,
+    views::{stable_id, Origin, Transport},
+    Detector, Half, Pending,
+};
+use crate::{
+    decode::Header,
+    docker::{api::Operation, commands},
+    output::schema::ProcessView,
+};
+
+impl Detector {
+    /// An exec: a daemon-less builder starting, or a build step.
+    pub fn on_exec(&mut self, header: &Header, line_id: &str, process: &ProcessView) {
+        let now = header.boot_ns;
+        let argv = process.argv.clone().unwrap_or_default();
+        let remote_client = argv
+            .iter()
+            .any(|a| matches!(a.as_str(), "--remote" | "-r" | "--url" | "--connection"))
+            || process
+                .exe
+                .as_deref()
+                .is_some_and(|e| e.ends_with("podman-remote"));
+        if !remote_client {
+            if let Some(operation) = commands::classify(process.exe.as_deref(), &argv) {
+                self.command_operation(header, line_id, process, operation);
+                return;
+            }
+        }
+        if self.builds.is_empty() || !builds::runs_under_runtime(process) {
+            return;
+        }
+        self.expire_started(now);
+        if let Some(id) = &process.container_id {
+            if self.started.iter().any(|(s, _)| id.starts_with(s.as_str())) {
+                return;
+            }
+        }
+        let ancestors: Vec<u32> = process.ancestry.iter().flatten().map(|a| a.pid).collect();
+        let build = self
+            .builds
+            .iter()
+            .rev()
+            .find(|b| {
+                b.builder_tgid
+                    .or(b.daemon_tgid)
+                    .is_some_and(|t| ancestors.contains(&t))
+            })
+            .or_else(|| self.builds.iter().rev().find(|b| b.builder_tgid.is_none()));
+        let Some(build_id) = build.map(|b| b.id.clone()) else {
+            return;
+        };
+        let step = Step {
+            pid: process.pid,
+            exe: process.exe.clone(),
+            argv: argv.clone(),
+            time: self.wall_time(now),
+            container_id: process.container_id.clone(),
+            evidence: line_id.to_string(),
+        };
+        let Some(build) = self.builds.iter_mut().find(|b| b.id == build_id) else {
+            return;
+        };
+        build.add_step(step);
+        if let Some(detail) = rules::egress_command(&argv) {
+            let egress = Egress {
+                kind: "step_command",
+                detail,
+                destination: None,
+                sni: None,
+            };
+            self.build_egress(&build_id, now, egress, vec![line_id.to_string()]);
+        }
+    }
+
+    fn command_operation(
+        &mut self,
+        header: &Header,
+        line_id: &str,
+        process: &ProcessView,
+        operation: Operation,
+    ) {
+        let origin = Origin {
+            transport: Transport::Exec,
+            endpoint: None,
+            peer: None,
+            client: Some(process.clone()),
+            daemon: None,
+        };
+        let pending = Pending {
+            id: stable_id(
+                "op",
+                &[&header.tgid.to_string(), &header.boot_ns.to_string(), "exec"],
+            ),
+            key: String::new(),
+            operation,
+            request: None,
+            first_ns: header.boot_ns,
+            client: Some((
+                Half {
+                    conn_id: 0,
+                    evidence: vec![line_id.to_string()],
+                },
+                process.clone(),
+            )),
+            daemon: None,
+            origin,
+            body: None,
+            needs_body: false,
+        };
+        self.finalize(pending, header.boot_ns);
+    }
+
+    pub fn on_exit(&mut self, tgid: u32, now: u64) {
+        let ids: Vec<String> = self
+            .builds
+            .iter()
+            .filter(|b| b.builder_tgid == Some(tgid))
+            .map(|b| b.id.clone())
+            .collect();
+        for id in ids {
+            self.finish_build(&id, now, BuildState::Finished);
+        }
+    }
+}

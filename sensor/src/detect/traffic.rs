@@ -1,0 +1,498 @@
+//! The API traffic side of correlation: per-direction byte streams into HTTP requests, requests
+//! into operations waiting for their other half, BuildKit sessions after an upgrade, and a
+//! daemon's own registry (and other) connections.
+use std::collections::VecDeque;
+
+use super::{
+    add_dockerfile_bases, build_id_of,
+    builds::{BaseImage, BuildState, Egress},
+    ledger::Source,
+    views::{stable_id, DaemonView, Origin, Transport},
+    DataInput, Detector, Half, Pending, BODY_WAIT_NS, MAX_CARRIERS, MAX_PENDING, MAX_STREAMS,
+};
+use crate::{
+    decode::{Endpoint, Role},
+    docker::{
+        api::{self, ApiRequest, BuildParams, Builder, Operation},
+        dockerfile,
+        reference::{registry_host, ImageRef},
+    },
+    protocol::{
+        buildkit::{Marker, SessionScanner},
+        http::{HttpEvent, RequestHead, RequestStream},
+        tls,
+    },
+};
+
+/// One direction of one tracked connection.
+pub(super) struct Stream {
+    http: RequestStream,
+    /// Bytes seen so far (captured and not).
+    offset: u64,
+    /// (start, end, line id) of recent data lines.
+    carriers: VecDeque<(u64, u64, String)>,
+    session: Option<SessionScanner>,
+    /// The pending operation waiting for this stream's next body.
+    awaiting_body: Option<String>,
+    /// The build this stream's last request opened.
+    pub(super) build: Option<String>,
+    grpc_solve_reported: bool,
+    /// A TLS connection: nothing after the ClientHello is readable.
+    opaque: bool,
+}
+
+impl Stream {
+    fn new() -> Self {
+        Self {
+            http: RequestStream::with_body_filter(api::wants_body),
+            offset: 0,
+            carriers: VecDeque::new(),
+            session: None,
+            awaiting_body: None,
+            build: None,
+            grpc_solve_reported: false,
+            opaque: false,
+        }
+    }
+
+    fn evidence(&self, start: u64, end: u64) -> Vec<String> {
+        self.carriers
+            .iter()
+            .filter(|(s, e, _)| *s < end.max(start + 1) && *e > start)
+            .map(|(_, _, id)| id.clone())
+            .collect()
+    }
+}
+
+impl Detector {
+    pub fn on_data(&mut self, input: DataInput<'_>) {
+        let key = (input.conn_id, input.direction);
+        if self.streams.len() >= MAX_STREAMS && !self.streams.contains_key(&key) {
+            tracing::warn!("{MAX_STREAMS} API streams open at once; dropping their parse state");
+            self.streams.clear();
+        }
+        let stream = self.streams.entry(key).or_insert_with(Stream::new);
+        let start = stream.offset;
+        stream.offset += u64::from(input.total_len.max(input.bytes.len() as u32));
+        stream
+            .carriers
+            .push_back((start, stream.offset, input.line_id.to_string()));
+        if stream.carriers.len() > MAX_CARRIERS {
+            stream.carriers.pop_front();
+        }
+        if stream.opaque {
+            return;
+        }
+        if start == 0 && input.role == Role::DaemonOutbound && tls::is_handshake(input.bytes) {
+            stream.opaque = true;
+            self.outbound_tls(&input);
+            return;
+        }
+        let mut events = stream.http.feed(input.bytes);
+        let missing = u64::from(input.total_len).saturating_sub(input.bytes.len() as u64);
+        events.extend(stream.http.gap(missing));
+        for event in events {
+            self.http_event(&input, event);
+        }
+        self.tick(input.header.boot_ns);
+    }
+
+    fn http_event(&mut self, input: &DataInput<'_>, event: HttpEvent) {
+        let key = (input.conn_id, input.direction);
+        match event {
+            HttpEvent::Head(head) => match input.role {
+                Role::DaemonOutbound => self.outbound_request(input, &head),
+                Role::Client | Role::DaemonAccepted => self.api_request(input, head),
+            },
+            HttpEvent::Body { bytes, complete } => {
+                let awaiting = self.streams.get_mut(&key).and_then(|s| s.awaiting_body.take());
+                if let Some(id) = awaiting {
+                    self.body(input.header.boot_ns, &id, bytes, complete);
+                }
+            }
+            HttpEvent::Upgraded(bytes) => self.upgraded(input, &bytes),
+            HttpEvent::Desync(reason) => {
+                self.stats.http_desyncs += 1;
+                tracing::debug!(conn_id = input.conn_id, reason, "HTTP stream out of sync");
+            }
+        }
+    }
+
+    fn origin_of(&self, input: &DataInput<'_>) -> Origin {
+        let transport = |endpoint: &Endpoint| match endpoint {
+            Endpoint::Tcp(..) => Transport::Tcp,
+            _ => Transport::Unix,
+        };
+        match input.role {
+            Role::DaemonAccepted => {
+                let endpoint = input.local.filter(|l| **l != Endpoint::Unknown);
+                let tcp =
+                    matches!(input.peer, Endpoint::Tcp(..)) || matches!(endpoint, Some(Endpoint::Tcp(..)));
+                Origin {
+                    transport: if tcp { Transport::Tcp } else { Transport::Unix },
+                    endpoint: endpoint.map(ToString::to_string),
+                    peer: matches!(input.peer, Endpoint::Tcp(..)).then(|| input.peer.to_string()),
+                    client: None,
+                    daemon: Some(DaemonView {
+                        pid: input.header.tgid,
+                        comm: input.header.comm.clone(),
+                    }),
+                }
+            }
+            _ => Origin {
+                transport: transport(input.peer),
+                endpoint: Some(input.peer.to_string()),
+                peer: None,
+                client: None,
+                daemon: None,
+            },
+        }
+    }
+
+    fn api_request(&mut self, input: &DataInput<'_>, head: RequestHead) {
+        let now = input.header.boot_ns;
+        let key = (input.conn_id, input.direction);
+        let evidence = self
+            .streams
+            .get(&key)
+            .map(|s| s.evidence(head.offset, head.offset + head.len))
+            .unwrap_or_default();
+        // A new request on a connection means the previous response (a build's output) ended.
+        if let Some(build_id) = self.streams.get_mut(&key).and_then(|s| s.build.take()) {
+            self.finish_build(&build_id, now, BuildState::Finished);
+        }
+        let origin = self.origin_of(input);
+        if input.role == Role::DaemonAccepted {
+            self.check_exposed(&origin, now, &evidence);
+        }
+        let request = ApiRequest::parse(&head);
+        let Some(operation) = api::classify(&request) else {
+            return;
+        };
+        let pair_key = format!("{} {}", head.method, head.target);
+        let half = Half {
+            conn_id: input.conn_id,
+            evidence,
+        };
+        let is_client = input.role == Role::Client;
+        // The late half of a request already reported alone (a loopback TCP client whose write
+        // was processed after dockerd's read): it belongs to that operation, not a new one.
+        if let Some(recent) = self.reported.iter().find(|r| {
+            r.key == pair_key
+                && now.saturating_sub(r.first_ns) < 2 * BODY_WAIT_NS
+                && r.had_client != is_client
+        }) {
+            let build = self
+                .builds
+                .iter()
+                .find(|b| b.id == build_id_of(&recent.id))
+                .map(|b| b.id.clone());
+            if let Some(stream) = self.streams.get_mut(&key) {
+                stream.build = build;
+            }
+            if let Some(build) = self.builds.iter_mut().find(|b| b.id == build_id_of(&recent.id)) {
+                build.conn_ids.push(input.conn_id);
+            }
+            return;
+        }
+        // The other half of a request already seen?
+        let found = self.pending.iter_mut().find(|p| {
+            p.key == pair_key
+                && now.saturating_sub(p.first_ns) < 2 * BODY_WAIT_NS
+                && if is_client {
+                    p.client.is_none()
+                } else {
+                    p.daemon.is_none()
+                }
+        });
+        let id = match found {
+            Some(pending) => {
+                if is_client {
+                    pending.client = Some((half, input.process.clone()));
+                    if pending.origin.endpoint.is_none() {
+                        pending.origin.endpoint = Some(input.peer.to_string());
+                    }
+                } else {
+                    pending.daemon = Some(half);
+                    let client = pending.origin.client.take();
+                    pending.origin = Origin { client, ..origin };
+                }
+                pending.id.clone()
+            }
+            None => {
+                let id = stable_id(
+                    "op",
+                    &[&input.conn_id.to_string(), &head.offset.to_string(), &pair_key],
+                );
+                let needs_body = operation.needs_body();
+                let mut pending = Pending {
+                    id: id.clone(),
+                    key: pair_key,
+                    operation,
+                    request: Some(request),
+                    first_ns: now,
+                    client: None,
+                    daemon: None,
+                    origin,
+                    body: None,
+                    needs_body,
+                };
+                if is_client {
+                    let process = input.process.clone();
+                    pending.origin.client = Some(process.clone());
+                    pending.client = Some((half, process));
+                } else {
+                    pending.daemon = Some(half);
+                }
+                if self.pending.len() >= MAX_PENDING {
+                    let oldest = self.pending.remove(0);
+                    self.finalize(oldest, now);
+                }
+                self.pending.push(pending);
+                id
+            }
+        };
+        if let Some(stream) = self.streams.get_mut(&key) {
+            stream.awaiting_body = Some(id);
+        }
+    }
+
+    fn body(&mut self, now: u64, id: &str, bytes: Vec<u8>, complete: bool) {
+        if let Some(pending) = self.pending.iter_mut().find(|p| p.id == id) {
+            if pending.body.is_none() {
+                pending.body = Some((bytes, complete));
+            }
+            self.tick(now);
+            return;
+        }
+        // Reported already: a build context that arrived late still tells the Dockerfile.
+        let build_id = build_id_of(id);
+        let Some(build) = self.builds.iter_mut().find(|b| b.id == build_id) else {
+            return;
+        };
+        if build.instructions.is_none() {
+            build.instructions = dockerfile::from_context(&bytes, build.params.dockerfile.as_deref());
+            add_dockerfile_bases(build);
+        }
+    }
+
+    fn upgraded(&mut self, input: &DataInput<'_>, bytes: &[u8]) {
+        let key = (input.conn_id, input.direction);
+        let Some(stream) = self.streams.get_mut(&key) else {
+            return;
+        };
+        let scanner = stream.session.get_or_insert_with(SessionScanner::default);
+        if !scanner.scan(bytes) {
+            return;
+        }
+        let facts = scanner.facts.clone();
+        if !facts.markers.contains(&Marker::Solve) {
+            return;
+        }
+        let now = input.header.boot_ns;
+        let params = BuildParams {
+            tags: facts.tags.iter().filter_map(|t| ImageRef::parse(t)).collect(),
+            dockerfile: facts.dockerfile.clone(),
+            remote_context: facts.remote_context.clone(),
+            build_arg_keys: facts.build_arg_keys.clone(),
+            ..BuildParams::default()
+        };
+        let first = !stream.grpc_solve_reported;
+        stream.grpc_solve_reported = true;
+        let evidence = stream
+            .carriers
+            .back()
+            .map(|c| vec![c.2.clone()])
+            .unwrap_or_default();
+        let pair_key = "h2 /moby.buildkit.v1.Control/Solve".to_string();
+        let learned = !facts.tags.is_empty() || facts.markers.contains(&Marker::DockerfileFrontend);
+        // Update a solve still waiting for its facts, or start one.
+        let is_client = input.role == Role::Client;
+        let daemon_origin = self.origin_of(input);
+        if let Some(pending) = self
+            .pending
+            .iter_mut()
+            .find(|p| p.key == pair_key && now.saturating_sub(p.first_ns) < 2 * BODY_WAIT_NS)
+        {
+            if let Operation::Build { params: known, .. } = &mut pending.operation {
+                for tag in params.tags {
+                    if !known.tags.contains(&tag) {
+                        known.tags.push(tag);
+                    }
+                }
+                known.dockerfile = known.dockerfile.take().or(params.dockerfile);
+                known.remote_context = known.remote_context.take().or(params.remote_context);
+                known.build_arg_keys.extend(params.build_arg_keys);
+            }
+            if learned {
+                pending.body = Some((Vec::new(), true));
+            }
+            let half = Half {
+                conn_id: input.conn_id,
+                evidence,
+            };
+            if is_client && pending.client.is_none() {
+                let process = input.process.clone();
+                pending.origin.client = Some(process.clone());
+                pending.client = Some((half, process));
+            } else if !is_client && pending.daemon.is_none() {
+                pending.daemon = Some(half);
+                let client = pending.origin.client.take();
+                pending.origin = Origin {
+                    client,
+                    ..daemon_origin
+                };
+            }
+        } else if first {
+            let half = Half {
+                conn_id: input.conn_id,
+                evidence,
+            };
+            let origin = daemon_origin;
+            let mut pending = Pending {
+                id: stable_id("op", &[&input.conn_id.to_string(), "solve"]),
+                key: pair_key,
+                operation: Operation::Build {
+                    builder: Builder::Buildx,
+                    params,
+                },
+                request: None,
+                first_ns: now,
+                client: None,
+                daemon: None,
+                origin,
+                body: learned.then(|| (Vec::new(), true)),
+                needs_body: true,
+            };
+            if is_client {
+                let process = input.process.clone();
+                pending.origin.client = Some(process.clone());
+                pending.client = Some((half, process));
+            } else {
+                pending.daemon = Some(half);
+            }
+            self.pending.push(pending);
+        }
+        self.tick(now);
+    }
+
+    /// A daemon's own request to a registry (or elsewhere).
+    fn outbound_request(&mut self, input: &DataInput<'_>, head: &RequestHead) {
+        let now = input.header.boot_ns;
+        let host = head
+            .header("host")
+            .map(String::from)
+            .unwrap_or_else(|| input.peer.to_string());
+        let path = head.target.split('?').next().unwrap_or_default();
+        if let Some(rest) = path.strip_prefix("/v2/") {
+            if let Some((name, reference)) = rest.rsplit_once("/manifests/") {
+                self.registry_fetch(input.header.tgid, now, &host, name, reference);
+            }
+            return;
+        }
+        let detail = format!("{} http://{host}{}", head.method, truncate(&head.target, 200));
+        self.daemon_egress(
+            input.header.tgid,
+            now,
+            Egress {
+                kind: "daemon_connection",
+                detail,
+                destination: Some(input.peer.to_string()),
+                sni: None,
+            },
+        );
+    }
+
+    fn outbound_tls(&mut self, input: &DataInput<'_>) {
+        let now = input.header.boot_ns;
+        let Some(sni) = tls::client_hello_sni(input.bytes) else {
+            return;
+        };
+        if is_registry_host(&sni) || self.settings.allow.lists_registry(&sni) {
+            return;
+        }
+        self.daemon_egress(
+            input.header.tgid,
+            now,
+            Egress {
+                kind: "daemon_connection",
+                detail: format!("TLS to {sni}"),
+                destination: Some(input.peer.to_string()),
+                sni: Some(sni),
+            },
+        );
+    }
+
+    fn registry_fetch(&mut self, tgid: u32, now: u64, host: &str, name: &str, reference: &str) {
+        let registry = registry_host(host);
+        let digest = reference.starts_with("sha256:").then(|| reference.to_string());
+        let text = match &digest {
+            Some(digest) => format!("{registry}/{name}@{digest}"),
+            None => format!("{registry}/{name}:{reference}"),
+        };
+        let Some(image) = ImageRef::parse(&text) else {
+            return;
+        };
+        self.ledger.record(
+            &image,
+            Source::RegistryFetch,
+            self.wall_ns(now),
+            Some(registry.clone()),
+        );
+        let base = BaseImage {
+            registry,
+            repository: image.repository(),
+            reference: image.to_string(),
+            digest,
+            fetched: true,
+            in_dockerfile: false,
+        };
+        for build in self
+            .builds
+            .iter_mut()
+            .filter(|b| b.daemon_tgid == Some(tgid) || b.builder_tgid == Some(tgid))
+        {
+            build.add_base_image(base.clone());
+        }
+    }
+
+    fn daemon_egress(&mut self, tgid: u32, now: u64, egress: Egress) {
+        let ids: Vec<String> = self
+            .builds
+            .iter()
+            .filter(|b| b.daemon_tgid == Some(tgid) || b.builder_tgid == Some(tgid))
+            .map(|b| b.id.clone())
+            .collect();
+        for id in ids {
+            self.build_egress(&id, now, egress.clone(), Vec::new());
+        }
+    }
+}
+
+/// Registries whose TLS connections are image fetches, not egress.
+fn is_registry_host(host: &str) -> bool {
+    const REGISTRIES: [&str; 10] = [
+        "docker.io",
+        "registry-1.docker.io",
+        "auth.docker.io",
+        "production.cloudflare.docker.com",
+        "ghcr.io",
+        "quay.io",
+        "gcr.io",
+        "registry.k8s.io",
+        "mcr.microsoft.com",
+        "public.ecr.aws",
+    ];
+    REGISTRIES
+        .iter()
+        .any(|r| host == *r || host.ends_with(&format!(".{r}")))
+        || host.ends_with(".amazonaws.com") && host.contains(".dkr.ecr.")
+        || host.ends_with("pkg.dev")
+}
+
+fn truncate(text: &str, max: usize) -> &str {
+    match text.char_indices().nth(max) {
+        Some((at, _)) => &text[..at],
+        None => text,
+    }
+}
