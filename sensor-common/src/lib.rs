@@ -108,6 +108,8 @@ pub enum SocketRole {
     DaemonAccepted = 2,
     /// A watched daemon connected out (registry traffic).
     DaemonOutbound = 3,
+    /// A descendant of a watched daemon (a build step) connected out while a build was open.
+    BuildStep = 4,
 }
 
 impl SocketRole {
@@ -116,6 +118,7 @@ impl SocketRole {
             1 => Some(Self::Client),
             2 => Some(Self::DaemonAccepted),
             3 => Some(Self::DaemonOutbound),
+            4 => Some(Self::BuildStep),
             _ => None,
         }
     }
@@ -124,7 +127,7 @@ impl SocketRole {
     /// or the outbound daemon sends, and what the daemon receives.
     pub const fn capture_mask(self) -> u8 {
         match self {
-            SocketRole::Client | SocketRole::DaemonOutbound => Direction::Send as u8,
+            SocketRole::Client | SocketRole::DaemonOutbound | SocketRole::BuildStep => Direction::Send as u8,
             SocketRole::DaemonAccepted => Direction::Recv as u8,
         }
     }
@@ -323,6 +326,9 @@ pub struct PendingSocket {
 
 // Offsets into tracepoint records that changed between kernels; the agent reads them from
 // tracefs `format` files and patches these globals before load.
+/// Index of the "a build is open" flag in the BUILD_GATE array.
+pub const BUILD_GATE_OPEN: u32 = 0;
+
 pub const GLOBAL_SELF_TGID: &str = "SELF_TGID";
 pub const GLOBAL_CAPTURE_BYTES: &str = "CAPTURE_BYTES";
 pub const GLOBAL_FORK_CHILD_PID_OFFSET: &str = "FORK_CHILD_PID_OFFSET";

@@ -1,7 +1,7 @@
 //! Every map the programs share, and the globals the agent patches before load.
 use aya_ebpf::{
     macros::map,
-    maps::{HashMap, LruHashMap, PerCpuArray, RingBuf},
+    maps::{Array, HashMap, LruHashMap, PerCpuArray, RingBuf},
 };
 use sensor_common::{FdKey, PendingIo, PendingSocket, TrackedSocket, UnixPathKey, LOSS_SLOTS};
 
@@ -40,6 +40,15 @@ pub static WATCHED_TCP_PORTS: HashMap<u16, u8> = HashMap::with_max_entries(64, 0
 /// tgids of watched daemons (dockerd, containerd, ...), kept current by the agent.
 #[map]
 pub static DAEMONS: HashMap<u32, u8> = HashMap::with_max_entries(4096, 0);
+
+/// Processes forked, at any depth, from a watched daemon (container runtimes, build steps).
+#[map]
+pub static DAEMON_DESCENDANTS: LruHashMap<u32, u8> = LruHashMap::with_max_entries(16384, 0);
+
+/// Non-zero while the agent has a build open: then connects of daemon descendants (build steps)
+/// are tracked. Outside builds, containers' connections cost one array lookup.
+#[map]
+pub static BUILD_GATE: Array<u32> = Array::with_max_entries(1, 0);
 
 /// Per-CPU scratch space for values too large for the 512-byte BPF stack.
 #[map]

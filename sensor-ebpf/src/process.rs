@@ -18,7 +18,8 @@ use crate::{
     event::{current_tgid, fill_header, is_self, reserve},
     maps,
     maps::{
-        CLONE_FLAGS, EXEC_FILENAME_OFFSET, EXEC_OLD_PID_OFFSET, EXIT_GROUP_DEAD_OFFSET, FORK_CHILD_PID_OFFSET,
+        CLONE_FLAGS, DAEMONS, DAEMON_DESCENDANTS, EXEC_FILENAME_OFFSET, EXEC_OLD_PID_OFFSET,
+        EXIT_GROUP_DEAD_OFFSET, FORK_CHILD_PID_OFFSET,
     },
     syscall,
 };
@@ -75,6 +76,10 @@ fn try_fork(ctx: &TracePointContext) -> Result<(), i64> {
     // SAFETY: offset of the `child_pid` field read from this kernel's tracepoint format.
     let child_pid: i32 =
         unsafe { ctx.read_at(maps::load(&FORK_CHILD_PID_OFFSET) as usize) }.map_err(i64::from)?;
+    let parent = current_tgid();
+    if DAEMONS.get_ptr(parent).is_some() || DAEMON_DESCENDANTS.get_ptr(parent).is_some() {
+        let _ = DAEMON_DESCENDANTS.insert(child_pid as u32, 1, 0);
+    }
     let Some(mut entry) = reserve::<ForkEvent>(EventKind::ProcessFork) else {
         return Ok(());
     };
@@ -142,6 +147,7 @@ fn try_exit(ctx: &TracePointContext) -> Result<(), i64> {
     if !process_ended {
         return Ok(());
     }
+    let _ = DAEMON_DESCENDANTS.remove(tgid);
     let Some(mut entry) = reserve::<ExitEvent>(EventKind::ProcessExit) else {
         return Ok(());
     };

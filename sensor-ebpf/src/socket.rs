@@ -7,14 +7,14 @@ use aya_ebpf::{helpers::bpf_get_current_pid_tgid, macros::tracepoint, programs::
 use aya_log_ebpf::{debug, warn};
 use sensor_common::{
     CloseEvent, EventKind, FdKey, SocketEvent, SocketRole, TrackedSocket, UnixPathKey, AF_INET, AF_INET6,
-    AF_UNIX,
+    AF_UNIX, BUILD_GATE_OPEN,
 };
 
 use crate::{
     event::{fill_header, is_self, reserve},
     maps::{
-        DAEMONS, PENDING_SOCKET, SCRATCH_PENDING, SCRATCH_TRACKED, TRACKED, WATCHED_TCP_PORTS,
-        WATCHED_UNIX_PATHS,
+        BUILD_GATE, DAEMONS, DAEMON_DESCENDANTS, PENDING_SOCKET, SCRATCH_PENDING, SCRATCH_TRACKED, TRACKED,
+        WATCHED_TCP_PORTS, WATCHED_UNIX_PATHS,
     },
     sockaddr::read_user_sockaddr,
     syscall,
@@ -55,6 +55,8 @@ fn try_enter_connect(ctx: &TracePointContext) -> Result<(), i64> {
                 SocketRole::Client
             } else if DAEMONS.get_ptr(tgid).is_some() {
                 SocketRole::DaemonOutbound
+            } else if build_open() && DAEMON_DESCENDANTS.get_ptr(tgid).is_some() {
+                SocketRole::BuildStep
             } else {
                 return Ok(());
             }
@@ -131,7 +133,13 @@ fn try_exit_socket(ctx: &TracePointContext, kind: EventKind) -> Result<(), i64> 
             (ret as i32, pending.fd)
         }
         _ => {
-            if ret != 0 && ret != -EINPROGRESS {
+            let failed = ret != 0 && ret != -EINPROGRESS;
+            if failed && pending.role == SocketRole::BuildStep as u8 {
+                // A build step's refused or unreachable connect is still egress: reported,
+                // never tracked.
+                return report_failed_connect(pending, ret);
+            }
+            if failed {
                 return Ok(());
             }
             (pending.fd, -1)
@@ -174,6 +182,29 @@ fn try_exit_socket(ctx: &TracePointContext, kind: EventKind) -> Result<(), i64> 
     event.peer = pending.peer;
     entry.submit(0);
     Ok(())
+}
+
+fn report_failed_connect(pending: &sensor_common::PendingSocket, ret: i64) -> Result<(), i64> {
+    let Some(mut entry) = reserve::<SocketEvent>(EventKind::SocketConnect) else {
+        return Ok(());
+    };
+    // SAFETY: the reserved record is ours until submit; every field is written below.
+    let event = unsafe { &mut *entry.as_mut_ptr() };
+    fill_header(&mut event.header, EventKind::SocketConnect);
+    event.conn_id = event.header.boot_ns;
+    event.fd = pending.fd;
+    event.listen_fd = -1;
+    event.result = ret as i32;
+    event.role = pending.role;
+    event._pad = [0; 3];
+    event.peer = pending.peer;
+    entry.submit(0);
+    Ok(())
+}
+
+#[inline(always)]
+fn build_open() -> bool {
+    BUILD_GATE.get(BUILD_GATE_OPEN).is_some_and(|open| *open != 0)
 }
 
 #[tracepoint]

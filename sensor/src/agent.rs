@@ -25,7 +25,7 @@ use crate::{
     engine::Engine,
     existing,
     host::{LiveHost, RecordingHost, SharedHost},
-    kernel::{preflight, KernelSensor, LossCounters, TrackedSockets},
+    kernel::{preflight, BuildGate, KernelSensor, LossCounters, TrackedSockets},
     notify::notify,
     output::{
         queue::LineQueue,
@@ -56,19 +56,22 @@ pub struct RunOptions {
 struct Inputs {
     engine: Engine,
     recording: Option<(Recorder, Rc<RecordingHost>)>,
+    build_gate: BuildGate,
 }
 
 impl Inputs {
     fn apply(&mut self, input: Input, sink: &mut Sink) -> anyhow::Result<()> {
         let input = self.engine.prepare(input);
         match &mut self.recording {
-            None => self.engine.apply(input, sink),
+            None => self.engine.apply(input, sink)?,
             Some((recorder, host)) => {
                 let copy = input.clone();
                 self.engine.apply(input, sink)?;
-                recorder.record(copy, host.take_answers())
+                recorder.record(copy, host.take_answers())?;
             }
         }
+        self.build_gate.set(self.engine.detector.has_open_builds());
+        Ok(())
     }
 
     fn flush(&mut self) -> anyhow::Result<()> {
@@ -108,6 +111,8 @@ pub async fn run(options: RunOptions) -> anyhow::Result<()> {
     let losses = kernel.take_loss_counters()?;
     let daemon_map = kernel.take_daemon_map()?;
     let mut tracked = kernel.take_tracked_sockets()?;
+    let build_gate = kernel.take_build_gate()?;
+    let mut descendants = kernel.take_daemon_descendants()?;
     if config.kernel.log {
         spawn_kernel_logger(&mut kernel);
     }
@@ -147,8 +152,20 @@ pub async fn run(options: RunOptions) -> anyhow::Result<()> {
         emitter,
         detector,
     );
-    let mut inputs = Inputs { engine, recording };
+    let mut inputs = Inputs {
+        engine,
+        recording,
+        build_gate,
+    };
     inputs.apply(Input::Seed, &mut sink)?;
+    // Processes daemons started before the sensor (containerd under dockerd, shims) fork build
+    // steps too.
+    descendants.seed(
+        &inputs
+            .engine
+            .processes
+            .descendants_of(&inputs.engine.daemons.tgids()),
+    );
 
     let start = StartBody {
         sensor: SensorInfo {

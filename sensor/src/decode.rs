@@ -83,6 +83,8 @@ pub enum Role {
     Client,
     DaemonAccepted,
     DaemonOutbound,
+    /// A build step (a daemon's descendant) connecting out while a build is open.
+    BuildStep,
 }
 
 #[derive(Debug, Clone, Copy, PartialEq, Eq, Hash, Serialize, Deserialize)]
@@ -333,6 +335,7 @@ fn role(kind: EventKind, value: u8) -> Result<Role, DecodeError> {
         Some(SocketRole::Client) => Ok(Role::Client),
         Some(SocketRole::DaemonAccepted) => Ok(Role::DaemonAccepted),
         Some(SocketRole::DaemonOutbound) => Ok(Role::DaemonOutbound),
+        Some(SocketRole::BuildStep) => Ok(Role::BuildStep),
         None => Err(DecodeError::InvalidField {
             kind: kind.name(),
             field: "role",

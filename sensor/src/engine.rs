@@ -20,6 +20,8 @@ use crate::{
     redact::Redactor,
 };
 
+const EINPROGRESS: i32 = 115;
+
 pub struct Engine {
     pub processes: ProcessTable,
     pub connections: ConnectionTable,
@@ -256,7 +258,13 @@ impl Engine {
         header: Header,
         socket: SocketOpen,
     ) -> anyhow::Result<()> {
-        let connection = self.connections.open(header.tgid, &socket).clone();
+        // A build step's failed connect is reported but was never tracked: nothing will close it.
+        let tracked = socket.role != Role::BuildStep || socket.result == 0 || socket.result == -EINPROGRESS;
+        let local = if tracked {
+            self.connections.open(header.tgid, &socket).local.clone()
+        } else {
+            None
+        };
         let process = match self.processes.get_or_load(header.tgid).cloned() {
             Some(known) => {
                 let ancestry = self.processes.ancestry(header.tgid);
@@ -267,17 +275,18 @@ impl Engine {
         if socket.role == Role::Client {
             self.connections.set_client(socket.conn_id, process.clone());
         }
+        let build_step = (socket.role == Role::BuildStep).then(|| process.clone());
         let view = SocketView {
             conn_id: socket.conn_id,
             fd: socket.fd,
             role: socket.role,
             peer: socket.peer.to_string(),
-            local: connection.local.map(|l| l.to_string()),
+            local: local.map(|l| l.to_string()),
             listen_fd: socket.listen_fd,
             result: (kind == "socket.connect").then_some(socket.result),
             existing: false,
         };
-        self.write(
+        let id = self.write(
             sink,
             kind,
             &header,
@@ -285,8 +294,18 @@ impl Engine {
                 process,
                 socket: view,
             },
-        )
-        .map(drop)
+        )?;
+        if let Some(process) = build_step {
+            self.detector.on_step_connect(
+                &header,
+                &id,
+                &process,
+                socket.conn_id,
+                &socket.peer,
+                socket.result,
+            );
+        }
+        Ok(())
     }
 
     /// A connection a daemon had before the sensor started, now tracked (see `existing`).

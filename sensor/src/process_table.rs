@@ -228,6 +228,27 @@ impl ProcessTable {
         chain
     }
 
+    /// Processes the table knows that descend from one of `roots` (not the roots themselves).
+    pub fn descendants_of(&self, roots: &[u32]) -> Vec<u32> {
+        self.processes
+            .values()
+            .filter(|process| {
+                let mut parent = process.ppid;
+                for _ in 0..MAX_ANCESTRY {
+                    if roots.contains(&parent) {
+                        return true;
+                    }
+                    match self.processes.get(&parent) {
+                        Some(next) if next.ppid != parent => parent = next.ppid,
+                        _ => return false,
+                    }
+                }
+                false
+            })
+            .map(|process| process.pid)
+            .collect()
+    }
+
     fn insert(&mut self, process: Process) {
         if self.processes.len() >= MAX_PROCESSES {
             self.expire(u64::MAX);
@@ -283,6 +304,20 @@ mod tests {
             container_id: None,
             exited_at: None,
         });
+    }
+
+    #[test]
+    fn descendants_at_any_depth() {
+        let mut table = table();
+        add(&mut table, 1, 0, "init");
+        add(&mut table, 10, 1, "containerd");
+        add(&mut table, 11, 10, "containerd-shim");
+        add(&mut table, 12, 11, "sh");
+        add(&mut table, 20, 1, "cron");
+        let mut found = table.descendants_of(&[10]);
+        found.sort();
+        assert_eq!(found, [11, 12]);
+        assert!(table.descendants_of(&[99]).is_empty());
     }
 
     #[test]

@@ -112,6 +112,13 @@ mod tests {
         captured.lines()
     }
 
+    fn captured_builds(recording: &std::path::Path) -> Vec<serde_json::Value> {
+        let captured = Captured::default();
+        let mut sink = Sink::writer(captured.clone()).only(vec!["build"]);
+        replay_into(recording, None, &mut sink).unwrap();
+        captured.lines()
+    }
+
     #[test]
     fn shipped_recording_replays_to_its_detections() {
         let found = detections(&shipped("remote-build-and-privileged-run.jsonl"), None);
@@ -132,6 +139,12 @@ mod tests {
                 ("build_egress", "critical"),
                 ("run_of_unpulled_image", "critical"),
             ]
+        );
+        let summary = captured_builds(&shipped("remote-build-and-privileged-run.jsonl"));
+        let egress = &summary[0]["build"]["egress"];
+        assert!(
+            egress.as_array().unwrap().iter().any(|e| e["kind"] == "step_connection"),
+            "the step's own connection: {egress}"
         );
         // Deterministic: the same ids twice.
         let again = detections(&shipped("remote-build-and-privileged-run.jsonl"), None);
@@ -156,10 +169,7 @@ mod tests {
             [("build_without_pull", "medium"), ("image_side_loaded", "medium")]
         );
         assert_eq!(found[0]["build"]["builder"], "buildkit");
-        let captured = Captured::default();
-        let mut sink = Sink::writer(captured.clone()).only(vec!["build"]);
-        replay_into(&path, None, &mut sink).unwrap();
-        let builds = captured.lines();
+        let builds = captured_builds(&path);
         assert_eq!(builds.len(), 2, "the CI build and the BuildKit build");
         let ci = builds
             .iter()

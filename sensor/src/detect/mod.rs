@@ -59,6 +59,8 @@ const MAX_PENDING: usize = 4096;
 const MAX_STREAMS: usize = 4096;
 /// Builds open at once; beyond this the oldest is closed as unfinished.
 const MAX_OPEN_BUILDS: usize = 1024;
+/// Build-step connections followed at once (their first bytes name the destination).
+const MAX_STEP_CONNECTIONS: usize = 4096;
 /// (endpoint, peer) pairs api_exposed remembers having reported.
 const MAX_EXPOSED: usize = 4096;
 
@@ -184,6 +186,8 @@ pub struct Detector {
     builds: Vec<Build>,
     exposed: HashSet<(String, IpAddr)>,
     started: VecDeque<(String, u64)>,
+    /// Build-step connections: conn_id -> build id.
+    step_connections: HashMap<u64, String>,
     /// Operations reported recently, so a half that arrives after its operation was reported
     /// alone is recognised.
     reported: VecDeque<Reported>,
@@ -202,10 +206,16 @@ impl Detector {
             builds: Vec::new(),
             exposed: HashSet::new(),
             started: VecDeque::new(),
+            step_connections: HashMap::new(),
             reported: VecDeque::new(),
             findings: Vec::new(),
             stats: DetectStats::default(),
         }
+    }
+
+    /// Whether a build is open (the kernel then follows build steps' connections).
+    pub fn has_open_builds(&self) -> bool {
+        !self.builds.is_empty()
     }
 
     /// Whether a tick could change anything: a request waits for its other half or body, or a
@@ -248,6 +258,7 @@ impl Detector {
         for dir in [Dir::Send, Dir::Recv] {
             self.streams.remove(&(conn_id, dir));
         }
+        self.step_connections.remove(&conn_id);
         let ids: Vec<String> = self
             .builds
             .iter()

@@ -572,6 +572,79 @@ fn dockerfile_egress_raises_the_detection_and_the_step_confirms_it() {
 }
 
 #[test]
+fn build_step_connections_are_egress() {
+    let mut h = Harness::new();
+    h.feed(&Side::daemon(1), "classic_build.recv.jsonl", false);
+    h.wait(PAIR_WAIT_NS / MS);
+    let mut step = client_process(700, "wget");
+    step.ancestry = Some(vec![
+        Ancestor {
+            pid: 699,
+            comm: "sh".into(),
+            exe: None,
+        },
+        Ancestor {
+            pid: 698,
+            comm: "runc".into(),
+            exe: None,
+        },
+    ]);
+    let header = Header::for_test(700, "wget", h.now + MS);
+    let payload = Endpoint::Tcp(IpAddr::V4(Ipv4Addr::new(203, 0, 113, 9)), 80);
+    h.detector
+        .on_step_connect(&header, "connect-1", &step, 42, &payload, 0);
+    h.collect();
+    let egress = h.detections("build_egress");
+    assert_eq!(egress.len(), 1, "{:?}", h.json());
+    assert!(strings(&egress[0]["detection"]["evidence"]).contains(&"connect-1".to_string()));
+    // Its request names the URL.
+    let side = Side {
+        conn_id: 42,
+        role: Role::BuildStep,
+        direction: Dir::Send,
+        tgid: 700,
+        comm: "wget",
+        peer: payload.clone(),
+        local: None,
+        process: step.clone(),
+    };
+    h.feed(&side, "registry_manifest.send.jsonl", false);
+    // A refused attempt is egress too, and the connection is not followed.
+    h.detector
+        .on_step_connect(&header, "connect-2", &step, 43, &payload, -111);
+    h.close(42);
+    h.close(1);
+    let summary = &h.of_kind("build")[0]["build"];
+    let details: Vec<String> = summary["egress"]
+        .as_array()
+        .unwrap()
+        .iter()
+        .map(|e| e["detail"].as_str().unwrap().to_string())
+        .collect();
+    assert!(
+        details.contains(&"wget connected to 203.0.113.9:80".to_string()),
+        "{details:?}"
+    );
+    assert!(
+        details.contains(&"HEAD http://127.0.0.1:5000/v2/bwbase/manifests/1".to_string()),
+        "{details:?}"
+    );
+    assert!(
+        details.contains(&"wget connected to 203.0.113.9:80 (refused)".to_string()),
+        "{details:?}"
+    );
+    // A process that is not a step is ignored.
+    let mut h = Harness::new();
+    h.feed(&Side::daemon(1), "classic_build.recv.jsonl", false);
+    h.wait(PAIR_WAIT_NS / MS);
+    let outsider = client_process(800, "curl");
+    h.detector
+        .on_step_connect(&header, "connect-3", &outsider, 44, &payload, 0);
+    h.collect();
+    assert!(h.detections("build_egress").is_empty());
+}
+
+#[test]
 fn podman_build_from_its_command_line() {
     let mut h = Harness::new();
     let mut podman = client_process(900, "podman");

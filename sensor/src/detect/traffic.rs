@@ -83,7 +83,8 @@ impl Detector {
         if stream.opaque {
             return;
         }
-        if start == 0 && input.role == Role::DaemonOutbound && tls::is_handshake(input.bytes) {
+        let outbound = matches!(input.role, Role::DaemonOutbound | Role::BuildStep);
+        if start == 0 && outbound && tls::is_handshake(input.bytes) {
             stream.opaque = true;
             self.outbound_tls(&input);
             return;
@@ -102,6 +103,7 @@ impl Detector {
         match event {
             HttpEvent::Head(head) => match input.role {
                 Role::DaemonOutbound => self.outbound_request(input, &head),
+                Role::BuildStep => self.step_request(input, &head),
                 Role::Client | Role::DaemonAccepted => self.api_request(input, head),
             },
             HttpEvent::Body { bytes, complete } => {
@@ -403,11 +405,43 @@ impl Detector {
         );
     }
 
+    /// What a build step asked for over plain HTTP.
+    fn step_request(&mut self, input: &DataInput<'_>, head: &RequestHead) {
+        let Some(build_id) = self.step_connections.get(&input.conn_id).cloned() else {
+            return;
+        };
+        let host = head.header("host").unwrap_or_default();
+        let egress = Egress {
+            kind: "step_connection",
+            detail: format!("{} http://{host}{}", head.method, truncate(&head.target, 200)),
+            destination: Some(input.peer.to_string()),
+            sni: None,
+        };
+        self.build_egress(
+            &build_id,
+            input.header.boot_ns,
+            egress,
+            vec![input.line_id.to_string()],
+        );
+    }
+
     fn outbound_tls(&mut self, input: &DataInput<'_>) {
         let now = input.header.boot_ns;
         let Some(sni) = tls::client_hello_sni(input.bytes) else {
             return;
         };
+        if input.role == Role::BuildStep {
+            if let Some(build_id) = self.step_connections.get(&input.conn_id).cloned() {
+                let egress = Egress {
+                    kind: "step_connection",
+                    detail: format!("TLS to {sni}"),
+                    destination: Some(input.peer.to_string()),
+                    sni: Some(sni),
+                };
+                self.build_egress(&build_id, now, egress, vec![input.line_id.to_string()]);
+            }
+            return;
+        }
         if is_registry_host(&sni) || self.settings.allow.lists_registry(&sni) {
             return;
         }

@@ -4,12 +4,12 @@ use std::{os::unix::ffi::OsStrExt as _, path::Path};
 
 use anyhow::{anyhow, bail, Context as _};
 use aya::{
-    maps::{HashMap, MapData, PerCpuArray, RingBuf},
+    maps::{Array, HashMap, MapData, PerCpuArray, RingBuf},
     programs::TracePoint,
     Ebpf, EbpfLoader,
 };
 use sensor_common::{
-    EventKind, FdKey, SocketRole, TrackedSocket, UnixPathKey, GLOBAL_CAPTURE_BYTES,
+    EventKind, FdKey, SocketRole, TrackedSocket, UnixPathKey, BUILD_GATE_OPEN, GLOBAL_CAPTURE_BYTES,
     GLOBAL_EXEC_FILENAME_OFFSET, GLOBAL_EXEC_OLD_PID_OFFSET, GLOBAL_EXIT_GROUP_DEAD_OFFSET,
     GLOBAL_FORK_CHILD_PID_OFFSET, GLOBAL_SELF_TGID, LOSS_SLOTS, UNIX_PATH_LEN,
 };
@@ -218,8 +218,21 @@ impl KernelSensor {
         Ok(RingBuf::try_from(self.take_map("EVENTS")?)?)
     }
 
+    pub fn take_build_gate(&mut self) -> anyhow::Result<BuildGate> {
+        Ok(BuildGate {
+            map: Array::try_from(self.take_map("BUILD_GATE")?)?,
+            open: false,
+        })
+    }
+
     pub fn take_daemon_map(&mut self) -> anyhow::Result<DaemonMap> {
         Ok(DaemonMap(HashMap::try_from(self.take_map("DAEMONS")?)?))
+    }
+
+    pub fn take_daemon_descendants(&mut self) -> anyhow::Result<DaemonDescendants> {
+        Ok(DaemonDescendants(HashMap::try_from(
+            self.take_map("DAEMON_DESCENDANTS")?,
+        )?))
     }
 
     pub fn take_tracked_sockets(&mut self) -> anyhow::Result<TrackedSockets> {
@@ -268,6 +281,38 @@ fn raise_memlock_limit() {
 }
 
 /// The kernel's set of watched daemon tgids.
+/// Tells the kernel whether a build is open: then connects of daemon descendants (build steps)
+/// are tracked.
+pub struct BuildGate {
+    map: Array<MapData, u32>,
+    open: bool,
+}
+
+impl BuildGate {
+    pub fn set(&mut self, open: bool) {
+        if open == self.open {
+            return;
+        }
+        match self.map.set(BUILD_GATE_OPEN, u32::from(open), 0) {
+            Ok(()) => self.open = open,
+            Err(err) => tracing::warn!("cannot update the build gate: {err}"),
+        }
+    }
+}
+
+/// Processes descending from watched daemons. The kernel adds children at fork; the agent adds
+/// those that already existed when it started.
+pub struct DaemonDescendants(HashMap<MapData, u32, u8>);
+
+impl DaemonDescendants {
+    pub fn seed(&mut self, tgids: &[u32]) {
+        for tgid in tgids {
+            // BPF_NOEXIST: an entry the kernel made meanwhile stays.
+            let _ = self.0.insert(tgid, 1, 1);
+        }
+    }
+}
+
 pub struct DaemonMap(HashMap<MapData, u32, u8>);
 
 impl DaemonMap {
@@ -294,6 +339,7 @@ impl TrackedSockets {
             Role::Client => SocketRole::Client,
             Role::DaemonAccepted => SocketRole::DaemonAccepted,
             Role::DaemonOutbound => SocketRole::DaemonOutbound,
+            Role::BuildStep => SocketRole::BuildStep,
         };
         let value = TrackedSocket {
             conn_id,

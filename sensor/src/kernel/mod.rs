@@ -4,4 +4,4 @@ pub mod loader;
 pub mod preflight;
 pub mod tracefs;
 
-pub use loader::{DaemonMap, KernelSensor, LossCounters, TrackedSockets};
+pub use loader::{BuildGate, DaemonMap, KernelSensor, LossCounters, TrackedSockets};
