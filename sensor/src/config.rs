@@ -374,6 +374,47 @@ mod tests {
         assert_ne!(Config::default().digest(), config.digest());
     }
 
+    /// docs/config.example.toml documents every key, and uncommented it is a valid config.
+    #[test]
+    fn example_config_is_complete_and_valid() {
+        let example = include_str!("../../docs/config.example.toml");
+        let mut active = String::new();
+        let mut in_array = false;
+        for line in example.lines() {
+            let setting = line.strip_prefix("# ").filter(|rest| {
+                in_array
+                    || rest
+                        .split_once(" = ")
+                        .is_some_and(|(key, _)| key.chars().all(|c| c.is_ascii_lowercase() || c == '_'))
+            });
+            match setting {
+                Some(rest) => {
+                    in_array = (in_array || rest.ends_with('[')) && rest != "]";
+                    active.push_str(rest);
+                }
+                None if line.starts_with('[') => active.push_str(line),
+                None => continue,
+            }
+            active.push('\n');
+        }
+        let parsed = Config::parse(&active).unwrap_or_else(|err| panic!("{err:#}\n{active}"));
+        assert_eq!(
+            parsed.watch,
+            Config::default().watch,
+            "the example shows the defaults"
+        );
+        let defaults: toml::Table = toml::from_str(&toml::to_string(&Config::default()).unwrap()).unwrap();
+        for (section, keys) in &defaults {
+            assert!(example.contains(&format!("[{section}]")), "[{section}] missing");
+            for key in keys.as_table().unwrap().keys() {
+                assert!(example.contains(&format!("# {key} = ")), "{section}.{key} is not documented");
+            }
+        }
+        for key in ["path", "stdout", "client_exes", "uids"] {
+            assert!(example.contains(&format!("# {key} = ")), "{key} is not documented");
+        }
+    }
+
     #[test]
     fn relative_socket_path_is_rejected() {
         assert!(Config::parse("[watch]\nunix_sockets = [\"docker.sock\"]\n").is_err());
