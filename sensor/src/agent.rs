@@ -102,7 +102,7 @@ pub async fn run(options: RunOptions) -> anyhow::Result<()> {
     let targets = Targets::open(config.output.writes_stdout(), file)?;
     let reopen = Arc::new(AtomicBool::new(false));
     let writer = writer::spawn(queue.clone(), targets, Arc::clone(&reopen))?;
-    let mut sink = Sink::queue(queue.clone());
+    let mut sink = Sink::queue(queue.clone()).format(config.output.format);
 
     let ledger = Ledger::open(&config.detect.state_dir, config.detect.ledger_max_records)?;
     let allow = Allowlist::compile(&config.allow)?;

@@ -45,6 +45,8 @@ pub enum Format {
     /// buildwatch's own schema (docs/events.md).
     #[default]
     Json,
+    /// Elastic Common Schema field names, the buildwatch line under `buildwatch`.
+    Ecs,
 }
 
 #[derive(Debug, Clone, PartialEq, Deserialize, Serialize)]
@@ -364,10 +366,14 @@ mod tests {
             Config::parse("[output]\nstdout = false\n").is_err(),
             "no sink at all"
         );
-        assert!(
-            Config::parse("[output]\nformat = \"ecs\"\n").is_err(),
-            "not implemented"
+        assert_eq!(
+            Config::parse("[output]\nformat = \"ecs\"\n")
+                .unwrap()
+                .output
+                .format,
+            Format::Ecs
         );
+        assert!(Config::parse("[output]\nformat = \"cef\"\n").is_err());
         assert!(Config::parse("[log]\nlevel = \"info,buildwatch=debug\"\n").is_ok());
         assert!(Config::parse("[log]\nlevel = \"buildwatch=loudest\"\n").is_err());
         assert_eq!(Config::default().digest().len(), 64);
@@ -407,11 +413,17 @@ mod tests {
         for (section, keys) in &defaults {
             assert!(example.contains(&format!("[{section}]")), "[{section}] missing");
             for key in keys.as_table().unwrap().keys() {
-                assert!(example.contains(&format!("# {key} = ")), "{section}.{key} is not documented");
+                assert!(
+                    example.contains(&format!("# {key} = ")),
+                    "{section}.{key} is not documented"
+                );
             }
         }
         for key in ["path", "stdout", "client_exes", "uids"] {
-            assert!(example.contains(&format!("# {key} = ")), "{key} is not documented");
+            assert!(
+                example.contains(&format!("# {key} = ")),
+                "{key} is not documented"
+            );
         }
     }
 

@@ -143,7 +143,11 @@ mod tests {
         let summary = captured_builds(&shipped("remote-build-and-privileged-run.jsonl"));
         let egress = &summary[0]["build"]["egress"];
         assert!(
-            egress.as_array().unwrap().iter().any(|e| e["kind"] == "step_connection"),
+            egress
+                .as_array()
+                .unwrap()
+                .iter()
+                .any(|e| e["kind"] == "step_connection"),
             "the step's own connection: {egress}"
         );
         // Deterministic: the same ids twice.

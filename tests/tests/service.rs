@@ -416,6 +416,61 @@ fn health_and_queue_loss_are_reported() {
 }
 
 #[test]
+fn ecs_format_keeps_every_line() {
+    let Some(binary) = sensor_binary(true) else { return };
+    let scratch = Scratch::new("ecs");
+    let output = scratch.0.join("events.ecs.jsonl");
+    let config = TempConfig::new(
+        "ecs",
+        &format!(
+            "[output]\npath = \"{}\"\nformat = \"ecs\"\nhealth_interval = \"0s\"\n",
+            output.display()
+        ),
+    );
+    let sensor = Sensor::spawn(&binary, &config.path, &[], &[]);
+    let deadline = Instant::now() + Duration::from_secs(30);
+    while !std::fs::read_to_string(&output)
+        .unwrap_or_default()
+        .contains("sensor.start")
+    {
+        assert!(Instant::now() < deadline, "the sensor did not start writing");
+        std::thread::sleep(Duration::from_millis(50));
+    }
+    burst(20);
+    let status = sensor
+        .terminate(Duration::from_secs(10))
+        .expect("no exit after SIGTERM");
+    assert!(status.success());
+    let docs = json_lines(&output);
+    for doc in &docs {
+        assert!(
+            doc["@timestamp"].is_string() && doc["ecs"]["version"].is_string(),
+            "{doc}"
+        );
+        assert!(
+            doc["buildwatch"].is_object(),
+            "the buildwatch line is kept: {doc}"
+        );
+    }
+    let exec = docs
+        .iter()
+        .find(|d| d["event"]["action"] == "process.exec" && d["process"]["executable"] == "/usr/bin/true")
+        .expect("an exec of /bin/true in ECS form");
+    assert_eq!(exec["event"]["category"][0], "process");
+    assert!(
+        exec["process"]["pid"].is_number() && exec["user"]["id"].is_string(),
+        "{exec}"
+    );
+    assert_eq!(docs.last().unwrap()["event"]["action"], "sensor.stop");
+    // Ids stay gap-free in ECS form too.
+    let ids: Vec<Value> = docs
+        .iter()
+        .map(|d| serde_json::json!({"id": d["event"]["id"]}))
+        .collect();
+    assert_no_gaps(&ids);
+}
+
+#[test]
 fn check_config_prints_effective_settings() {
     let Some(binary) = sensor_binary(false) else {
         return;

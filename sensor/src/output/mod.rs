@@ -1,5 +1,6 @@
 //! JSON lines out: the event schema (documented in docs/events.md), the engine's sink, the
 //! bounded queue and the writer thread with its stdout and file targets.
+pub mod ecs;
 pub mod queue;
 pub mod schema;
 pub mod sink;

@@ -6,9 +6,11 @@ use anyhow::Context as _;
 use serde::Serialize;
 
 use super::{
+    ecs,
     queue::{LineQueue, QueuedLine},
     schema::Line,
 };
+use crate::config::Format;
 
 enum Target {
     Queue(LineQueue),
@@ -19,6 +21,7 @@ pub struct Sink {
     target: Target,
     /// Only lines of these kinds are written (replay prints detections only by default).
     only: Option<Vec<&'static str>>,
+    format: Format,
 }
 
 impl Sink {
@@ -26,6 +29,7 @@ impl Sink {
         Self {
             target: Target::Queue(queue),
             only: None,
+            format: Format::Json,
         }
     }
 
@@ -34,7 +38,13 @@ impl Sink {
         Self {
             target: Target::Direct(BufWriter::new(Box::new(writer))),
             only: None,
+            format: Format::Json,
         }
+    }
+
+    pub fn format(mut self, format: Format) -> Self {
+        self.format = format;
+        self
     }
 
     pub fn only(mut self, kinds: Vec<&'static str>) -> Self {
@@ -52,7 +62,13 @@ impl Sink {
         {
             return Ok(true);
         }
-        let mut bytes = serde_json::to_vec(line).context("serializing an event")?;
+        let mut bytes = match self.format {
+            Format::Json => serde_json::to_vec(line),
+            Format::Ecs => {
+                serde_json::to_value(line).and_then(|value| serde_json::to_vec(&ecs::to_ecs(value)))
+            }
+        }
+        .context("serializing an event")?;
         bytes.push(b'\n');
         match &mut self.target {
             Target::Queue(queue) => Ok(queue.push(QueuedLine {
