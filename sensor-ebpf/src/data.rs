@@ -133,7 +133,7 @@ fn try_exit_io(ctx: &TracePointContext) -> Result<(), i64> {
     // SAFETY: map value pointer valid for this program run.
     let tracked = unsafe { &*tracked };
     if pending.vectored == 0 {
-        emit_data(tracked, &pending, pending.buf as *const u8, moved as u64, 0);
+        emit_data(tracked, &pending, pending.buf as *const u8, moved as u64, 0, true);
         return Ok(());
     }
     let iov = pending.buf as *const u64;
@@ -148,15 +148,41 @@ fn try_exit_io(ctx: &TracePointContext) -> Result<(), i64> {
         let len: u64 = unsafe { bpf_probe_read_user(iov.add(segment * 2 + 1)) }.map_err(i64::from)?;
         let moved_here = if len < remaining { len } else { remaining };
         if moved_here > 0 {
-            emit_data(tracked, &pending, base as *const u8, moved_here, segment as u8);
+            emit_data(
+                tracked,
+                &pending,
+                base as *const u8,
+                moved_here,
+                segment as u8,
+                true,
+            );
         }
         remaining -= moved_here;
+    }
+    if remaining > 0 {
+        // Bytes in segments past the captured ones: reported as moved and not captured, so the
+        // stream shows a hole instead of silently skipping them.
+        emit_data(
+            tracked,
+            &pending,
+            core::ptr::null(),
+            remaining,
+            IOV_MAX_SEGMENTS as u8,
+            false,
+        );
     }
     Ok(())
 }
 
 #[inline(always)]
-fn emit_data(tracked: &TrackedSocket, pending: &PendingIo, src: *const u8, len: u64, segment: u8) {
+fn emit_data(
+    tracked: &TrackedSocket,
+    pending: &PendingIo,
+    src: *const u8,
+    len: u64,
+    segment: u8,
+    capture: bool,
+) {
     let Some(mut entry) = reserve::<DataEvent>(EventKind::SocketData) else {
         return;
     };
@@ -172,9 +198,13 @@ fn emit_data(tracked: &TrackedSocket, pending: &PendingIo, src: *const u8, len: 
     event._pad = 0;
     event.peer = tracked.peer;
     let limit = core::cmp::min(maps::load(&CAPTURE_BYTES) as usize, CAPTURE_MAX);
-    let captured = core::cmp::min(len as usize, limit);
+    let captured = if capture {
+        core::cmp::min(len as usize, limit)
+    } else {
+        0
+    };
     // SAFETY: user memory read through the helper; `captured` <= CAPTURE_MAX.
-    let ok = unsafe { bpf_probe_read_user_buf(src, &mut event.data[..captured]) }.is_ok();
+    let ok = captured > 0 && unsafe { bpf_probe_read_user_buf(src, &mut event.data[..captured]) }.is_ok();
     event.captured_len = if ok { captured as u32 } else { 0 };
     entry.submit(0);
 }

@@ -121,3 +121,55 @@ fn connections_open_before_start_are_tracked() {
         .terminate(Duration::from_secs(10))
         .is_some_and(|s| s.success()));
 }
+
+/// A vectored write of more segments than the kernel captures: the first four are captured, the
+/// rest is reported as moved and not captured (segment 4), so no byte goes missing unannounced.
+#[test]
+fn bytes_beyond_the_captured_iovecs_are_announced() {
+    let Some(binary) = prerequisites() else { return };
+    let dir = std::env::temp_dir().join(format!("buildwatch-iovec-{}", std::process::id()));
+    let _ = std::fs::remove_dir_all(&dir);
+    std::fs::create_dir_all(&dir).unwrap();
+    let socket = dir.join("api.sock");
+    let listener = std::os::unix::net::UnixListener::bind(&socket).unwrap();
+    let config = TempConfig::new(
+        "iovec",
+        &format!(
+            "[watch]\nunix_sockets = [\"{}\"]\ntcp_ports = []\ndaemons = []\n",
+            socket.display()
+        ),
+    );
+    let sensor = Sensor::start(&binary, &config.path);
+    let mark = sensor.mark();
+    let mut client = std::os::unix::net::UnixStream::connect(&socket).unwrap();
+    let (mut server, _) = listener.accept().unwrap();
+    let parts: Vec<Vec<u8>> = (0..6u8).map(|i| vec![b'a' + i; 100 + usize::from(i)]).collect();
+    let slices: Vec<std::io::IoSlice<'_>> = parts.iter().map(|p| std::io::IoSlice::new(p)).collect();
+    let written = client.write_vectored(&slices).unwrap();
+    assert_eq!(
+        written,
+        parts.iter().map(Vec::len).sum::<usize>(),
+        "one writev of all six"
+    );
+    let mut received = vec![0u8; written];
+    server.read_exact(&mut received).unwrap();
+    let rest = sensor.wait_for(
+        mark,
+        Duration::from_secs(30),
+        "the record for segments 4 and 5",
+        |e| kind(e) == "socket.data" && e["data"]["segment"] == 4,
+    );
+    assert_eq!(rest["data"]["length"], 104 + 105, "{rest}");
+    assert_eq!(rest["data"]["captured"], 0, "{rest}");
+    let captured = sensor.all(mark, |e| {
+        kind(e) == "socket.data" && e["socket"]["conn_id"] == rest["socket"]["conn_id"]
+    });
+    let segments: Vec<u64> = captured
+        .iter()
+        .filter_map(|e| e["data"]["segment"].as_u64())
+        .collect();
+    assert_eq!(segments, [0, 1, 2, 3, 4], "{captured:?}");
+    assert_eq!(captured[3]["data"]["content"], "d".repeat(103));
+    drop(sensor);
+    let _ = std::fs::remove_dir_all(&dir);
+}
