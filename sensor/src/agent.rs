@@ -29,7 +29,7 @@ use crate::{
     notify::notify,
     output::{
         queue::LineQueue,
-        schema::{HealthBody, SensorInfo, StartBody, Stats, StopBody},
+        schema::{selected_kinds, HealthBody, SensorInfo, StartBody, Stats, StopBody},
         writer::{self, FileSettings, Targets},
         Emitter, Sink,
     },
@@ -103,6 +103,9 @@ pub async fn run(options: RunOptions) -> anyhow::Result<()> {
     let reopen = Arc::new(AtomicBool::new(false));
     let writer = writer::spawn(queue.clone(), targets, Arc::clone(&reopen))?;
     let mut sink = Sink::queue(queue.clone()).format(config.output.format);
+    if !config.output.kinds.is_empty() {
+        sink = sink.only(selected_kinds(&config.output.kinds));
+    }
 
     let ledger = Ledger::open(&config.detect.state_dir, config.detect.ledger_max_records)?;
     let allow = Allowlist::compile(&config.allow)?;

@@ -129,6 +129,10 @@ pub struct Output {
     #[serde(with = "humantime_serde")]
     pub health_interval: Duration,
     pub format: Format,
+    /// Line kinds to write; empty: all. `sensor.*` lines are always written. For example
+    /// ["detection", "build", "docker.operation"] leaves out the raw process and socket events
+    /// (detections still cite their ids; a `--record` recording holds them).
+    pub kinds: Vec<String>,
 }
 
 impl Default for Output {
@@ -141,6 +145,7 @@ impl Default for Output {
             queue_lines: crate::output::queue::DEFAULT_CAPACITY,
             health_interval: Duration::from_secs(60),
             format: Format::Json,
+            kinds: Vec::new(),
         }
     }
 }
@@ -253,6 +258,17 @@ impl Config {
         }
         if self.output.max_backups == 0 {
             bail!("output.max_backups must be at least 1");
+        }
+        if let Some(unknown) = self
+            .output
+            .kinds
+            .iter()
+            .find(|kind| !crate::output::schema::KINDS.contains(&kind.as_str()))
+        {
+            bail!(
+                "output.kinds: {unknown:?} is not a line kind (one of {})",
+                crate::output::schema::KINDS.join(", ")
+            );
         }
         if self.output.queue_lines == 0 {
             bail!("output.queue_lines must be at least 1");
@@ -374,6 +390,15 @@ mod tests {
             Format::Ecs
         );
         assert!(Config::parse("[output]\nformat = \"cef\"\n").is_err());
+        let err = Config::parse("[output]\nkinds = [\"detection\", \"detections\"]\n").unwrap_err();
+        assert!(
+            format!("{err:#}").contains("\"detections\" is not a line kind"),
+            "{err:#}"
+        );
+        let kinds = crate::output::schema::selected_kinds(&["detection".into()]);
+        assert!(
+            kinds.contains(&"detection") && kinds.contains(&"sensor.loss") && !kinds.contains(&"socket.data")
+        );
         assert!(Config::parse("[log]\nlevel = \"info,buildwatch=debug\"\n").is_ok());
         assert!(Config::parse("[log]\nlevel = \"buildwatch=loudest\"\n").is_err());
         assert_eq!(Config::default().digest().len(), 64);

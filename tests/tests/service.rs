@@ -471,6 +471,31 @@ fn ecs_format_keeps_every_line() {
 }
 
 #[test]
+fn output_kinds_select_lines() {
+    let Some(binary) = sensor_binary(true) else { return };
+    let config = TempConfig::new(
+        "kinds",
+        "[output]\nkinds = [\"process.exec\"]\nhealth_interval = \"0s\"\n",
+    );
+    let sensor = Sensor::start(&binary, &config.path);
+    burst(5);
+    sensor.wait_for(0, Duration::from_secs(30), "an exec line", |e| {
+        kind(e) == "process.exec"
+    });
+    let status = sensor
+        .terminate(Duration::from_secs(10))
+        .expect("no exit after SIGTERM");
+    assert!(status.success());
+    let lines = sensor.all(0, |_| true);
+    let kinds: BTreeSet<&str> = lines.iter().map(kind).collect();
+    assert_eq!(
+        kinds,
+        BTreeSet::from(["process.exec", "sensor.start", "sensor.stop"]),
+        "only the selected kind and the sensor's own lines"
+    );
+}
+
+#[test]
 fn check_config_prints_effective_settings() {
     let Some(binary) = sensor_binary(false) else {
         return;

@@ -14,6 +14,33 @@ use crate::{
     procfs,
 };
 
+/// Every line kind buildwatch writes (docs/events.md, docs/detections.md).
+pub const KINDS: [&str; 14] = [
+    "process.fork",
+    "process.exec",
+    "process.exit",
+    "socket.connect",
+    "socket.accept",
+    "socket.data",
+    "socket.close",
+    "docker.operation",
+    "build",
+    "detection",
+    "sensor.start",
+    "sensor.health",
+    "sensor.loss",
+    "sensor.stop",
+];
+
+/// The kinds to write for an `output.kinds` selection: those listed, and always the `sensor.*`
+/// lines (start, health, loss, stop), so the pipeline's own state is never filtered out.
+pub fn selected_kinds(selection: &[String]) -> Vec<&'static str> {
+    KINDS
+        .into_iter()
+        .filter(|kind| kind.starts_with("sensor.") || selection.iter().any(|s| s == kind))
+        .collect()
+}
+
 #[derive(Debug, Serialize)]
 pub struct Line<B: Serialize> {
     pub id: String,
