@@ -112,6 +112,18 @@ mod tests {
         captured.lines()
     }
 
+    fn rules_and_severities(found: &[serde_json::Value]) -> Vec<(&str, &str)> {
+        found
+            .iter()
+            .map(|d| {
+                (
+                    d["detection"]["rule"].as_str().unwrap(),
+                    d["detection"]["severity"].as_str().unwrap(),
+                )
+            })
+            .collect()
+    }
+
     fn captured_builds(recording: &std::path::Path) -> Vec<serde_json::Value> {
         let captured = Captured::default();
         let mut sink = Sink::writer(captured.clone()).only(vec!["build"]);
@@ -122,15 +134,7 @@ mod tests {
     #[test]
     fn shipped_recording_replays_to_its_detections() {
         let found = detections(&shipped("remote-build-and-privileged-run.jsonl"), None);
-        let rules: Vec<(&str, &str)> = found
-            .iter()
-            .map(|d| {
-                (
-                    d["detection"]["rule"].as_str().unwrap(),
-                    d["detection"]["severity"].as_str().unwrap(),
-                )
-            })
-            .collect();
+        let rules = rules_and_severities(&found);
         assert_eq!(
             rules,
             [
@@ -159,15 +163,7 @@ mod tests {
     fn shipped_local_recording_flags_the_build_not_the_ci_pattern() {
         let path = shipped("local-builds-and-import.jsonl");
         let found = detections(&path, None);
-        let rules: Vec<(&str, &str)> = found
-            .iter()
-            .map(|d| {
-                (
-                    d["detection"]["rule"].as_str().unwrap(),
-                    d["detection"]["severity"].as_str().unwrap(),
-                )
-            })
-            .collect();
+        let rules = rules_and_severities(&found);
         assert_eq!(
             rules,
             [("build_without_pull", "medium"), ("image_side_loaded", "medium")]

@@ -168,6 +168,23 @@ struct Pending {
 }
 
 impl Pending {
+    /// Adds one half. `origin` is what that half's connection tells: the client half its
+    /// process and endpoint, the daemon half the daemon, its endpoint and the TCP peer (which
+    /// win over the client's view).
+    fn join(&mut self, half: Half, is_client: bool, process: &ProcessView, origin: Origin) {
+        if is_client {
+            self.client = Some((half, process.clone()));
+            self.origin.client = Some(process.clone());
+            if self.origin.endpoint.is_none() {
+                self.origin.endpoint = origin.endpoint;
+            }
+        } else {
+            self.daemon = Some(half);
+            let client = self.origin.client.take();
+            self.origin = Origin { client, ..origin };
+        }
+    }
+
     fn ready(&self, now: u64) -> bool {
         let paired = self.client.is_some() && self.daemon.is_some()
             || self.daemon.is_some() && self.origin.peer_ip().is_some_and(|ip| !ip.is_loopback())
@@ -417,14 +434,7 @@ impl Detector {
                     .collect();
                 let verdict =
                     rules::run_of_unpulled_image(&view.origin, &image.to_string(), &origins, &params);
-                let allowed = self.allowed(&view);
-                self.report(
-                    now,
-                    verdict,
-                    Subject::Operation(Box::new(view)),
-                    evidence,
-                    allowed,
-                );
+                self.report_operation(now, verdict, view, evidence);
             }
             Operation::ContainerStart { container } | Operation::Exec { container, .. } => {
                 self.started.push_back((container, at));
@@ -689,6 +699,18 @@ impl Detector {
         ));
     }
 
+    /// A detection about an operation, unless its client or target is allowlisted.
+    fn report_operation(&mut self, now: u64, verdict: Verdict, view: OperationView, evidence: Vec<String>) {
+        let allowed = self.allowed(&view);
+        self.report(
+            now,
+            verdict,
+            Subject::Operation(Box::new(view)),
+            evidence,
+            allowed,
+        );
+    }
+
     /// Rule 3 for a load or import.
     fn side_loaded(
         &mut self,
@@ -699,14 +721,7 @@ impl Detector {
         evidence: Vec<String>,
     ) {
         let verdict = rules::image_side_loaded(&view.origin, how, images);
-        let allowed = self.allowed(&view);
-        self.report(
-            now,
-            verdict,
-            Subject::Operation(Box::new(view)),
-            evidence,
-            allowed,
-        );
+        self.report_operation(now, verdict, view, evidence);
     }
 
     /// Why an operation's client or target is allowlisted, if it is.

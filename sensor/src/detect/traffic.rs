@@ -209,16 +209,7 @@ impl Detector {
         });
         let id = match found {
             Some(pending) => {
-                if is_client {
-                    pending.client = Some((half, input.process.clone()));
-                    if pending.origin.endpoint.is_none() {
-                        pending.origin.endpoint = Some(input.peer.to_string());
-                    }
-                } else {
-                    pending.daemon = Some(half);
-                    let client = pending.origin.client.take();
-                    pending.origin = Origin { client, ..origin };
-                }
+                pending.join(half, is_client, &input.process, origin);
                 pending.id.clone()
             }
             None => {
@@ -235,17 +226,11 @@ impl Detector {
                     first_ns: now,
                     client: None,
                     daemon: None,
-                    origin,
+                    origin: origin.clone(),
                     body: None,
                     needs_body,
                 };
-                if is_client {
-                    let process = input.process.clone();
-                    pending.origin.client = Some(process.clone());
-                    pending.client = Some((half, process));
-                } else {
-                    pending.daemon = Some(half);
-                }
+                pending.join(half, is_client, &input.process, origin);
                 if self.pending.len() >= MAX_PENDING {
                     let oldest = self.pending.remove(0);
                     self.finalize(oldest, now);
@@ -333,24 +318,19 @@ impl Detector {
                 conn_id: input.conn_id,
                 evidence,
             };
-            if is_client && pending.client.is_none() {
-                let process = input.process.clone();
-                pending.origin.client = Some(process.clone());
-                pending.client = Some((half, process));
-            } else if !is_client && pending.daemon.is_none() {
-                pending.daemon = Some(half);
-                let client = pending.origin.client.take();
-                pending.origin = Origin {
-                    client,
-                    ..daemon_origin
-                };
+            let missing = if is_client {
+                pending.client.is_none()
+            } else {
+                pending.daemon.is_none()
+            };
+            if missing {
+                pending.join(half, is_client, &input.process, daemon_origin);
             }
         } else if first {
             let half = Half {
                 conn_id: input.conn_id,
                 evidence,
             };
-            let origin = daemon_origin;
             let mut pending = Pending {
                 id: stable_id("op", &[&input.conn_id.to_string(), "solve"]),
                 key: pair_key,
@@ -362,17 +342,11 @@ impl Detector {
                 first_ns: now,
                 client: None,
                 daemon: None,
-                origin,
+                origin: daemon_origin.clone(),
                 body: learned.then(|| (Vec::new(), true)),
                 needs_body: true,
             };
-            if is_client {
-                let process = input.process.clone();
-                pending.origin.client = Some(process.clone());
-                pending.client = Some((half, process));
-            } else {
-                pending.daemon = Some(half);
-            }
+            pending.join(half, is_client, &input.process, daemon_origin);
             self.pending.push(pending);
         }
         self.tick(now);
