@@ -120,7 +120,7 @@ pub async fn run(options: RunOptions) -> anyhow::Result<()> {
         spawn_kernel_logger(&mut kernel);
     }
 
-    let live = LiveHost::new(&procfs::proc_root());
+    let live = LiveHost::new(&procfs::proc_root()).with_docker_data_root(&config.detect.docker_data_root);
     let emitter = Emitter::new(procfs::hostname());
     let (host, recording): (SharedHost, _) = match &record {
         Some(path) => {

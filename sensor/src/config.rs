@@ -59,6 +59,9 @@ pub struct Detect {
     pub state_dir: PathBuf,
     /// Bound on ledger records; the oldest go first.
     pub ledger_max_records: usize,
+    /// Docker's data root, where a client container's configuration (its image) is read for
+    /// `allow.container_images`.
+    pub docker_data_root: PathBuf,
 }
 
 impl Default for Detect {
@@ -67,6 +70,7 @@ impl Default for Detect {
             lookback: Duration::from_secs(24 * 3600),
             state_dir: PathBuf::from("/var/lib/buildwatch"),
             ledger_max_records: 100_000,
+            docker_data_root: PathBuf::from("/var/lib/docker"),
         }
     }
 }
@@ -82,6 +86,9 @@ pub struct Allow {
     pub uids: Vec<u32>,
     /// Client container ids (prefixes of the 64-hex id).
     pub container_ids: Vec<String>,
+    /// Images of client containers (glob on the name Docker recorded at create:
+    /// "gitlab/gitlab-runner*"), read from `detect.docker_data_root`.
+    pub container_images: Vec<String>,
     /// Remote peers (CIDR: "10.0.0.0/8"); also silences api_exposed for them.
     pub peer_cidrs: Vec<String>,
     /// Target repositories or references (glob on the normalised name:

@@ -24,6 +24,8 @@ pub trait Host {
     fn exec_details(&self, tgid: u32) -> ExecDetails;
     fn listening_address(&self, tgid: u32, fd: i32) -> Option<Endpoint>;
     fn dockerfile(&self, cwd: Option<&str>, context: &str, name: Option<&str>) -> Option<Dockerfile>;
+    /// The image a Docker container was created from.
+    fn container_image(&self, container_id: &str) -> Option<String>;
 }
 
 pub type SharedHost = Rc<dyn Host>;
@@ -31,13 +33,20 @@ pub type SharedHost = Rc<dyn Host>;
 /// The running system, through a /proc mount.
 pub struct LiveHost {
     proc_root: PathBuf,
+    docker_data_root: PathBuf,
 }
 
 impl LiveHost {
     pub fn new(proc_root: &Path) -> Self {
         Self {
             proc_root: proc_root.to_path_buf(),
+            docker_data_root: PathBuf::from("/var/lib/docker"),
         }
+    }
+
+    pub fn with_docker_data_root(mut self, root: &Path) -> Self {
+        self.docker_data_root = root.to_path_buf();
+        self
     }
 }
 
@@ -64,6 +73,19 @@ impl Host for LiveHost {
     fn dockerfile(&self, cwd: Option<&str>, context: &str, name: Option<&str>) -> Option<Dockerfile> {
         dockerfile::from_directory(cwd, context, name)
     }
+
+    fn container_image(&self, container_id: &str) -> Option<String> {
+        if container_id.is_empty() || !container_id.bytes().all(|b| b.is_ascii_hexdigit()) {
+            return None;
+        }
+        let path = self
+            .docker_data_root
+            .join("containers")
+            .join(container_id)
+            .join("config.v2.json");
+        let config: serde_json::Value = serde_json::from_slice(&std::fs::read(path).ok()?).ok()?;
+        config["Config"]["Image"].as_str().map(String::from)
+    }
 }
 
 /// One answer the host gave.
@@ -75,6 +97,7 @@ pub enum Answer {
     ExecDetails(ExecDetails),
     ListeningAddress(Option<Endpoint>),
     Dockerfile(Option<Dockerfile>),
+    ContainerImage(Option<String>),
 }
 
 /// The live system, keeping every answer until `take_answers`.
@@ -120,6 +143,10 @@ impl Host for RecordingHost {
 
     fn dockerfile(&self, cwd: Option<&str>, context: &str, name: Option<&str>) -> Option<Dockerfile> {
         self.keep(self.live.dockerfile(cwd, context, name), Answer::Dockerfile)
+    }
+
+    fn container_image(&self, container_id: &str) -> Option<String> {
+        self.keep(self.live.container_image(container_id), Answer::ContainerImage)
     }
 }
 
@@ -195,5 +222,39 @@ impl Host for ReplayHost {
             _ => None,
         })
         .flatten()
+    }
+
+    fn container_image(&self, _container_id: &str) -> Option<String> {
+        self.next(|a| match a {
+            Answer::ContainerImage(i) => Some(i),
+            _ => None,
+        })
+        .flatten()
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn container_image_from_the_docker_data_root() {
+        let root = std::env::temp_dir().join(format!("bw-docker-root-{}", std::process::id()));
+        let id = "ab".repeat(32);
+        let dir = root.join("containers").join(&id);
+        std::fs::create_dir_all(&dir).unwrap();
+        std::fs::write(
+            dir.join("config.v2.json"),
+            r#"{"Config":{"Image":"gitlab/gitlab-runner:v17"}}"#,
+        )
+        .unwrap();
+        let host = LiveHost::new(Path::new("/proc")).with_docker_data_root(&root);
+        assert_eq!(
+            host.container_image(&id).as_deref(),
+            Some("gitlab/gitlab-runner:v17")
+        );
+        assert_eq!(host.container_image("../../etc"), None, "ids only, no paths");
+        assert_eq!(host.container_image(&"cd".repeat(32)), None);
+        std::fs::remove_dir_all(&root).unwrap();
     }
 }

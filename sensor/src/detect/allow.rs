@@ -13,6 +13,7 @@ pub struct Allowlist {
     client_exes: Vec<glob::Pattern>,
     uids: Vec<u32>,
     container_ids: Vec<String>,
+    container_images: Vec<glob::Pattern>,
     peer_cidrs: Vec<IpNet>,
     repositories: Vec<glob::Pattern>,
     registries: Vec<String>,
@@ -33,6 +34,7 @@ impl Allowlist {
                 .iter()
                 .map(|c| c.to_ascii_lowercase())
                 .collect(),
+            container_images: patterns("container_images", &allow.container_images)?,
             peer_cidrs: allow
                 .peer_cidrs
                 .iter()
@@ -47,8 +49,9 @@ impl Allowlist {
         })
     }
 
-    /// Why the client or peer of `origin` is allowlisted, if it is.
-    pub fn origin(&self, origin: &Origin) -> Option<String> {
+    /// Why the client or peer of `origin` is allowlisted, if it is. `image_of` names the image of
+    /// a container id (asked only when container images are allowlisted).
+    pub fn origin(&self, origin: &Origin, image_of: &dyn Fn(&str) -> Option<String>) -> Option<String> {
         if let Some(client) = &origin.client {
             if let Some(exe) = &client.exe {
                 if self.client_exes.iter().any(|p| p.matches(exe)) {
@@ -65,6 +68,12 @@ impl Allowlist {
                     .any(|prefix| id.starts_with(prefix.as_str()))
                 {
                     return Some(format!("client container {id}"));
+                }
+                if !self.container_images.is_empty() {
+                    let image = image_of(id).filter(|i| self.container_images.iter().any(|p| p.matches(i)));
+                    if let Some(image) = image {
+                        return Some(format!("client container image {image}"));
+                    }
                 }
             }
         }
@@ -119,10 +128,15 @@ mod tests {
         })
         .unwrap();
         assert!(allow
-            .origin(&Origin::for_test(Transport::Tcp, Some("10.9.9.9:1234")))
+            .origin(&Origin::for_test(Transport::Tcp, Some("10.9.9.9:1234")), &|_| {
+                None
+            })
             .is_some());
         assert!(allow
-            .origin(&Origin::for_test(Transport::Tcp, Some("192.168.1.6:1234")))
+            .origin(
+                &Origin::for_test(Transport::Tcp, Some("192.168.1.6:1234")),
+                &|_| None
+            )
             .is_none());
         let app = (
             "docker.io/library/app".to_string(),
@@ -137,5 +151,37 @@ mod tests {
         assert!(allow.trusts_registry("127.0.0.1:5000"));
         assert!(!allow.trusts_registry("docker.io"));
         assert!(Allowlist::default().trusts_registry("docker.io"));
+    }
+
+    #[test]
+    fn client_container_image() {
+        let allow = Allowlist::compile(&Allow {
+            container_images: vec!["gitlab/gitlab-runner*".into()],
+            ..Allow::default()
+        })
+        .unwrap();
+        let mut origin = Origin::for_test(Transport::Unix, None);
+        let mut client = crate::output::schema::ProcessView {
+            pid: 1,
+            tid: 1,
+            ppid: None,
+            comm: "docker".into(),
+            uid: 0,
+            gid: 0,
+            exe: None,
+            argv: None,
+            argv_truncated: false,
+            cwd: None,
+            container_id: Some("ab".repeat(32)),
+            ancestry: None,
+        };
+        origin.client = Some(client.clone());
+        let runner = |_: &str| Some("gitlab/gitlab-runner:v17".to_string());
+        let other = |_: &str| Some("alpine".to_string());
+        assert!(allow.origin(&origin, &runner).unwrap().contains("gitlab-runner"));
+        assert!(allow.origin(&origin, &other).is_none());
+        client.container_id = None;
+        origin.client = Some(client);
+        assert!(allow.origin(&origin, &runner).is_none(), "not in a container");
     }
 }

@@ -545,7 +545,7 @@ impl Detector {
             let suppressed = self
                 .settings
                 .allow
-                .origin(&build.origin)
+                .origin(&build.origin, &|id| self.host.container_image(id))
                 .or_else(|| self.settings.allow.all_repositories(&targets));
             if !self.suppress(&verdict, suppressed) {
                 let detection = DetectionView::new(verdict, &id, evidence);
@@ -726,9 +726,14 @@ impl Detector {
 
     /// Why an operation's client or target is allowlisted, if it is.
     fn allowed(&self, operation: &OperationView) -> Option<String> {
-        self.settings.allow.origin(&operation.origin).or_else(|| {
-            image_of(&operation.operation).and_then(|target| self.settings.allow.all_repositories(&[target]))
-        })
+        let container_image = |id: &str| self.host.container_image(id);
+        self.settings
+            .allow
+            .origin(&operation.origin, &container_image)
+            .or_else(|| {
+                image_of(&operation.operation)
+                    .and_then(|target| self.settings.allow.all_repositories(&[target]))
+            })
     }
 
     fn expire_started(&mut self, now: u64) {
