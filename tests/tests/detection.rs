@@ -86,6 +86,10 @@ fn main() -> ExitCode {
                 run: ledger_survives_a_restart,
             },
             Scenario {
+                name: "build_from_a_container_with_the_socket_mounted",
+                run: build_from_a_container_with_the_socket_mounted,
+            },
+            Scenario {
                 name: "small_recording_of_a_remote_attack",
                 run: small_recording_of_a_remote_attack,
             },
@@ -112,7 +116,9 @@ fn main() -> ExitCode {
     }
 }
 
-fn sensor_config(env: &Environment, state_dir: &std::path::Path) -> PathBuf {
+/// The sensor's config: the test daemon's socket and port (and the usual socket path, which
+/// containers with the socket mounted connect to), `extra` appended.
+fn sensor_config_with(env: &Environment, state_dir: &std::path::Path, extra: &str) -> PathBuf {
     let path = env.dir.join(format!(
         "buildwatch-{}.toml",
         state_dir.file_name().unwrap_or_default().to_string_lossy()
@@ -120,13 +126,18 @@ fn sensor_config(env: &Environment, state_dir: &std::path::Path) -> PathBuf {
     std::fs::write(
         &path,
         format!(
-            "[watch]\nunix_sockets = [\"{}\"]\ntcp_ports = [2375]\ndaemons = [\"dockerd\", \"containerd\", \"podman\"]\n[detect]\nstate_dir = \"{}\"\n",
+            "[watch]\nunix_sockets = [\"{}\", \"/var/run/docker.sock\"]\ntcp_ports = [2375]\ndaemons = [\"dockerd\", \"containerd\", \"podman\"]\n[detect]\nstate_dir = \"{}\"\ndocker_data_root = \"{}\"\n{extra}",
             env.socket.display(),
-            state_dir.display()
+            state_dir.display(),
+            env.dir.join("data").display()
         ),
     )
     .expect("writing the sensor config");
     path
+}
+
+fn sensor_config(env: &Environment, state_dir: &std::path::Path) -> PathBuf {
+    sensor_config_with(env, state_dir, "")
 }
 
 /// The first detection of `rule` after `mark` that satisfies `predicate`.
@@ -646,6 +657,99 @@ fn ledger_survives_a_restart(world: &World) {
         .terminate(Duration::from_secs(15))
         .expect("the second sensor did not stop");
     assert!(status.success(), "second sensor: {status}\n{}", second.stderr());
+}
+
+/// The classic attack: the docker socket mounted into a container, and a build from inside it.
+/// The client is named with its container; a sensor that allowlists the container's image
+/// suppresses (and counts) the detection.
+fn build_from_a_container_with_the_socket_mounted(world: &World) {
+    let env = &world.env;
+    let nonce = &env.nonce;
+    let tag = format!("bwdet/incontainer:{nonce}");
+    let context = env.context(
+        "incontainer",
+        &format!("FROM {BASE_IMAGE}\nLABEL incontainer={nonce}\n"),
+    );
+    run_command(env.docker().args(["pull", BASE_IMAGE]));
+    let allowing = sensor_config_with(
+        env,
+        &env.dir.join("allowing-state"),
+        &format!("[allow]\ncontainer_images = [\"{REGISTRY}/bwbase*\"]\n"),
+    );
+    let allowing = Sensor::start(&world.binary, &allowing);
+    let mark = world.sensor.mark();
+    let name = format!("bwdet-mounted-{nonce}");
+    let volume = |host: &Path, inside: &str, mode: &str| format!("{}:{inside}{mode}", host.display());
+    // The Debian docker client needs only libc, taken from the host.
+    run_command(env.docker().args([
+        "run",
+        "--name",
+        &name,
+        "--network",
+        "none",
+        "-e",
+        "DOCKER_BUILDKIT=0",
+        "-v",
+        &volume(&env.socket, "/var/run/docker.sock", ""),
+        "-v",
+        &volume(Path::new("/usr/bin/docker"), "/docker", ":ro"),
+        "-v",
+        &volume(
+            Path::new("/usr/lib/x86_64-linux-gnu"),
+            "/lib/x86_64-linux-gnu",
+            ":ro",
+        ),
+        "-v",
+        &volume(Path::new("/usr/lib64"), "/lib64", ":ro"),
+        "-v",
+        &volume(&context, "/ctx", ":ro"),
+        BASE_IMAGE,
+        "/docker",
+        "build",
+        "-t",
+        &tag,
+        "/ctx",
+    ]));
+    let id = run_command(env.docker().args(["inspect", "-f", "{{.Id}}", &name]));
+    run_command(env.docker().args(["rm", &name]));
+    let found = detection(
+        &world.sensor,
+        mark,
+        "build_without_pull",
+        "the in-container build",
+        |e| has_tag(&e["build"], &format!("docker.io/{tag}")),
+    );
+    let client = &found["build"]["client"];
+    assert_eq!(
+        client["container_id"],
+        id.trim(),
+        "the client's container: {client}"
+    );
+    assert_eq!(client["exe"], "/docker", "{client}");
+    assert_eq!(
+        found["build"]["endpoint"],
+        format!("unix:{}", env.socket.display())
+    );
+    // The allowlisting sensor saw the same build and suppressed it.
+    build_summary(&allowing, 0, "the in-container build (allowlisted)", |b| {
+        has_tag(b, &format!("docker.io/{tag}"))
+    });
+    let flagged = allowing.all(0, |e| {
+        kind(e) == "detection" && has_tag(&e["build"], &format!("docker.io/{tag}"))
+    });
+    assert!(flagged.is_empty(), "allowlisted image was flagged: {flagged:?}");
+    let status = allowing
+        .terminate(Duration::from_secs(15))
+        .expect("the allowing sensor did not stop");
+    assert!(status.success());
+    let stop = allowing.wait_for(0, TIMEOUT, "sensor.stop", |e| kind(e) == "sensor.stop");
+    assert!(
+        stop["stats"]["detect"]["suppressed"]["build_without_pull"]
+            .as_u64()
+            .unwrap_or_default()
+            >= 1,
+        "the suppression is counted: {stop}"
+    );
 }
 
 fn recordings_dir() -> PathBuf {
