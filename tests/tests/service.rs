@@ -245,7 +245,7 @@ fn sighup_reopen_loses_no_line() {
         ),
     );
     let sensor = Sensor::spawn(&binary, &config.path, &[], &[]);
-    wait_for_file_line(&output, "sensor.start");
+    wait_for_file_line(&output, KIND_SENSOR_START);
     assert!(
         sensor.all(0, |_| true).is_empty(),
         "with a file output nothing goes to stdout"
@@ -308,7 +308,7 @@ fn size_rotation_loses_no_line() {
     // Other tests' processes make lines too: sensor.start may already be in a rotated file.
     let first = PathBuf::from(format!("{}.1", output.display()));
     let deadline = Instant::now() + Duration::from_secs(30);
-    while !first.exists() && !file_has(&output, "sensor.start") {
+    while !first.exists() && !file_has(&output, KIND_SENSOR_START) {
         assert!(Instant::now() < deadline, "the sensor did not start writing");
         std::thread::sleep(Duration::from_millis(50));
     }
@@ -428,14 +428,7 @@ fn ecs_format_keeps_every_line() {
         ),
     );
     let sensor = Sensor::spawn(&binary, &config.path, &[], &[]);
-    let deadline = Instant::now() + Duration::from_secs(30);
-    while !std::fs::read_to_string(&output)
-        .unwrap_or_default()
-        .contains("sensor.start")
-    {
-        assert!(Instant::now() < deadline, "the sensor did not start writing");
-        std::thread::sleep(Duration::from_millis(50));
-    }
+    wait_for_file_line(&output, "\"action\":\"sensor.start\"");
     burst(20);
     let status = sensor
         .terminate(Duration::from_secs(10))
@@ -541,23 +534,17 @@ fn wait_for_file(path: &Path) {
     }
 }
 
-fn file_has(path: &Path, wanted_kind: &str) -> bool {
-    let text = std::fs::read_to_string(path).unwrap_or_default();
-    text.lines()
-        .any(|l| l.contains(&format!("\"kind\":\"{wanted_kind}\"")))
+/// The JSON text of a sensor.start line (in our format; ECS has it as `event.action`).
+const KIND_SENSOR_START: &str = "\"kind\":\"sensor.start\"";
+
+fn file_has(path: &Path, needle: &str) -> bool {
+    std::fs::read_to_string(path).unwrap_or_default().contains(needle)
 }
 
-fn wait_for_file_line(path: &Path, wanted_kind: &str) {
+fn wait_for_file_line(path: &Path, needle: &str) {
     let deadline = Instant::now() + Duration::from_secs(30);
-    loop {
-        if file_has(path, wanted_kind) {
-            return;
-        }
-        assert!(
-            Instant::now() < deadline,
-            "no {wanted_kind} in {}",
-            path.display()
-        );
+    while !file_has(path, needle) {
+        assert!(Instant::now() < deadline, "no {needle} in {}", path.display());
         std::thread::sleep(Duration::from_millis(50));
     }
 }
