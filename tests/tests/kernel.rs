@@ -90,8 +90,12 @@ fn connections_open_before_start_are_tracked() {
     );
     let sensor = Sensor::start(&binary, &config.path);
     let own_pid = u64::from(std::process::id());
+    // Other tests in this process hold sockets too: look for this test's connection.
     let accept = sensor.wait_for(0, Duration::from_secs(10), "the existing connection", |e| {
-        kind(e) == "socket.accept" && e["socket"]["existing"] == true && pid(e) == own_pid
+        kind(e) == "socket.accept"
+            && e["socket"]["existing"] == true
+            && pid(e) == own_pid
+            && e["socket"]["peer"] == peer.to_string()
     });
     assert_eq!(accept["socket"]["fd"], accepted.as_raw_fd(), "{accept}");
     assert_eq!(accept["socket"]["peer"], peer.to_string(), "{accept}");
