@@ -481,6 +481,13 @@ fn output_kinds_select_lines() {
     assert!(status.success());
     let lines = sensor.all(0, |_| true);
     let kinds: BTreeSet<&str> = lines.iter().map(kind).collect();
+    assert!(kinds.contains("process.exec"), "{kinds:?}");
+    assert!(
+        kinds
+            .iter()
+            .all(|k| *k == "process.exec" || k.starts_with("sensor.")),
+        "only the selected kind and the sensor's own lines: {kinds:?}"
+    );
     assert_eq!(
         kinds,
         BTreeSet::from(["process.exec", "sensor.start", "sensor.stop"]),
