@@ -13,7 +13,7 @@ use anyhow::Context as _;
 use aya::maps::{MapData, RingBuf};
 use tokio::{
     io::{unix::AsyncFd, Interest},
-    signal::unix::{signal, SignalKind},
+    signal::unix::{signal, Signal, SignalKind},
 };
 
 use crate::{
@@ -92,6 +92,9 @@ pub async fn run(options: RunOptions) -> anyhow::Result<()> {
     if let Some(path) = output {
         config.output.path = Some(path);
     }
+    // Installed first: systemd may send SIGTERM as soon as READY=1 arrives, and a signal that
+    // comes before the handler would kill the sensor without draining or saving the ledger.
+    let signals = Signals::install()?;
     let tracefs = preflight::check()?;
     let queue = LineQueue::new(config.output.queue_lines);
     let file = config.output.path.clone().map(|path| FileSettings {
@@ -212,6 +215,7 @@ pub async fn run(options: RunOptions) -> anyhow::Result<()> {
         reopen: &reopen,
         health_interval: config.output.health_interval,
         started,
+        signals,
     };
     read_events(ring, loop_state, &mut inputs, &mut sink).await?;
     let _ = notify("STOPPING=1");
@@ -241,20 +245,34 @@ struct Loop<'a> {
     reopen: &'a AtomicBool,
     health_interval: Duration,
     started: Instant,
+    signals: Signals,
+}
+
+struct Signals {
+    interrupt: Signal,
+    terminate: Signal,
+    hangup: Signal,
+}
+
+impl Signals {
+    fn install() -> anyhow::Result<Self> {
+        Ok(Self {
+            interrupt: signal(SignalKind::interrupt()).context("installing the SIGINT handler")?,
+            terminate: signal(SignalKind::terminate()).context("installing the SIGTERM handler")?,
+            hangup: signal(SignalKind::hangup()).context("installing the SIGHUP handler")?,
+        })
+    }
 }
 
 async fn read_events(
     ring: RingBuf<MapData>,
-    state: Loop<'_>,
+    mut state: Loop<'_>,
     inputs: &mut Inputs,
     sink: &mut Sink,
 ) -> anyhow::Result<()> {
     // SAFETY: the ring buffer owns its fd, which stays open for as long as the AsyncFd owns it.
     let mut ring = unsafe { AsyncFd::register_with_interest(ring, Interest::READABLE) }
         .map_err(|err| anyhow::anyhow!("cannot poll the ring buffer: {err}"))?;
-    let mut sigint = signal(SignalKind::interrupt()).context("installing the SIGINT handler")?;
-    let mut sigterm = signal(SignalKind::terminate()).context("installing the SIGTERM handler")?;
-    let mut sighup = signal(SignalKind::hangup()).context("installing the SIGHUP handler")?;
     let mut loss_check = tokio::time::interval(LOSS_CHECK_INTERVAL);
     let mut correlation_tick = tokio::time::interval(CORRELATION_TICK);
     // An interval of zero turns health lines off.
@@ -285,12 +303,12 @@ async fn read_events(
                 let line = inputs.engine.emitter.line("sensor.health", None, body);
                 sink.write(&line)?;
             }
-            _ = sighup.recv() => {
+            _ = state.signals.hangup.recv() => {
                 tracing::info!("SIGHUP: reopening the output file");
                 state.reopen.store(true, std::sync::atomic::Ordering::Release);
             }
-            _ = sigint.recv() => break,
-            _ = sigterm.recv() => break,
+            _ = state.signals.interrupt.recv() => break,
+            _ = state.signals.terminate.recv() => break,
         }
     }
     // Whatever the kernel wrote before the signal is still reported.
