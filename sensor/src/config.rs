@@ -60,7 +60,7 @@ pub struct Detect {
     /// Bound on ledger records; the oldest go first.
     pub ledger_max_records: usize,
     /// Docker's data root, where a client container's configuration (its image) is read for
-    /// `allow.container_images`.
+    /// `allow.container_images`, and a finished build's image ids (runs by id).
     pub docker_data_root: PathBuf,
 }
 

@@ -13,7 +13,10 @@ use serde::{Deserialize, Serialize};
 
 use crate::{
     decode::Endpoint,
-    docker::dockerfile::{self, Dockerfile},
+    docker::{
+        dockerfile::{self, Dockerfile},
+        store,
+    },
     procfs::{self, ExecDetails, ProcSnapshot},
 };
 
@@ -26,6 +29,8 @@ pub trait Host {
     fn dockerfile(&self, cwd: Option<&str>, context: &str, name: Option<&str>) -> Option<Dockerfile>;
     /// The image a Docker container was created from.
     fn container_image(&self, container_id: &str) -> Option<String>;
+    /// The Docker images created between two kernel (CLOCK_BOOTTIME) times: what a build wrote.
+    fn images_created(&self, from_boot_ns: u64, to_boot_ns: u64) -> Vec<String>;
 }
 
 pub type SharedHost = Rc<dyn Host>;
@@ -75,16 +80,18 @@ impl Host for LiveHost {
     }
 
     fn container_image(&self, container_id: &str) -> Option<String> {
-        if container_id.is_empty() || !container_id.bytes().all(|b| b.is_ascii_hexdigit()) {
-            return None;
-        }
-        let path = self
-            .docker_data_root
-            .join("containers")
-            .join(container_id)
-            .join("config.v2.json");
-        let config: serde_json::Value = serde_json::from_slice(&std::fs::read(path).ok()?).ok()?;
-        config["Config"]["Image"].as_str().map(String::from)
+        store::container_image(&self.docker_data_root, container_id)
+    }
+
+    fn images_created(&self, from_boot_ns: u64, to_boot_ns: u64) -> Vec<String> {
+        // Docker dates images by the wall clock; converted with the offset of now, not of the
+        // sensor's start, which NTP may have moved since.
+        let boot_to_wall = procfs::clock_ns(libc::CLOCK_REALTIME) - procfs::clock_ns(libc::CLOCK_BOOTTIME);
+        store::images_created(
+            &self.docker_data_root,
+            i128::from(from_boot_ns) + boot_to_wall,
+            i128::from(to_boot_ns) + boot_to_wall,
+        )
     }
 }
 
@@ -98,6 +105,7 @@ pub enum Answer {
     ListeningAddress(Option<Endpoint>),
     Dockerfile(Option<Dockerfile>),
     ContainerImage(Option<String>),
+    ImagesCreated(Vec<String>),
 }
 
 /// The live system, keeping every answer until `take_answers`.
@@ -147,6 +155,13 @@ impl Host for RecordingHost {
 
     fn container_image(&self, container_id: &str) -> Option<String> {
         self.keep(self.live.container_image(container_id), Answer::ContainerImage)
+    }
+
+    fn images_created(&self, from_boot_ns: u64, to_boot_ns: u64) -> Vec<String> {
+        self.keep(
+            self.live.images_created(from_boot_ns, to_boot_ns),
+            Answer::ImagesCreated,
+        )
     }
 }
 
@@ -231,30 +246,12 @@ impl Host for ReplayHost {
         })
         .flatten()
     }
-}
 
-#[cfg(test)]
-mod tests {
-    use super::*;
-
-    #[test]
-    fn container_image_from_the_docker_data_root() {
-        let root = std::env::temp_dir().join(format!("bw-docker-root-{}", std::process::id()));
-        let id = "ab".repeat(32);
-        let dir = root.join("containers").join(&id);
-        std::fs::create_dir_all(&dir).unwrap();
-        std::fs::write(
-            dir.join("config.v2.json"),
-            r#"{"Config":{"Image":"gitlab/gitlab-runner:v17"}}"#,
-        )
-        .unwrap();
-        let host = LiveHost::new(Path::new("/proc")).with_docker_data_root(&root);
-        assert_eq!(
-            host.container_image(&id).as_deref(),
-            Some("gitlab/gitlab-runner:v17")
-        );
-        assert_eq!(host.container_image("../../etc"), None, "ids only, no paths");
-        assert_eq!(host.container_image(&"cd".repeat(32)), None);
-        std::fs::remove_dir_all(&root).unwrap();
+    fn images_created(&self, _from_boot_ns: u64, _to_boot_ns: u64) -> Vec<String> {
+        self.next(|a| match a {
+            Answer::ImagesCreated(i) => Some(i),
+            _ => None,
+        })
+        .unwrap_or_default()
     }
 }

@@ -166,11 +166,33 @@ mod tests {
         let rules = rules_and_severities(&found);
         assert_eq!(
             rules,
-            [("build_without_pull", "medium"), ("image_side_loaded", "medium")]
+            [
+                ("build_without_pull", "medium"),
+                ("build_without_pull", "medium"),
+                ("run_of_unpulled_image", "high"),
+                ("image_side_loaded", "medium")
+            ]
         );
         assert_eq!(found[0]["build"]["builder"], "buildkit");
         let builds = captured_builds(&path);
-        assert_eq!(builds.len(), 2, "the CI build and the BuildKit build");
+        assert_eq!(
+            builds.len(),
+            3,
+            "the CI build, the BuildKit build, the untagged build"
+        );
+        // The untagged build's image, run by its id.
+        let untagged = builds
+            .iter()
+            .find(|b| b["build"]["tags"].as_array().is_some_and(Vec::is_empty))
+            .expect("the untagged build");
+        let image = untagged["build"]["images"][0]
+            .as_str()
+            .expect("the image it wrote");
+        assert!(
+            found[2]["detection"]["summary"].as_str().unwrap().contains(image),
+            "{}",
+            found[2]
+        );
         let ci = builds
             .iter()
             .find(|b| {

@@ -78,6 +78,10 @@ fn main() -> ExitCode {
                 run: privileged_run_of_built_image,
             },
             Scenario {
+                name: "run_by_id_of_an_untagged_build",
+                run: run_by_id_of_an_untagged_build,
+            },
+            Scenario {
                 name: "docker_load_is_side_loading",
                 run: docker_load_is_side_loading,
             },
@@ -588,6 +592,70 @@ fn privileged_run_of_built_image(world: &World) {
     assert_evidence(&world.sensor, &found);
 }
 
+/// `docker build -q` prints only the new image's id; the attacker runs it by that id, or tags it
+/// with an innocent name first.
+fn run_by_id_of_an_untagged_build(world: &World) {
+    let env = &world.env;
+    let nonce = &env.nonce;
+    let context = env.context("det-by-id", &format!("FROM {BASE_IMAGE}\nLABEL by_id={nonce}\n"));
+    let mark = world.sensor.mark();
+    let id = run_command(env.docker().args(["build", "-q"]).arg(&context));
+    let id = id.trim().to_string();
+    assert!(
+        id.starts_with("sha256:") && id.len() == 71,
+        "not an image id: {id}"
+    );
+    let build = build_summary(&world.sensor, mark, "the untagged build's summary", |b| {
+        strings(&b["images"]).contains(&id)
+    });
+    assert!(
+        build["build"]["tags"].as_array().is_some_and(Vec::is_empty),
+        "{build}"
+    );
+    assert_eq!(
+        strings(&build["build"]["images"]),
+        [id.clone()],
+        "a FROM + LABEL build writes one image, and only this build's"
+    );
+
+    let mark = world.sensor.mark();
+    let short = &id["sha256:".len().."sha256:".len() + 12];
+    let container = run_command(env.docker().args(["create", "--network", "none", short, "true"]));
+    run_command(env.docker().args(["rm", container.trim()]));
+    let found = detection(
+        &world.sensor,
+        mark,
+        "run_of_unpulled_image",
+        "run_of_unpulled_image for a create by short id",
+        |e| e["operation"]["image"] == short,
+    );
+    assert_eq!(found["detection"]["severity"], "high", "{found}");
+    assert!(
+        found["detection"]["summary"]
+            .as_str()
+            .unwrap_or_default()
+            .contains(&id),
+        "the summary names the full id: {found}"
+    );
+    assert_evidence(&world.sensor, &found);
+
+    let innocent = format!("bwdet/innocent:{nonce}");
+    run_command(env.docker().args(["tag", short, &innocent]));
+    let mark = world.sensor.mark();
+    let container = run_command(
+        env.docker()
+            .args(["create", "--network", "none", &innocent, "true"]),
+    );
+    run_command(env.docker().args(["rm", container.trim()]));
+    detection(
+        &world.sensor,
+        mark,
+        "run_of_unpulled_image",
+        "run_of_unpulled_image for the id tagged with an innocent name",
+        |e| e["operation"]["image"] == innocent.as_str(),
+    );
+}
+
 fn docker_load_is_side_loading(world: &World) {
     let env = &world.env;
     let archive = env.dir.join("det-load.tar");
@@ -819,8 +887,10 @@ fn record(world: &World, file: &str, rules: &[&str], actions: impl FnOnce(&Envir
     let config = TempConfig::new(
         "recorded",
         &format!(
-            "[watch]\nunix_sockets = [\"{}\"]\ntcp_ports = [2375]\ndaemons = [\"dockerd\", \"podman\"]\n",
-            env.socket.display()
+            "[watch]\nunix_sockets = [\"{}\"]\ntcp_ports = [2375]\ndaemons = [\"dockerd\", \"podman\"]\n[detect]\nstate_dir = \"{}\"\ndocker_data_root = \"{}\"\n",
+            env.socket.display(),
+            env.dir.join(format!("state-{file}")).display(),
+            env.dir.join("data").display()
         ),
     );
     let recorder = Sensor::start_with(
@@ -896,9 +966,10 @@ fn small_recording_of_a_remote_attack(world: &World) {
 
 fn small_recording_of_local_builds(world: &World) {
     let nonce = world.env.nonce.clone();
-    let rules = ["build_without_pull", "image_side_loaded"];
+    let rules = ["build_without_pull", "run_of_unpulled_image", "image_side_loaded"];
     record(world, "local-builds-and-import.jsonl", &rules, |env| {
-        // The CI pattern (not flagged), a BuildKit build (flagged), an import (side-loaded).
+        // The CI pattern (not flagged), a BuildKit build (flagged), an untagged build run by its
+        // id (flagged twice), an import (side-loaded).
         let context = env.context(
             "recorded-local",
             &format!("FROM {BASE_IMAGE}\nLABEL local={nonce}\n"),
@@ -922,6 +993,16 @@ fn small_recording_of_local_builds(world: &World) {
                 ])
                 .arg(&context),
         );
+        let by_id = env.context(
+            "recorded-by-id",
+            &format!("FROM {BASE_IMAGE}\nRUN echo {nonce} > /marker\n"),
+        );
+        let id = run_command(env.docker().args(["build", "-q"]).arg(&by_id));
+        let container = run_command(
+            env.docker()
+                .args(["create", "--network", "none", id.trim(), "true"]),
+        );
+        run_command(env.docker().args(["rm", container.trim()]));
         // A tiny root filesystem keeps the recording small (a `docker load` archive would be
         // megabytes of captured bytes).
         let rootfs = env.dir.join("recorded-import");

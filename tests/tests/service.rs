@@ -350,14 +350,25 @@ fn health_and_queue_loss_are_reported() {
         "health",
         "[output]\nhealth_interval = \"1s\"\nqueue_lines = 100\n",
     );
+    let scratch = Scratch::new("health");
+    let notify_path = scratch.0.join("notify.sock");
+    let notifications = UnixDatagram::bind(&notify_path).unwrap();
+    notifications
+        .set_read_timeout(Some(Duration::from_secs(60)))
+        .unwrap();
     // stdout is a pipe nobody reads for a while: the writer blocks, the queue fills, lines drop.
     let mut child = Command::new(&binary)
         .args([OsStr::new("run"), OsStr::new("--config"), config.path.as_os_str()])
+        .env("NOTIFY_SOCKET", &notify_path)
         .stdout(Stdio::piped())
         .stderr(Stdio::null())
         .spawn()
         .unwrap();
-    std::thread::sleep(Duration::from_secs(3));
+    let mut buffer = [0u8; 512];
+    let n = notifications
+        .recv(&mut buffer)
+        .expect("the sensor never became ready");
+    assert!(buffer[..n].starts_with(b"READY=1"));
     burst(1500);
     std::thread::sleep(Duration::from_secs(1));
     let mut stdout = child.stdout.take().unwrap();

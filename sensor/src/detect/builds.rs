@@ -98,6 +98,10 @@ pub struct Build {
     #[serde(skip_serializing_if = "is_zero")]
     pub steps_dropped: u32,
     pub egress: Vec<Egress>,
+    /// The ids of the images the build wrote (Docker builders; the classic builder's
+    /// intermediate images included), read from the daemon's image store at the build's end.
+    #[serde(skip_serializing_if = "Vec::is_empty")]
+    pub images: Vec<String>,
     pub start: String,
     #[serde(skip_serializing_if = "Option::is_none")]
     pub end: Option<String>,

@@ -42,14 +42,16 @@ impl Source {
 
 #[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize)]
 pub struct Record {
-    /// Normalised reference (`docker.io/library/alpine:latest`).
+    /// Normalised reference (`docker.io/library/alpine:latest`), or an image id
+    /// (`sha256:<64 hex>`) for the images a build wrote.
     pub reference: String,
-    /// Its repository (`docker.io/library/alpine`).
+    /// Its repository (`docker.io/library/alpine`); empty for an image id.
     pub repository: String,
     pub source: Source,
     /// Unix time, nanoseconds.
     pub time_ns: i128,
-    /// The registry host of a pull, the source image of a tag, the build id of a build.
+    /// The registry host of a pull, the source image (reference or id) of a tag, the build id of
+    /// a build.
     #[serde(default, skip_serializing_if = "Option::is_none")]
     pub via: Option<String>,
 }
@@ -152,6 +154,19 @@ impl Ledger {
         self.dirty = true;
     }
 
+    /// An image a build wrote, by its id (`sha256:<hex>`): runs by id find it.
+    pub fn record_image_id(&mut self, id: &str, source: Source, time_ns: i128, via: Option<String>) {
+        self.records.push_back(Record {
+            reference: id.to_string(),
+            repository: String::new(),
+            source,
+            time_ns,
+            via,
+        });
+        self.trim();
+        self.dirty = true;
+    }
+
     fn trim(&mut self) {
         while self.records.len() > self.max_records {
             self.records.pop_front();
@@ -171,15 +186,37 @@ impl Ledger {
 
     /// The provenance of one reference, following tags back to their sources.
     pub fn provenance(&self, image: &ImageRef, trusted: &dyn Fn(&str) -> bool) -> Provenance {
+        self.provenance_from(image.to_string(), trusted)
+    }
+
+    /// The full id (`sha256:<64 hex>`) the ledger knows for an id or id prefix, with its
+    /// provenance; `None` when no recorded image has that id.
+    pub fn provenance_of_id(&self, id: &str, trusted: &dyn Fn(&str) -> bool) -> Option<(String, Provenance)> {
+        let full = self
+            .records
+            .iter()
+            .rev()
+            .find(|r| same_image(&r.reference, id))?
+            .reference
+            .clone();
+        let provenance = self.provenance_from(full.clone(), trusted);
+        Some((full, provenance))
+    }
+
+    fn provenance_from(&self, start: String, trusted: &dyn Fn(&str) -> bool) -> Provenance {
         let mut provenance = Provenance::default();
-        let mut wanted = vec![image.to_string()];
+        let mut wanted = vec![start];
         let mut seen = Vec::new();
         for _ in 0..MAX_TAG_DEPTH {
             let Some(reference) = wanted.pop() else { break };
             if seen.contains(&reference) {
                 continue;
             }
-            for record in self.records.iter().filter(|r| r.reference == reference) {
+            for record in self
+                .records
+                .iter()
+                .filter(|r| same_image(&r.reference, &reference))
+            {
                 match record.source {
                     source if source.is_registry() => {
                         provenance.pulled |= trusted(registry_of(&record.repository));
@@ -227,6 +264,16 @@ impl Ledger {
     }
 }
 
+/// Whether a recorded reference is the one wanted: equal, or for ids (`sha256:...`) the
+/// recorded full id starts with the wanted prefix, as Docker resolves short ids.
+fn same_image(recorded: &str, wanted: &str) -> bool {
+    if wanted.starts_with("sha256:") {
+        recorded.starts_with(wanted)
+    } else {
+        recorded == wanted
+    }
+}
+
 fn registry_of(repository: &str) -> &str {
     repository.split('/').next().unwrap_or(repository)
 }
@@ -268,6 +315,30 @@ mod tests {
         assert!(!tagged.pulled);
         assert!(ledger.provenance(&image("alpine:latest"), ANY).pulled);
         assert_eq!(ledger.provenance(&image("unknown"), ANY), Provenance::default());
+    }
+
+    #[test]
+    fn built_image_ids_are_found_by_prefix_and_through_tags() {
+        let mut ledger = Ledger::in_memory(10);
+        let full = format!("sha256:{}", "ab12".repeat(16));
+        ledger.record_image_id(&full, Source::Build, 1, Some("build-1".into()));
+        let (id, provenance) = ledger.provenance_of_id("sha256:ab12ab12ab12", ANY).unwrap();
+        assert_eq!(id, full);
+        assert_eq!(provenance.origins, [Source::Build]);
+        assert!(ledger.provenance_of_id("sha256:cd34cd34cd34", ANY).is_none());
+        // `docker tag <id> innocent:1`
+        ledger.record(
+            &image("innocent:1"),
+            Source::Tag,
+            2,
+            Some("sha256:ab12ab12ab12ab12".into()),
+        );
+        assert_eq!(
+            ledger.provenance(&image("innocent:1"), ANY).origins,
+            [Source::Build]
+        );
+        // An id is never a repository that was pulled.
+        assert!(!ledger.pulled_since("", 0, ANY));
     }
 
     #[test]

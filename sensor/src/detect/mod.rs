@@ -35,7 +35,7 @@ use crate::{
     docker::{
         api::{self, ApiRequest, BuildParams, Builder, Operation},
         dockerfile,
-        reference::ImageRef,
+        reference::{self, ImageRef},
     },
     host::SharedHost,
     output::schema::ProcessView,
@@ -404,7 +404,10 @@ impl Detector {
                 self.side_loaded(now, view, "loaded", &names, evidence);
             }
             Operation::Tag { source, target } => {
-                let via = ImageRef::parse(&source).map(|s| s.to_string()).unwrap_or(source);
+                let via = ImageRef::parse(&source)
+                    .map(|s| s.to_string())
+                    .or_else(|| reference::image_id(&source))
+                    .unwrap_or(source);
                 self.ledger.record(&target, Source::Tag, wall, Some(via));
             }
             Operation::Commit {
@@ -414,11 +417,20 @@ impl Detector {
                 self.ledger.record(&image, Source::Commit, wall, Some(container));
             }
             Operation::ContainerCreate(params) => {
-                let Some(image) = params.image.as_deref().and_then(ImageRef::parse) else {
+                let Some(requested) = params.image.as_deref() else {
                     return;
                 };
                 let allow = &self.settings.allow;
-                let provenance = self.ledger.provenance(&image, &|r| allow.trusts_registry(r));
+                let trusted = |r: &str| allow.trusts_registry(r);
+                // `docker run <id>` of an untagged build names the image only by its id.
+                let found = match (ImageRef::parse(requested), reference::image_id(requested)) {
+                    (Some(image), _) => Some((image.to_string(), self.ledger.provenance(&image, &trusted))),
+                    (None, Some(id)) => self.ledger.provenance_of_id(&id, &trusted),
+                    (None, None) => None,
+                };
+                let Some((image, provenance)) = found else {
+                    return;
+                };
                 if provenance.pulled || provenance.origins.is_empty() {
                     return;
                 }
@@ -432,8 +444,7 @@ impl Detector {
                             .unwrap_or_default()
                     })
                     .collect();
-                let verdict =
-                    rules::run_of_unpulled_image(&view.origin, &image.to_string(), &origins, &params);
+                let verdict = rules::run_of_unpulled_image(&view.origin, &image, &origins, &params);
                 self.report_operation(now, verdict, view, evidence);
             }
             Operation::ContainerStart { container } | Operation::Exec { container, .. } => {
@@ -478,6 +489,7 @@ impl Detector {
             steps: Vec::new(),
             steps_dropped: 0,
             egress: Vec::new(),
+            images: Vec::new(),
             start: self.wall_time(at),
             end: None,
             duration_ms: None,
@@ -611,6 +623,15 @@ impl Detector {
         build.state = state;
         build.end = Some(self.wall_time(now));
         build.duration_ms = Some(now.saturating_sub(build.start_ns) / 1_000_000);
+        if build.builder.uses_docker_image_store() {
+            let images = self.host.images_created(build.start_ns, now);
+            let wall = self.wall_ns(now);
+            for image in &images {
+                self.ledger
+                    .record_image_id(image, Source::Build, wall, Some(build.id.clone()));
+            }
+            build.images = images;
+        }
         for conn_id in &build.conn_ids {
             for dir in [Dir::Send, Dir::Recv] {
                 if let Some(stream) = self.streams.get_mut(&(*conn_id, dir)) {

@@ -27,6 +27,13 @@ pub enum Builder {
     Kaniko,
 }
 
+impl Builder {
+    /// The builder writes its images into dockerd's image store (under its data root).
+    pub fn uses_docker_image_store(self) -> bool {
+        matches!(self, Builder::Classic | Builder::Buildkit | Builder::Buildx)
+    }
+}
+
 #[derive(Debug, Clone, Default, PartialEq, Eq, Serialize)]
 pub struct BuildParams {
     /// Target names as given (`t=`, `-t`), normalised.

@@ -115,6 +115,12 @@ pub fn is_image_id(text: &str) -> bool {
             .all(|b| b.is_ascii_hexdigit() && !b.is_ascii_uppercase())
 }
 
+/// An image id (or the prefix of one) as `sha256:<hex>`, the form the ledger keeps.
+pub fn image_id(text: &str) -> Option<String> {
+    let text = text.trim();
+    is_image_id(text).then(|| format!("sha256:{}", text.strip_prefix("sha256:").unwrap_or(text)))
+}
+
 /// A registry's host for provenance (`registry-1.docker.io` is Docker Hub).
 pub fn registry_host(host: &str) -> String {
     normalise_registry(host)
