@@ -29,8 +29,21 @@ pub trait Host {
     fn dockerfile(&self, cwd: Option<&str>, context: &str, name: Option<&str>) -> Option<Dockerfile>;
     /// The image a Docker container was created from.
     fn container_image(&self, container_id: &str) -> Option<String>;
-    /// The Docker images created between two kernel (CLOCK_BOOTTIME) times: what a build wrote.
-    fn images_created(&self, from_boot_ns: u64, to_boot_ns: u64) -> Vec<String>;
+    /// The images dockerd's store took in between two kernel (CLOCK_BOOTTIME) times: what a
+    /// build, load or import wrote.
+    fn images_written(&self, from_boot_ns: u64, to_boot_ns: u64) -> Vec<WrittenImage>;
+}
+
+/// An image that entered dockerd's store, dated on the kernel clock like events.
+#[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize)]
+pub struct WrittenImage {
+    /// `sha256:<64 hex>`.
+    pub id: String,
+    /// When its config says it was created (a build's product: during the build; a loaded or
+    /// pulled image: whenever its builder made it, usually before this boot).
+    pub created_boot_ns: Option<i128>,
+    /// `name:tag` as the store names it.
+    pub names: Vec<String>,
 }
 
 pub type SharedHost = Rc<dyn Host>;
@@ -83,15 +96,22 @@ impl Host for LiveHost {
         store::container_image(&self.docker_data_root, container_id)
     }
 
-    fn images_created(&self, from_boot_ns: u64, to_boot_ns: u64) -> Vec<String> {
-        // Docker dates images by the wall clock; converted with the offset of now, not of the
-        // sensor's start, which NTP may have moved since.
+    fn images_written(&self, from_boot_ns: u64, to_boot_ns: u64) -> Vec<WrittenImage> {
+        // Docker dates files and images by the wall clock; converted with the offset of now, not
+        // of the sensor's start, which NTP may have moved since.
         let boot_to_wall = procfs::clock_ns(libc::CLOCK_REALTIME) - procfs::clock_ns(libc::CLOCK_BOOTTIME);
-        store::images_created(
+        store::images_written(
             &self.docker_data_root,
             i128::from(from_boot_ns) + boot_to_wall,
             i128::from(to_boot_ns) + boot_to_wall,
         )
+        .into_iter()
+        .map(|image| WrittenImage {
+            id: image.id,
+            created_boot_ns: image.created_ns.map(|wall| wall - boot_to_wall),
+            names: image.names,
+        })
+        .collect()
     }
 }
 
@@ -105,7 +125,7 @@ pub enum Answer {
     ListeningAddress(Option<Endpoint>),
     Dockerfile(Option<Dockerfile>),
     ContainerImage(Option<String>),
-    ImagesCreated(Vec<String>),
+    ImagesWritten(Vec<WrittenImage>),
 }
 
 /// The live system, keeping every answer until `take_answers`.
@@ -157,10 +177,10 @@ impl Host for RecordingHost {
         self.keep(self.live.container_image(container_id), Answer::ContainerImage)
     }
 
-    fn images_created(&self, from_boot_ns: u64, to_boot_ns: u64) -> Vec<String> {
+    fn images_written(&self, from_boot_ns: u64, to_boot_ns: u64) -> Vec<WrittenImage> {
         self.keep(
-            self.live.images_created(from_boot_ns, to_boot_ns),
-            Answer::ImagesCreated,
+            self.live.images_written(from_boot_ns, to_boot_ns),
+            Answer::ImagesWritten,
         )
     }
 }
@@ -247,9 +267,9 @@ impl Host for ReplayHost {
         .flatten()
     }
 
-    fn images_created(&self, _from_boot_ns: u64, _to_boot_ns: u64) -> Vec<String> {
+    fn images_written(&self, _from_boot_ns: u64, _to_boot_ns: u64) -> Vec<WrittenImage> {
         self.next(|a| match a {
-            Answer::ImagesCreated(i) => Some(i),
+            Answer::ImagesWritten(i) => Some(i),
             _ => None,
         })
         .unwrap_or_default()

@@ -86,6 +86,10 @@ fn main() -> ExitCode {
                 run: docker_load_is_side_loading,
             },
             Scenario {
+                name: "crafted_archive_loaded_then_run",
+                run: crafted_archive_loaded_then_run,
+            },
+            Scenario {
                 name: "ledger_survives_a_restart",
                 run: ledger_survives_a_restart,
             },
@@ -676,6 +680,110 @@ fn docker_load_is_side_loading(world: &World) {
     assert_eq!(found["detection"]["severity"], "medium", "{found}");
     assert_eq!(found["operation"]["client"]["comm"], "docker");
     assert_evidence(&world.sensor, &found);
+}
+
+/// A `docker save`-format archive made by hand, as an attacker would: its image claims to be
+/// years old, and the 256 KiB layer puts `manifest.json` (the names) far past what the sensor
+/// captures of the request. The names and the id come from dockerd's store when the load ends.
+fn crafted_archive_loaded_then_run(world: &World) {
+    let env = &world.env;
+    let nonce = &env.nonce;
+    let dir = env.dir.join("crafted-archive");
+    let layer_dir = dir.join("layer");
+    std::fs::create_dir_all(&layer_dir).expect("creating the layer directory");
+    let payload: String = (0..256 * 1024 / 64)
+        .map(|i| format!("{i:08} echo crafted {nonce:<40}\n"))
+        .collect();
+    std::fs::write(layer_dir.join("payload"), payload).expect("writing the payload");
+    let tar_path = |name: &str| dir.join(name).to_string_lossy().into_owned();
+    run(
+        "tar",
+        &[
+            "-C",
+            &layer_dir.to_string_lossy(),
+            "-cf",
+            &tar_path("layer.tar"),
+            "payload",
+        ],
+    );
+    let sha256 = |path: &str| run("sha256sum", &[path])[..64].to_string();
+    let diff_id = sha256(&tar_path("layer.tar"));
+    std::fs::create_dir_all(dir.join(&diff_id)).expect("creating the layer entry");
+    std::fs::rename(dir.join("layer.tar"), dir.join(&diff_id).join("layer.tar")).expect("moving the layer");
+    std::fs::write(
+        dir.join("config.json"),
+        format!(
+            r#"{{"architecture":"amd64","os":"linux","created":"2020-01-01T00:00:00Z","config":{{"Cmd":["/bin/sh","/payload"],"Labels":{{"crafted":"{nonce}"}}}},"rootfs":{{"type":"layers","diff_ids":["sha256:{diff_id}"]}},"history":[{{"created":"2020-01-01T00:00:00Z","created_by":"hand"}}]}}"#
+        ),
+    )
+    .expect("writing the config");
+    let config_id = sha256(&tar_path("config.json"));
+    std::fs::rename(dir.join("config.json"), dir.join(format!("{config_id}.json")))
+        .expect("naming the config");
+    let name = format!("bwdet/crafted:{nonce}");
+    std::fs::write(
+        dir.join("manifest.json"),
+        format!(
+            r#"[{{"Config":"{config_id}.json","RepoTags":["{name}"],"Layers":["{diff_id}/layer.tar"]}}]"#
+        ),
+    )
+    .expect("writing the manifest");
+    let archive = env.dir.join("crafted.tar");
+    run(
+        "tar",
+        &[
+            "-C",
+            &dir.to_string_lossy(),
+            "-cf",
+            &archive.to_string_lossy(),
+            &format!("{diff_id}/layer.tar"),
+            &format!("{config_id}.json"),
+            "manifest.json",
+        ],
+    );
+
+    let mark = world.sensor.mark();
+    run_command(env.docker().args(["load", "-i", &archive.to_string_lossy()]));
+    detection(
+        &world.sensor,
+        mark,
+        "image_side_loaded",
+        "image_side_loaded for the crafted archive",
+        |e| e["operation"]["type"] == "load",
+    );
+    let mark = world.sensor.mark();
+    let container = run_command(env.docker().args(["create", "--network", "none", &name]));
+    run_command(env.docker().args(["rm", container.trim()]));
+    let found = detection(
+        &world.sensor,
+        mark,
+        "run_of_unpulled_image",
+        "run_of_unpulled_image for the loaded image, by name",
+        |e| e["operation"]["image"] == name.as_str(),
+    );
+    let reasons = strings(&found["detection"]["reasons"]);
+    assert!(
+        reasons.iter().any(|r| r.contains("came from load")),
+        "{reasons:?}"
+    );
+    let short = &config_id[..12];
+    let mark = world.sensor.mark();
+    let container = run_command(env.docker().args(["create", "--network", "none", short]));
+    run_command(env.docker().args(["rm", container.trim()]));
+    let found = detection(
+        &world.sensor,
+        mark,
+        "run_of_unpulled_image",
+        "run_of_unpulled_image for the loaded image, by id",
+        |e| e["operation"]["image"] == short,
+    );
+    assert!(
+        found["detection"]["summary"]
+            .as_str()
+            .unwrap_or_default()
+            .contains(&format!("sha256:{config_id}")),
+        "{found}"
+    );
 }
 
 fn ledger_survives_a_restart(world: &World) {

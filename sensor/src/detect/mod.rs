@@ -9,6 +9,7 @@
 pub mod allow;
 pub mod builds;
 mod execs;
+mod images;
 pub mod ledger;
 pub mod rules;
 mod traffic;
@@ -201,6 +202,7 @@ pub struct Detector {
     streams: HashMap<(u64, Dir), Stream>,
     pending: Vec<Pending>,
     builds: Vec<Build>,
+    transfers: Vec<images::Transfer>,
     exposed: HashSet<(String, IpAddr)>,
     started: VecDeque<(String, u64)>,
     /// Build-step connections: conn_id -> build id.
@@ -221,6 +223,7 @@ impl Detector {
             streams: HashMap::new(),
             pending: Vec::new(),
             builds: Vec::new(),
+            transfers: Vec::new(),
             exposed: HashSet::new(),
             started: VecDeque::new(),
             step_connections: HashMap::new(),
@@ -285,6 +288,7 @@ impl Detector {
         for id in ids {
             self.finish_build(&id, now, BuildState::Finished);
         }
+        self.finish_transfers_on(conn_id, now);
     }
 
     /// Reports what is due at boot time `now`.
@@ -317,6 +321,10 @@ impl Detector {
         let open: Vec<String> = self.builds.iter().map(|b| b.id.clone()).collect();
         for id in open {
             self.finish_build(&id, now, BuildState::Unfinished);
+        }
+        let transfers: Vec<String> = self.transfers.iter().map(|t| t.id.clone()).collect();
+        for id in transfers {
+            self.finish_transfer(&id, now);
         }
     }
 
@@ -388,6 +396,9 @@ impl Detector {
                 if let Some(image) = &image {
                     self.ledger.record(image, Source::Import, wall, Some(source));
                 }
+                if images::served_by_dockerd(&view.origin) {
+                    self.open_transfer(&view.id, Source::Import, at, conn_ids, now);
+                }
                 let images: Vec<String> = image.iter().map(ToString::to_string).collect();
                 self.side_loaded(now, view, "imported", &images, evidence);
             }
@@ -399,6 +410,9 @@ impl Detector {
                     .unwrap_or_default();
                 for image in &images {
                     self.ledger.record(image, Source::Load, wall, None);
+                }
+                if images::served_by_dockerd(&view.origin) {
+                    self.open_transfer(&view.id, Source::Load, at, conn_ids, now);
                 }
                 let names: Vec<String> = images.iter().map(ToString::to_string).collect();
                 self.side_loaded(now, view, "loaded", &names, evidence);
@@ -623,14 +637,8 @@ impl Detector {
         build.state = state;
         build.end = Some(self.wall_time(now));
         build.duration_ms = Some(now.saturating_sub(build.start_ns) / 1_000_000);
-        if build.builder.uses_docker_image_store() {
-            let images = self.host.images_created(build.start_ns, now);
-            let wall = self.wall_ns(now);
-            for image in &images {
-                self.ledger
-                    .record_image_id(image, Source::Build, wall, Some(build.id.clone()));
-            }
-            build.images = images;
+        if build.builder.uses_docker_image_store() && images::served_by_dockerd(&build.origin) {
+            build.images = self.record_build_images(&build.id, build.start_ns, now);
         }
         for conn_id in &build.conn_ids {
             for dir in [Dir::Send, Dir::Recv] {

@@ -192,10 +192,25 @@ pub fn run_of_unpulled_image(
         summary: format!(
             "{} created a container from {image}, an image {} on this host and never pulled{}",
             origin.who(),
-            origins.join("/"),
+            origins
+                .iter()
+                .map(|o| participle(o))
+                .collect::<Vec<_>>()
+                .join("/"),
             if dangerous { ", with host access" } else { "" }
         ),
         reasons,
+    }
+}
+
+/// "build" -> "built": how the image came to be, in a sentence.
+fn participle(origin: &str) -> &str {
+    match origin {
+        "build" => "built",
+        "load" => "loaded",
+        "import" => "imported",
+        "commit" => "committed",
+        other => other,
     }
 }
 

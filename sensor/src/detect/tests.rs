@@ -128,6 +128,41 @@ impl Side {
     }
 }
 
+/// dockerd's image store as a test scripts it; everything else the host is asked is unknown.
+#[derive(Default)]
+struct ScriptedStore {
+    images: std::cell::RefCell<Vec<crate::host::WrittenImage>>,
+}
+
+impl crate::host::Host for ScriptedStore {
+    fn processes(&self) -> Vec<crate::procfs::ProcSnapshot> {
+        Vec::new()
+    }
+    fn snapshot(&self, _tgid: u32) -> Option<crate::procfs::ProcSnapshot> {
+        None
+    }
+    fn exec_details(&self, _tgid: u32) -> crate::procfs::ExecDetails {
+        crate::procfs::ExecDetails::default()
+    }
+    fn listening_address(&self, _tgid: u32, _fd: i32) -> Option<Endpoint> {
+        None
+    }
+    fn dockerfile(
+        &self,
+        _cwd: Option<&str>,
+        _context: &str,
+        _name: Option<&str>,
+    ) -> Option<dockerfile::Dockerfile> {
+        None
+    }
+    fn container_image(&self, _container_id: &str) -> Option<String> {
+        None
+    }
+    fn images_written(&self, _from_boot_ns: u64, _to_boot_ns: u64) -> Vec<crate::host::WrittenImage> {
+        self.images.borrow().clone()
+    }
+}
+
 struct Harness {
     detector: Detector,
     now: u64,
@@ -141,6 +176,10 @@ impl Harness {
     }
 
     fn with_allow(allow: Allow) -> Self {
+        Self::with_host(allow, std::rc::Rc::new(ScriptedStore::default()))
+    }
+
+    fn with_host(allow: Allow, host: crate::host::SharedHost) -> Self {
         Self {
             detector: Detector::new(
                 Settings {
@@ -149,9 +188,7 @@ impl Harness {
                     boot_to_wall_ns: 1_700_000_000_000_000_000,
                 },
                 Ledger::in_memory(1000),
-                std::rc::Rc::new(crate::host::LiveHost::new(std::path::Path::new(
-                    "/nonexistent-proc",
-                ))),
+                host,
             ),
             now: 1_000 * MS,
             lines: 0,
@@ -475,6 +512,61 @@ fn load_is_side_loading() {
     assert_eq!(found.len(), 1, "{:?}", h.json());
     assert_eq!(found[0]["detection"]["severity"], "medium");
     assert_eq!(found[0]["operation"]["type"], "load");
+}
+
+fn written(hex: char, names: &[&str], created_boot_ns: i128) -> crate::host::WrittenImage {
+    crate::host::WrittenImage {
+        id: format!("sha256:{}", hex.to_string().repeat(64)),
+        created_boot_ns: Some(created_boot_ns),
+        names: names.iter().map(|n| n.to_string()).collect(),
+    }
+}
+
+#[test]
+fn what_a_load_put_in_the_store_is_recorded_by_name_and_id_unless_pulled() {
+    let store = std::rc::Rc::new(ScriptedStore::default());
+    let mut h = Harness::with_host(Allow::default(), store.clone());
+    h.feed(&Side::daemon(1), "load.recv.jsonl", false);
+    h.wait(BODY_WAIT_NS / MS);
+    // Meanwhile a pull of 127.0.0.1:5000/bwbase:1 lands in the store too.
+    h.feed(&Side::daemon(2), "pull.recv.jsonl", false);
+    h.wait(PAIR_WAIT_NS / MS);
+    *store.images.borrow_mut() = vec![
+        written('a', &["evil:1"], -1),
+        written('b', &["127.0.0.1:5000/bwbase:1"], -1),
+    ];
+    h.close(1);
+    let trusted = |_: &str| true;
+    let ledger = &h.detector.ledger;
+    let evil = ImageRef::parse("evil:1").unwrap();
+    assert_eq!(ledger.provenance(&evil, &trusted).origins, [Source::Load]);
+    let (_, by_id) = ledger.provenance_of_id("sha256:aaaaaaaaaaaa", &trusted).unwrap();
+    assert_eq!(by_id.origins, [Source::Load]);
+    assert!(
+        ledger.provenance_of_id("sha256:bbbbbbbbbbbb", &trusted).is_none(),
+        "pulled during the load: not the load's"
+    );
+    assert!(h.detector.transfers.is_empty());
+}
+
+#[test]
+fn a_build_keeps_the_images_created_while_it_ran() {
+    let store = std::rc::Rc::new(ScriptedStore::default());
+    let mut h = Harness::with_host(Allow::default(), store.clone());
+    let start = h.now as i128;
+    h.feed(&Side::daemon(1), "run_build.recv.jsonl", false);
+    h.wait(BODY_WAIT_NS / MS);
+    *store.images.borrow_mut() = vec![
+        written('1', &[], start - 5_000_000_000),
+        written('2', &[], h.now as i128 - 1),
+    ];
+    h.close(1);
+    let builds = h.of_kind("build");
+    assert_eq!(
+        strings(&builds[0]["build"]["images"]),
+        [format!("sha256:{}", "2".repeat(64))],
+        "an image created before the build (its base) is not its product"
+    );
 }
 
 #[test]

@@ -36,6 +36,8 @@ pub(super) struct Stream {
     awaiting_body: Option<String>,
     /// The build this stream's last request opened.
     pub(super) build: Option<String>,
+    /// The load or import this stream's last request started.
+    pub(super) transfer: Option<String>,
     grpc_solve_reported: bool,
     /// A TLS connection: nothing after the ClientHello is readable.
     opaque: bool,
@@ -50,6 +52,7 @@ impl Stream {
             session: None,
             awaiting_body: None,
             build: None,
+            transfer: None,
             grpc_solve_reported: false,
             opaque: false,
         }
@@ -162,6 +165,9 @@ impl Detector {
         // A new request on a connection means the previous response (a build's output) ended.
         if let Some(build_id) = self.streams.get_mut(&key).and_then(|s| s.build.take()) {
             self.finish_build(&build_id, now, BuildState::Finished);
+        }
+        if let Some(transfer_id) = self.streams.get_mut(&key).and_then(|s| s.transfer.take()) {
+            self.finish_transfer(&transfer_id, now);
         }
         let origin = self.origin_of(input);
         if input.role == Role::DaemonAccepted {

@@ -1,5 +1,5 @@
 //! What Docker keeps on disk under its data root (`/var/lib/docker`): the image a container was
-//! created from, and the images a build wrote. Read only when a detection needs it, never on the
+//! created from, and the images a build, load or import wrote. Read only when a detection needs it, never on the
 //! event path.
 use std::{
     fs,
@@ -7,11 +7,12 @@ use std::{
     time::{Duration, SystemTime, UNIX_EPOCH},
 };
 
-/// At most this many image configs are read for one build (a build writes one per step).
+/// At most this many image configs are read for one build or load (a classic build writes one
+/// per step).
 const MAX_CONFIGS_READ: usize = 512;
-/// Clock slack around a build's start and end. The sensor sees the request before the daemon
-/// creates anything and the end after it answered, so this only covers converting kernel times
-/// to wall times; kept small because builds often run back to back.
+/// Clock slack around a build's or load's start and end. The sensor sees the request before the
+/// daemon writes anything and the end after it answered, so this only covers converting kernel
+/// times to wall times; kept small because builds often run back to back.
 const SLACK: Duration = Duration::from_millis(20);
 
 /// The image a Docker container was created from (`Config.Image` of its config.v2.json).
@@ -27,49 +28,75 @@ pub fn container_image(data_root: &Path, container_id: &str) -> Option<String> {
     config["Config"]["Image"].as_str().map(String::from)
 }
 
-/// The ids (`sha256:<hex>`) of the images whose config says they were created between `from_ns`
-/// and `to_ns` (Unix time), oldest first: what a build that ran then produced, intermediate
-/// images of the classic builder included. Pulled images keep the creation time their builder
-/// gave them, so a base image fetched during the build is not among them.
-pub fn images_created(data_root: &Path, from_ns: i128, to_ns: i128) -> Vec<String> {
+/// An image in dockerd's store.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub struct StoredImage {
+    /// `sha256:<64 hex>`.
+    pub id: String,
+    /// The `created` time of its config, Unix ns (the builder's clock: old for a pulled or
+    /// loaded image, the build's time for a build's product).
+    pub created_ns: Option<i128>,
+    /// The names the store gives it (`repositories.json`, `name:tag` entries).
+    pub names: Vec<String>,
+}
+
+/// The images whose config dockerd wrote between `from_ns` and `to_ns` (Unix time), by creation
+/// time: what a build, load or import that ran then put in the store. A config is written once,
+/// when the image first enters the store.
+pub fn images_written(data_root: &Path, from_ns: i128, to_ns: i128) -> Vec<StoredImage> {
     let slack = SLACK.as_nanos() as i128;
-    let (from_ns, to_ns) = (from_ns - slack, to_ns + slack);
+    let window = (from_ns - slack)..=(to_ns + slack);
     let Ok(drivers) = fs::read_dir(data_root.join("image")) else {
         return Vec::new();
     };
     let mut found = Vec::new();
-    let mut read = 0;
     for driver in drivers.flatten() {
         let content = driver.path().join("imagedb/content/sha256");
         let Ok(entries) = fs::read_dir(&content) else {
             continue;
         };
+        let mut images = Vec::new();
         for entry in entries.flatten() {
             let name = entry.file_name();
             let Some(hex) = name.to_str().filter(|n| n.len() == 64 && is_hex_id(n)) else {
                 continue;
             };
-            // The config file is written once, when the image is created, pulled or loaded:
-            // older files cannot be this build's.
-            let written = entry
-                .metadata()
-                .and_then(|m| m.modified())
-                .map(unix_ns)
-                .unwrap_or(i128::MAX);
-            if written < from_ns || read >= MAX_CONFIGS_READ {
+            let written = entry.metadata().and_then(|m| m.modified()).map(unix_ns);
+            if !written.is_ok_and(|w| window.contains(&w)) || images.len() >= MAX_CONFIGS_READ {
                 continue;
             }
-            read += 1;
-            let Some(created) = fs::read(entry.path()).ok().and_then(|b| created_ns(&b)) else {
-                continue;
-            };
-            if (from_ns..=to_ns).contains(&created) {
-                found.push((created, format!("sha256:{hex}")));
-            }
+            images.push(StoredImage {
+                id: format!("sha256:{hex}"),
+                created_ns: fs::read(entry.path()).ok().and_then(|b| created_ns(&b)),
+                names: Vec::new(),
+            });
+        }
+        if !images.is_empty() {
+            name_images(&driver.path().join("repositories.json"), &mut images);
+        }
+        found.extend(images);
+    }
+    found.sort_by(|a, b| (a.created_ns, &a.id).cmp(&(b.created_ns, &b.id)));
+    found
+}
+
+/// Fills in the names `repositories.json` gives the images.
+fn name_images(repositories: &Path, images: &mut [StoredImage]) {
+    let Some(json) = fs::read(repositories)
+        .ok()
+        .and_then(|b| serde_json::from_slice::<serde_json::Value>(&b).ok())
+    else {
+        return;
+    };
+    let named = json["Repositories"].as_object().into_iter().flatten();
+    for (name, id) in named.flat_map(|(_, tags)| tags.as_object().into_iter().flatten()) {
+        if name.contains('@') {
+            continue;
+        }
+        if let Some(image) = images.iter_mut().find(|i| id.as_str() == Some(i.id.as_str())) {
+            image.names.push(name.clone());
         }
     }
-    found.sort();
-    found.into_iter().map(|(_, id)| id).collect()
 }
 
 /// The `created` time of an image config, Unix nanoseconds.
@@ -144,7 +171,7 @@ mod tests {
     }
 
     #[test]
-    fn images_a_build_created_are_found_by_their_config_time() {
+    fn images_written_in_a_window_with_their_names() {
         let root = Root::new("images");
         let start = SystemTime::now() - Duration::from_secs(1);
         let at = |offset_ms: u64| {
@@ -152,20 +179,49 @@ mod tests {
         };
         let built = "1".repeat(64);
         let step = "2".repeat(64);
-        let pulled = "3".repeat(64);
-        root.image(&step, &at(300));
+        let loaded = "3".repeat(64);
         root.image(&built, &at(600));
-        // A base image fetched during the build: written now, created long ago.
-        root.image(&pulled, "2024-05-22T18:18:12.052034407Z");
+        root.image(&step, &at(300));
+        // Loaded (or pulled) now, created long ago.
+        root.image(&loaded, "2024-05-22T18:18:12.052034407Z");
         fs::write(
             root.0.join("image/overlay2/imagedb/content/sha256/not-an-id"),
             "{}",
         )
         .unwrap();
-        let found = images_created(&root.0, unix_ns(start), unix_ns(SystemTime::now()));
-        assert_eq!(found, [format!("sha256:{step}"), format!("sha256:{built}")]);
-        assert!(images_created(&root.0, ns("2020-01-01T00:00:00Z"), ns("2020-01-02T00:00:00Z")).is_empty());
-        assert!(images_created(Path::new("/nonexistent"), 0, unix_ns(start)).is_empty());
+        fs::write(
+            root.0.join("image/overlay2/repositories.json"),
+            format!(
+                r#"{{"Repositories":{{"evil":{{"evil:1":"sha256:{loaded}","evil@sha256:{}":"sha256:{loaded}"}},"app":{{"app:2":"sha256:{built}"}}}}}}"#,
+                "9".repeat(64)
+            ),
+        )
+        .unwrap();
+        let found = images_written(&root.0, unix_ns(start), unix_ns(SystemTime::now()));
+        let summary: Vec<(&str, bool, Vec<&str>)> = found
+            .iter()
+            .map(|i| {
+                (
+                    &i.id[7..8],
+                    i.created_ns.is_some_and(|c| c >= unix_ns(start)),
+                    i.names.iter().map(String::as_str).collect(),
+                )
+            })
+            .collect();
+        assert_eq!(
+            summary,
+            [
+                ("3", false, vec!["evil:1"]),
+                ("2", true, vec![]),
+                ("1", true, vec!["app:2"])
+            ]
+        );
+        let later = unix_ns(SystemTime::now()) + 60_000_000_000;
+        assert!(
+            images_written(&root.0, later, later + 1).is_empty(),
+            "written before the window"
+        );
+        assert!(images_written(Path::new("/nonexistent"), 0, unix_ns(start)).is_empty());
     }
 
     #[test]

@@ -1,0 +1,132 @@
+//! What entered dockerd's image store while a build, load or import ran, recorded in the ledger
+//! by id and by name. The request alone cannot say: an untagged build's image has only an id,
+//! and a `docker load` archive names its images in `manifest.json`, at its end, past what the
+//! sensor captures.
+use super::{ledger::Source, views::Origin, Detector};
+use crate::{decode::Dir, docker::reference::ImageRef};
+
+/// Loads and imports followed at once; the oldest is closed when more start.
+const MAX_OPEN_TRANSFERS: usize = 16;
+/// Slack around a build's window for the `created` time of its images (both on the kernel
+/// clock after the host converted them).
+const CREATED_SLACK_NS: i128 = 20_000_000;
+
+/// A load or import whose response is still streaming.
+pub struct Transfer {
+    /// The operation's id.
+    pub id: String,
+    pub source: Source,
+    pub start_ns: u64,
+    pub conn_ids: Vec<u64>,
+}
+
+/// Whether dockerd's image store is where the request's images go: served by dockerd, or by a
+/// daemon the sensor did not see (a remote client's request whose daemon half was missed).
+/// Podman serves the same API but keeps its images elsewhere.
+pub fn served_by_dockerd(origin: &Origin) -> bool {
+    origin.daemon.as_ref().is_none_or(|d| d.comm == "dockerd")
+}
+
+impl Detector {
+    /// Images a Docker build wrote: those created between its request and its end. Recorded
+    /// by id; returns the ids for the `build` line.
+    pub(super) fn record_build_images(&mut self, build_id: &str, start_ns: u64, now: u64) -> Vec<String> {
+        let window = (i128::from(start_ns) - CREATED_SLACK_NS)..=(i128::from(now) + CREATED_SLACK_NS);
+        let wall = self.wall_ns(now);
+        let mut ids = Vec::new();
+        for image in self.host.images_written(start_ns, now) {
+            if !image.created_boot_ns.is_some_and(|c| window.contains(&c)) {
+                continue;
+            }
+            self.ledger
+                .record_image_id(&image.id, Source::Build, wall, Some(build_id.to_string()));
+            ids.push(image.id);
+        }
+        ids
+    }
+
+    pub(super) fn open_transfer(
+        &mut self,
+        id: &str,
+        source: Source,
+        start_ns: u64,
+        conn_ids: Vec<u64>,
+        now: u64,
+    ) {
+        let mut open = false;
+        for conn_id in &conn_ids {
+            for dir in [Dir::Send, Dir::Recv] {
+                if let Some(stream) = self.streams.get_mut(&(*conn_id, dir)) {
+                    stream.transfer = Some(id.to_string());
+                    open = true;
+                }
+            }
+        }
+        if self.transfers.len() >= MAX_OPEN_TRANSFERS {
+            let oldest = self.transfers[0].id.clone();
+            self.finish_transfer(&oldest, now);
+        }
+        self.transfers.push(Transfer {
+            id: id.to_string(),
+            source,
+            start_ns,
+            conn_ids,
+        });
+        // The request waited for its body past the connection's close: the transfer is over.
+        if !open {
+            self.finish_transfer(id, now);
+        }
+    }
+
+    /// The load or import ended: what the store took in meanwhile came from it, unless a
+    /// registry pull of the same name happened then too.
+    pub(super) fn finish_transfer(&mut self, id: &str, now: u64) {
+        let Some(index) = self.transfers.iter().position(|t| t.id == id) else {
+            return;
+        };
+        let transfer = self.transfers.remove(index);
+        for conn_id in &transfer.conn_ids {
+            for dir in [Dir::Send, Dir::Recv] {
+                if let Some(stream) = self.streams.get_mut(&(*conn_id, dir)) {
+                    stream.transfer = None;
+                }
+            }
+        }
+        let since = self.wall_ns(transfer.start_ns);
+        let wall = self.wall_ns(now);
+        for image in self.host.images_written(transfer.start_ns, now) {
+            let names: Vec<ImageRef> = image.names.iter().filter_map(|n| ImageRef::parse(n)).collect();
+            if self.pulled_meanwhile(&names, since) {
+                continue;
+            }
+            self.ledger
+                .record_image_id(&image.id, transfer.source, wall, Some(transfer.id.clone()));
+            for name in &names {
+                self.ledger
+                    .record(name, transfer.source, wall, Some(image.id.clone()));
+            }
+            tracing::debug!(operation = %transfer.id, image = %image.id, names = ?image.names, "image entered the store");
+        }
+    }
+
+    fn pulled_meanwhile(&self, names: &[ImageRef], since_wall_ns: i128) -> bool {
+        let allow = &self.settings.allow;
+        names.iter().any(|name| {
+            self.ledger
+                .pulled_since(&name.repository(), since_wall_ns, &|r| allow.trusts_registry(r))
+        })
+    }
+
+    /// Closes the transfers a connection carried (it closed, or sent its next request).
+    pub(super) fn finish_transfers_on(&mut self, conn_id: u64, now: u64) {
+        let ids: Vec<String> = self
+            .transfers
+            .iter()
+            .filter(|t| t.conn_ids.contains(&conn_id))
+            .map(|t| t.id.clone())
+            .collect();
+        for id in ids {
+            self.finish_transfer(&id, now);
+        }
+    }
+}
