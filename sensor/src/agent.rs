@@ -22,6 +22,7 @@ use crate::{
     daemons::Daemons,
     decode::decode,
     detect::{allow::Allowlist, ledger::Ledger, Detector, Settings},
+    docker::store,
     engine::Engine,
     existing,
     host::{LiveHost, RecordingHost, SharedHost},
@@ -123,6 +124,9 @@ pub async fn run(options: RunOptions) -> anyhow::Result<()> {
         spawn_kernel_logger(&mut kernel);
     }
 
+    if let Some(why) = store::classic_store_missing(&config.detect.docker_data_root) {
+        tracing::warn!("{why}");
+    }
     let live = LiveHost::new(&procfs::proc_root()).with_docker_data_root(&config.detect.docker_data_root);
     let emitter = Emitter::new(procfs::hostname());
     let (host, recording): (SharedHost, _) = match &record {

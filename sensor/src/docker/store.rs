@@ -15,6 +15,20 @@ const MAX_CONFIGS_READ: usize = 512;
 /// times to wall times; kept small because builds often run back to back.
 const SLACK: Duration = Duration::from_millis(20);
 
+/// Why image ids cannot be read under `data_root`, if they cannot: dockerd's classic image store
+/// (`image/<driver>/imagedb`) is absent, e.g. with the containerd image store.
+pub fn classic_store_missing(data_root: &Path) -> Option<String> {
+    let has_imagedb = fs::read_dir(data_root.join("image"))
+        .map(|drivers| drivers.flatten().any(|d| d.path().join("imagedb").is_dir()))
+        .unwrap_or(false);
+    (!has_imagedb).then(|| {
+        format!(
+            "no classic image store under {} (containerd image store, or another data root?): runs by image id and of loaded images will not be linked to their build or load; set detect.docker_data_root if dockerd uses another root",
+            data_root.display()
+        )
+    })
+}
+
 /// The image a Docker container was created from (`Config.Image` of its config.v2.json).
 pub fn container_image(data_root: &Path, container_id: &str) -> Option<String> {
     if !is_hex_id(container_id) {
@@ -222,6 +236,16 @@ mod tests {
             "written before the window"
         );
         assert!(images_written(Path::new("/nonexistent"), 0, unix_ns(start)).is_empty());
+    }
+
+    #[test]
+    fn a_missing_classic_store_is_explained() {
+        let root = Root::new("classic");
+        assert!(classic_store_missing(&root.0)
+            .unwrap()
+            .contains("detect.docker_data_root"));
+        root.image(&"4".repeat(64), "2024-05-22T18:18:12Z");
+        assert_eq!(classic_store_missing(&root.0), None);
     }
 
     #[test]
