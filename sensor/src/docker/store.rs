@@ -3,6 +3,7 @@
 //! event path.
 use std::{
     fs,
+    io::Read as _,
     path::Path,
     time::{Duration, SystemTime, UNIX_EPOCH},
 };
@@ -10,6 +11,8 @@ use std::{
 /// At most this many image configs are read for one build or load (a classic build writes one
 /// per step).
 const MAX_CONFIGS_READ: usize = 512;
+/// Image configs larger than this are not read (their image then has no creation time).
+const MAX_CONFIG_BYTES: u64 = 4 << 20;
 /// Clock slack around a build's or load's start and end. The sensor sees the request before the
 /// daemon writes anything and the end after it answered, so this only covers converting kernel
 /// times to wall times; kept small because builds often run back to back.
@@ -81,7 +84,7 @@ pub fn images_written(data_root: &Path, from_ns: i128, to_ns: i128) -> Vec<Store
             }
             images.push(StoredImage {
                 id: format!("sha256:{hex}"),
-                created_ns: fs::read(entry.path()).ok().and_then(|b| created_ns(&b)),
+                created_ns: read_bounded(&entry.path()).and_then(|b| created_ns(&b)),
                 names: Vec::new(),
             });
         }
@@ -111,6 +114,18 @@ fn name_images(repositories: &Path, images: &mut [StoredImage]) {
             image.names.push(name.clone());
         }
     }
+}
+
+/// A file's bytes, unless it is larger than any image config dockerd writes for a real image (a
+/// loaded archive's config is the attacker's to make as big as they like).
+fn read_bounded(path: &Path) -> Option<Vec<u8>> {
+    let mut bytes = Vec::new();
+    fs::File::open(path)
+        .ok()?
+        .take(MAX_CONFIG_BYTES + 1)
+        .read_to_end(&mut bytes)
+        .ok()?;
+    (bytes.len() as u64 <= MAX_CONFIG_BYTES).then_some(bytes)
 }
 
 /// The `created` time of an image config, Unix nanoseconds.
@@ -246,6 +261,24 @@ mod tests {
             .contains("detect.docker_data_root"));
         root.image(&"4".repeat(64), "2024-05-22T18:18:12Z");
         assert_eq!(classic_store_missing(&root.0), None);
+    }
+
+    #[test]
+    fn an_oversized_config_is_not_read() {
+        let root = Root::new("oversized");
+        let hex = "5".repeat(64);
+        root.image(&hex, "2024-05-22T18:18:12Z");
+        let path = root.0.join("image/overlay2/imagedb/content/sha256").join(&hex);
+        let padding = " ".repeat(MAX_CONFIG_BYTES as usize);
+        fs::write(
+            &path,
+            format!(r#"{{"created":"2024-05-22T18:18:12Z","pad":"{padding}"}}"#),
+        )
+        .unwrap();
+        let now = unix_ns(SystemTime::now());
+        let found = images_written(&root.0, now - 5_000_000_000, now);
+        assert_eq!(found.len(), 1);
+        assert_eq!(found[0].created_ns, None);
     }
 
     #[test]
