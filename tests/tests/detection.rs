@@ -82,6 +82,10 @@ fn main() -> ExitCode {
                 run: run_by_id_of_an_untagged_build,
             },
             Scenario {
+                name: "concurrent_builds_keep_their_own_steps",
+                run: concurrent_builds_keep_their_own_steps,
+            },
+            Scenario {
                 name: "docker_load_is_side_loading",
                 run: docker_load_is_side_loading,
             },
@@ -657,6 +661,86 @@ fn run_by_id_of_an_untagged_build(world: &World) {
         "run_of_unpulled_image",
         "run_of_unpulled_image for the id tagged with an innocent name",
         |e| e["operation"]["image"] == innocent.as_str(),
+    );
+}
+
+/// A CI host builds several images at once on one daemon: the attacker's build starts first, a
+/// benign one opens while the attacker's RUN step is still running, then the step fetches while
+/// both are open. The fetch stays with the build that ran it.
+fn concurrent_builds_keep_their_own_steps(world: &World) {
+    let env = &world.env;
+    let nonce = &env.nonce;
+    let evil_context = env.context(
+        "det-concurrent-evil",
+        &format!(
+            "FROM {BASE_IMAGE}\nRUN sleep 1 && (wget -q -O /dev/null http://127.0.0.1:9/{nonce} || true)\n"
+        ),
+    );
+    let benign_context = env.context(
+        "det-concurrent-benign",
+        &format!("FROM {BASE_IMAGE}\nRUN sleep 3 && echo benign-{nonce}\n"),
+    );
+    let evil_tag = format!("bwdet/concurrent-evil:{nonce}");
+    let benign_tag = format!("bwdet/concurrent-benign:{nonce}");
+    let mark = world.sensor.mark();
+    let mut evil = env
+        .docker()
+        .args(["build", "-t", &evil_tag])
+        .arg(&evil_context)
+        .stdout(std::process::Stdio::null())
+        .spawn()
+        .expect("starting the first build");
+    world
+        .sensor
+        .wait_for(mark, TIMEOUT, "the first build's sleeping step", |e| {
+            kind(e) == "process.exec"
+                && strings(&e["process"]["argv"])
+                    .first()
+                    .is_some_and(|a| a == "sleep")
+        });
+    run_command(
+        env.docker()
+            .args(["build", "-t", &benign_tag])
+            .arg(&benign_context),
+    );
+    assert!(evil.wait().expect("waiting for the first build").success());
+
+    let evil_build = build_summary(&world.sensor, mark, "the attacker's build", |b| {
+        has_tag(b, &format!("docker.io/{evil_tag}"))
+    });
+    let benign_build = build_summary(&world.sensor, mark, "the benign build", |b| {
+        has_tag(b, &format!("docker.io/{benign_tag}"))
+    });
+    let argv0s = |build: &Value| -> Vec<String> {
+        build["build"]["steps"]
+            .as_array()
+            .into_iter()
+            .flatten()
+            .filter_map(|s| s["argv"][0].as_str().map(String::from))
+            .collect()
+    };
+    assert!(argv0s(&evil_build).iter().any(|a| a == "wget"), "{evil_build}");
+    assert!(
+        evil_build["build"]["egress"]
+            .as_array()
+            .into_iter()
+            .flatten()
+            .any(|e| e["kind"] == "step_connection" && e["destination"] == "127.0.0.1:9"),
+        "{evil_build}"
+    );
+    assert!(
+        argv0s(&benign_build).iter().any(|a| a == "sleep"),
+        "{benign_build}"
+    );
+    assert!(
+        !argv0s(&benign_build).iter().any(|a| a == "wget"),
+        "{benign_build}"
+    );
+    assert!(
+        benign_build["build"]["egress"]
+            .as_array()
+            .is_none_or(Vec::is_empty),
+        "{benign_build}"
     );
 }
 

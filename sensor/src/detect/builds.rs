@@ -1,6 +1,8 @@
 //! Build sessions: one object per image build, from its request (or builder command line) to its
 //! end, collecting what happened meanwhile: base images the daemon fetched, RUN steps exec'd
 //! under the container runtime, and network egress.
+use std::collections::HashMap;
+
 use serde::Serialize;
 
 use super::{rules::Severity, views::Origin};
@@ -12,6 +14,8 @@ use crate::{
     output::schema::ProcessView,
 };
 
+/// Step processes and containers remembered across all open builds.
+const MAX_STEP_OWNERS: usize = 4096;
 /// Steps and egress entries kept per build.
 const MAX_STEPS: usize = 256;
 const MAX_EGRESS: usize = 64;
@@ -180,6 +184,48 @@ impl Build {
 
 /// Whether an exec'd process is one of a build's steps: it runs under the container runtime (or
 /// under the daemon-less builder) and is not the runtime itself.
+/// Whether `argv` is one of the Dockerfile's RUN commands: shell form (`/bin/sh -c <line>`) or
+/// exec form (`["wget", "-q", ...]`).
+pub fn runs(dockerfile: &Dockerfile, argv: &[String]) -> bool {
+    let shell = match argv {
+        [_, flag, command, ..] if flag == "-c" => Some(command.trim()),
+        _ => None,
+    };
+    dockerfile.run.iter().any(|line| {
+        let line = line.trim();
+        shell == Some(line)
+            || serde_json::from_str::<Vec<String>>(line).is_ok_and(|exec| exec.as_slice() == argv)
+    })
+}
+
+/// Which build each step container and step process belongs to, so that a step's children and
+/// its connections stay with its build when several builds are open.
+#[derive(Default)]
+pub struct StepOwners {
+    pub by_container: HashMap<String, String>,
+    pub by_pid: HashMap<u32, String>,
+}
+
+impl StepOwners {
+    pub fn remember(&mut self, process: &ProcessView, build_id: &str) {
+        if self.by_pid.len() >= MAX_STEP_OWNERS {
+            self.by_pid.clear();
+        }
+        if self.by_container.len() >= MAX_STEP_OWNERS {
+            self.by_container.clear();
+        }
+        self.by_pid.insert(process.pid, build_id.to_string());
+        if let Some(container) = &process.container_id {
+            self.by_container.insert(container.clone(), build_id.to_string());
+        }
+    }
+
+    pub fn forget(&mut self, build_id: &str) {
+        self.by_pid.retain(|_, b| b != build_id);
+        self.by_container.retain(|_, b| b != build_id);
+    }
+}
+
 pub fn runs_under_runtime(process: &ProcessView) -> bool {
     let own = process.exe.as_deref().unwrap_or(&process.comm);
     if is_runtime(own) || is_runtime(&process.comm) {

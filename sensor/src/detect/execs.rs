@@ -60,8 +60,11 @@ impl Detector {
     }
 
     /// The open build a process runs a step of: it runs under the container runtime (or the
-    /// daemon-less builder), not in a container started through the API, and the build whose
-    /// daemon or builder is among its ancestors (else the latest API build) claims it.
+    /// daemon-less builder), not in a container started through the API. A process in a step's
+    /// container, or descending from a step, belongs to that step's build. Otherwise the builds
+    /// whose daemon or builder is among its ancestors claim it: when several are open on one
+    /// daemon, the one whose Dockerfile has this RUN command, else the latest (else the latest
+    /// API build).
     pub(super) fn build_of_step(&mut self, process: &ProcessView, now: u64) -> Option<String> {
         if self.builds.is_empty() || !builds::runs_under_runtime(process) {
             return None;
@@ -73,16 +76,39 @@ impl Detector {
             }
         }
         let ancestors: Vec<u32> = process.ancestry.iter().flatten().map(|a| a.pid).collect();
-        self.builds
-            .iter()
-            .rev()
-            .find(|b| {
+        let known = process
+            .container_id
+            .as_ref()
+            .and_then(|c| self.steps.by_container.get(c))
+            .or_else(|| ancestors.iter().find_map(|pid| self.steps.by_pid.get(pid)))
+            .filter(|id| self.builds.iter().any(|b| &b.id == *id))
+            .cloned();
+        let build_id = known.or_else(|| {
+            let command = process.argv.as_deref().unwrap_or_default();
+            let mut candidates = self.builds.iter().rev().filter(|b| {
                 b.builder_tgid
                     .or(b.daemon_tgid)
                     .is_some_and(|t| ancestors.contains(&t))
-            })
-            .or_else(|| self.builds.iter().rev().find(|b| b.builder_tgid.is_none()))
-            .map(|b| b.id.clone())
+            });
+            let first = candidates.next()?;
+            Some(
+                std::iter::once(first)
+                    .chain(candidates)
+                    .find(|b| b.instructions.as_ref().is_some_and(|d| builds::runs(d, command)))
+                    .unwrap_or(first)
+                    .id
+                    .clone(),
+            )
+        });
+        let build_id = build_id.or_else(|| {
+            self.builds
+                .iter()
+                .rev()
+                .find(|b| b.builder_tgid.is_none())
+                .map(|b| b.id.clone())
+        })?;
+        self.steps.remember(process, &build_id);
+        Some(build_id)
     }
 
     /// A build step connected out (the kernel tracks daemon descendants' connects while a build

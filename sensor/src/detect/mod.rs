@@ -207,6 +207,8 @@ pub struct Detector {
     started: VecDeque<(String, u64)>,
     /// Build-step connections: conn_id -> build id.
     step_connections: HashMap<u64, String>,
+    /// Which build each step container and process belongs to.
+    steps: builds::StepOwners,
     /// Operations reported recently, so a half that arrives after its operation was reported
     /// alone is recognised.
     reported: VecDeque<Reported>,
@@ -227,6 +229,7 @@ impl Detector {
             exposed: HashSet::new(),
             started: VecDeque::new(),
             step_connections: HashMap::new(),
+            steps: builds::StepOwners::default(),
             reported: VecDeque::new(),
             findings: Vec::new(),
             stats: DetectStats::default(),
@@ -634,6 +637,7 @@ impl Detector {
             return;
         };
         let mut build = self.builds.remove(index);
+        self.steps.forget(&build.id);
         build.state = state;
         build.end = Some(self.wall_time(now));
         build.duration_ms = Some(now.saturating_sub(build.start_ns) / 1_000_000);

@@ -633,6 +633,79 @@ fn steps_and_egress_of_a_flagged_build() {
     assert_eq!(summary["severity"], "high");
 }
 
+fn step_in(pid: u32, container: &str, argv: &[&str], parents: &[(u32, &str)]) -> ProcessView {
+    let mut step = client_process(pid, argv[0].rsplit('/').next().unwrap());
+    step.argv = Some(argv.iter().map(|a| a.to_string()).collect());
+    step.container_id = Some(container.repeat(32));
+    step.ancestry = Some(
+        parents
+            .iter()
+            .chain(&[(498, "containerd-shim"), (DOCKERD, "dockerd")])
+            .map(|(pid, comm)| Ancestor {
+                pid: *pid,
+                comm: comm.to_string(),
+                exe: None,
+            })
+            .collect(),
+    );
+    step
+}
+
+#[test]
+fn concurrent_builds_on_one_daemon_keep_their_own_steps() {
+    let mut h = Harness::new();
+    h.feed(&Side::daemon(1), "classic_build.recv.jsonl", false);
+    h.feed(&Side::daemon(2), "curl_build.recv.jsonl", false);
+    h.wait(BODY_WAIT_NS / MS);
+    // The older build's RUN starts while the newer one is open, and its shell runs wget.
+    let older = ["/bin/sh", "-c", "echo classic-fe5b1a0f31a > /marker"];
+    h.exec(&step_in(500, "a1", &older, &[]));
+    h.exec(&step_in(
+        501,
+        "a1",
+        &["wget", "http://203.0.113.9/x"],
+        &[(500, "sh")],
+    ));
+    h.exec(&step_in(
+        600,
+        "b2",
+        &["/bin/sh", "-c", "echo curl-d0cb8e63909"],
+        &[],
+    ));
+    // A step the Dockerfiles do not name goes to the latest build.
+    h.exec(&step_in(700, "c3", &["/bin/true"], &[]));
+    h.close(1);
+    h.close(2);
+    let builds = h.of_kind("build");
+    let steps_of = |tag: &str| -> Vec<String> {
+        let build = builds
+            .iter()
+            .find(|b| strings(&b["build"]["tags"]).iter().any(|t| t.contains(tag)))
+            .unwrap_or_else(|| panic!("no build tagged {tag}: {builds:?}"));
+        build["build"]["steps"]
+            .as_array()
+            .unwrap()
+            .iter()
+            .map(|s| {
+                s["argv"][0].as_str().unwrap().to_string()
+                    + " "
+                    + s["argv"].as_array().unwrap().last().unwrap().as_str().unwrap()
+            })
+            .collect()
+    };
+    assert_eq!(
+        steps_of("classic"),
+        [
+            "/bin/sh echo classic-fe5b1a0f31a > /marker",
+            "wget http://203.0.113.9/x"
+        ]
+    );
+    assert_eq!(
+        steps_of("curl"),
+        ["/bin/sh echo curl-d0cb8e63909", "/bin/true /bin/true"]
+    );
+}
+
 #[test]
 fn dockerfile_egress_raises_the_detection_and_the_step_confirms_it() {
     let mut h = Harness::new();
