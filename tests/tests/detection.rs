@@ -86,6 +86,10 @@ fn main() -> ExitCode {
                 run: concurrent_builds_keep_their_own_steps,
             },
             Scenario {
+                name: "build_step_dns_names_the_host",
+                run: build_step_dns_names_the_host,
+            },
+            Scenario {
                 name: "docker_load_is_side_loading",
                 run: docker_load_is_side_loading,
             },
@@ -741,6 +745,49 @@ fn concurrent_builds_keep_their_own_steps(world: &World) {
             .as_array()
             .is_none_or(Vec::is_empty),
         "{benign_build}"
+    );
+}
+
+/// A RUN step resolves the host it is about to fetch from. The resolver here is the build
+/// container's own loopback (nothing answers; no packet leaves the host): the question is what
+/// counts.
+fn build_step_dns_names_the_host(world: &World) {
+    let env = &world.env;
+    let nonce = &env.nonce;
+    let host = format!("payload-{nonce}.evil.example");
+    let context = env.context(
+        "det-dns",
+        &format!("FROM {BASE_IMAGE}\nRUN busybox nslookup {host} 127.0.0.1 || true\n"),
+    );
+    let tag = format!("bwdet/dns:{nonce}");
+    let mark = world.sensor.mark();
+    run_command(env.docker().args(["build", "-t", &tag]).arg(&context));
+    let build = build_summary(&world.sensor, mark, "the resolving build", |b| {
+        has_tag(b, &format!("docker.io/{tag}"))
+    });
+    let asked = build["build"]["egress"]
+        .as_array()
+        .into_iter()
+        .flatten()
+        .find(|e| e["kind"] == "step_dns")
+        .unwrap_or_else(|| panic!("no step_dns egress: {build}"));
+    assert!(
+        asked["detail"].as_str().unwrap_or_default().contains(&host),
+        "{asked}"
+    );
+    assert_eq!(asked["destination"], "127.0.0.1:53", "{asked}");
+    let egress = detection(
+        &world.sensor,
+        mark,
+        "build_egress",
+        "build_egress for the resolving build",
+        |e| has_tag(&e["build"], &format!("docker.io/{tag}")),
+    );
+    assert!(
+        strings(&egress["detection"]["reasons"])
+            .iter()
+            .any(|r| r.contains(&host)),
+        "{egress}"
     );
 }
 

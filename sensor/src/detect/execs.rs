@@ -13,6 +13,7 @@ use crate::{
     decode::{Endpoint, Header},
     docker::{api::Operation, commands},
     output::schema::ProcessView,
+    protocol::dns,
 };
 
 impl Detector {
@@ -136,6 +137,10 @@ impl Detector {
                 self.step_connections.clear();
             }
             self.step_connections.insert(conn_id, build_id.clone());
+            // A resolver socket: its query, which names the host, is the egress.
+            if matches!(peer, Endpoint::Tcp(_, dns::PORT)) {
+                return;
+            }
         }
         let egress = Egress {
             kind: "step_connection",

@@ -737,6 +737,58 @@ fn dockerfile_egress_raises_the_detection_and_the_step_confirms_it() {
 }
 
 #[test]
+fn a_step_resolving_a_host_is_egress_named_by_its_question() {
+    use simple_dns::{Name, Packet, Question, CLASS, QTYPE, TYPE};
+    let mut h = Harness::new();
+    h.feed(&Side::daemon(1), "classic_build.recv.jsonl", false);
+    h.wait(PAIR_WAIT_NS / MS);
+    let step = step_in(700, "d4", &["nslookup", "payload.evil.example"], &[]);
+    let header = Header::for_test(700, "nslookup", h.now + MS);
+    let resolver = Endpoint::Tcp(IpAddr::V4(Ipv4Addr::new(10, 0, 0, 2)), 53);
+    h.detector
+        .on_step_connect(&header, "connect-1", &step, 42, &resolver, 0);
+    h.collect();
+    assert!(
+        h.detections("build_egress").is_empty(),
+        "the resolver connect waits for its question"
+    );
+    let mut query = Packet::new_query(1);
+    query.questions.push(Question::new(
+        Name::new_unchecked("payload.evil.example"),
+        QTYPE::TYPE(TYPE::A),
+        CLASS::IN.into(),
+        false,
+    ));
+    let bytes = query.build_bytes_vec().unwrap();
+    for line in ["dns-1", "dns-2"] {
+        h.detector.on_data(DataInput {
+            header: &header,
+            line_id: line,
+            conn_id: 42,
+            role: Role::BuildStep,
+            direction: Dir::Send,
+            peer: &resolver,
+            local: None,
+            bytes: &bytes,
+            total_len: bytes.len() as u32,
+            process: step.clone(),
+        });
+    }
+    h.collect();
+    let egress = h.detections("build_egress");
+    assert_eq!(egress.len(), 1, "{:?}", h.json());
+    let reasons = strings(&egress[0]["detection"]["reasons"]);
+    assert!(
+        reasons
+            .iter()
+            .any(|r| r.contains("nslookup asked 10.0.0.2:53 for payload.evil.example (A)")),
+        "{reasons:?}"
+    );
+    let evidence = strings(&egress[0]["detection"]["evidence"]);
+    assert!(evidence.contains(&"dns-1".to_string()) && !evidence.contains(&"dns-2".to_string()));
+}
+
+#[test]
 fn build_step_connections_are_egress() {
     let mut h = Harness::new();
     h.feed(&Side::daemon(1), "classic_build.recv.jsonl", false);

@@ -19,6 +19,7 @@ use crate::{
     },
     protocol::{
         buildkit::{Marker, SessionScanner},
+        dns,
         http::{HttpEvent, RequestHead, RequestStream},
         tls,
     },
@@ -87,6 +88,13 @@ impl Detector {
             return;
         }
         let outbound = matches!(input.role, Role::DaemonOutbound | Role::BuildStep);
+        // Every datagram to a resolver is one query (retries, A then AAAA); none is HTTP.
+        if outbound && matches!(input.peer, Endpoint::Tcp(_, dns::PORT)) {
+            if input.role == Role::BuildStep {
+                self.step_dns(&input);
+            }
+            return;
+        }
         if start == 0 && outbound && tls::is_handshake(input.bytes) {
             stream.opaque = true;
             self.outbound_tls(&input);
@@ -403,6 +411,33 @@ impl Detector {
             egress,
             vec![input.line_id.to_string()],
         );
+    }
+
+    /// A build step asked DNS for a name: the host it means to reach.
+    fn step_dns(&mut self, input: &DataInput<'_>) {
+        let Some(build_id) = self.step_connections.get(&input.conn_id).cloned() else {
+            return;
+        };
+        for question in dns::questions(input.bytes) {
+            let egress = Egress {
+                kind: "step_dns",
+                detail: format!(
+                    "{} asked {} for {} ({})",
+                    input.process.comm,
+                    input.peer,
+                    truncate(&question.name, 255),
+                    question.kind
+                ),
+                destination: Some(input.peer.to_string()),
+                sni: None,
+            };
+            self.build_egress(
+                &build_id,
+                input.header.boot_ns,
+                egress,
+                vec![input.line_id.to_string()],
+            );
+        }
     }
 
     fn outbound_tls(&mut self, input: &DataInput<'_>) {

@@ -1,5 +1,6 @@
 //! Wire protocols seen on container API sockets: HTTP/1.1 requests, BuildKit sessions after an
-//! h2c upgrade, and TLS ClientHellos of registry connections.
+//! h2c upgrade, TLS ClientHellos of registry connections, and build steps' DNS queries.
 pub mod buildkit;
+pub mod dns;
 pub mod http;
 pub mod tls;
