@@ -574,17 +574,19 @@ fn privileged_run_of_built_image(world: &World) {
     let tag = format!("bwdet/run:{nonce}");
     run_command(env.docker().args(["build", "-t", &tag]).arg(&context));
     let mark = world.sensor.mark();
-    let id = run_command(env.docker().args([
-        "create",
-        "--privileged",
-        "--network",
-        "none",
-        "-v",
-        "/:/host",
-        &tag,
-        "true",
-    ]));
-    run_command(env.docker().args(["rm", id.trim()]));
+    create_and_remove(
+        env,
+        env.docker().args([
+            "create",
+            "--privileged",
+            "--network",
+            "none",
+            "-v",
+            "/:/host",
+            &tag,
+            "true",
+        ]),
+    );
     let found = detection(
         &world.sensor,
         mark,
@@ -632,8 +634,10 @@ fn run_by_id_of_an_untagged_build(world: &World) {
 
     let mark = world.sensor.mark();
     let short = &id["sha256:".len().."sha256:".len() + 12];
-    let container = run_command(env.docker().args(["create", "--network", "none", short, "true"]));
-    run_command(env.docker().args(["rm", container.trim()]));
+    create_and_remove(
+        env,
+        env.docker().args(["create", "--network", "none", short, "true"]),
+    );
     let found = detection(
         &world.sensor,
         mark,
@@ -654,11 +658,11 @@ fn run_by_id_of_an_untagged_build(world: &World) {
     let innocent = format!("bwdet/innocent:{nonce}");
     run_command(env.docker().args(["tag", short, &innocent]));
     let mark = world.sensor.mark();
-    let container = run_command(
+    create_and_remove(
+        env,
         env.docker()
             .args(["create", "--network", "none", &innocent, "true"]),
     );
-    run_command(env.docker().args(["rm", container.trim()]));
     detection(
         &world.sensor,
         mark,
@@ -883,8 +887,7 @@ fn crafted_archive_loaded_then_run(world: &World) {
         |e| e["operation"]["type"] == "load",
     );
     let mark = world.sensor.mark();
-    let container = run_command(env.docker().args(["create", "--network", "none", &name]));
-    run_command(env.docker().args(["rm", container.trim()]));
+    create_and_remove(env, env.docker().args(["create", "--network", "none", &name]));
     let found = detection(
         &world.sensor,
         mark,
@@ -899,8 +902,7 @@ fn crafted_archive_loaded_then_run(world: &World) {
     );
     let short = &config_id[..12];
     let mark = world.sensor.mark();
-    let container = run_command(env.docker().args(["create", "--network", "none", short]));
-    run_command(env.docker().args(["rm", container.trim()]));
+    create_and_remove(env, env.docker().args(["create", "--network", "none", short]));
     let found = detection(
         &world.sensor,
         mark,
@@ -1177,15 +1179,11 @@ fn small_recording_of_a_remote_attack(world: &World) {
         );
         let tag = format!("bwdet/recorded:{nonce}");
         run_command(env.remote_docker().args(["build", "-t", &tag]).arg(&context));
-        let id = run_command(env.remote_docker().args([
-            "create",
-            "--privileged",
-            "--network",
-            "none",
-            &tag,
-            "true",
-        ]));
-        run_command(env.docker().args(["rm", id.trim()]));
+        create_and_remove(
+            env,
+            env.remote_docker()
+                .args(["create", "--privileged", "--network", "none", &tag, "true"]),
+        );
     });
     // containerd was started by dockerd before this sensor: its shims' build steps are still
     // followed (seeded descendants).
@@ -1237,11 +1235,11 @@ fn small_recording_of_local_builds(world: &World) {
             &format!("FROM {BASE_IMAGE}\nRUN echo {nonce} > /marker\n"),
         );
         let id = run_command(env.docker().args(["build", "-q"]).arg(&by_id));
-        let container = run_command(
+        create_and_remove(
+            env,
             env.docker()
                 .args(["create", "--network", "none", id.trim(), "true"]),
         );
-        run_command(env.docker().args(["rm", container.trim()]));
         // A tiny root filesystem keeps the recording small (a `docker load` archive would be
         // megabytes of captured bytes).
         let rootfs = env.dir.join("recorded-import");
@@ -1264,6 +1262,12 @@ fn small_recording_of_local_builds(world: &World) {
             &format!("bwdet/imported:{nonce}"),
         ]));
     });
+}
+
+/// `docker create ...` (the request the rules judge), then removes the container.
+fn create_and_remove(env: &Environment, create: &mut Command) {
+    let container = run_command(create);
+    run_command(env.docker().args(["rm", container.trim()]));
 }
 
 fn time_ns(event: &Value) -> i128 {

@@ -395,15 +395,41 @@ impl Detector {
 
     /// What a build step asked for over plain HTTP.
     fn step_request(&mut self, input: &DataInput<'_>, head: &RequestHead) {
+        let host = head.header("host").unwrap_or_default();
+        let detail = format!("{} http://{host}{}", head.method, truncate(&head.target, 200));
+        self.step_egress(input, "step_connection", detail, None);
+    }
+
+    /// A build step asked DNS for a name: the host it means to reach.
+    fn step_dns(&mut self, input: &DataInput<'_>) {
+        for question in dns::questions(input.bytes) {
+            let detail = format!(
+                "{} asked {} for {} ({})",
+                input.process.comm,
+                input.peer,
+                truncate(&question.name, 255),
+                question.kind
+            );
+            self.step_egress(input, "step_dns", detail, None);
+        }
+    }
+
+    /// Egress of the build whose step owns this connection, evidenced by this data line.
+    fn step_egress(
+        &mut self,
+        input: &DataInput<'_>,
+        kind: &'static str,
+        detail: String,
+        sni: Option<String>,
+    ) {
         let Some(build_id) = self.step_connections.get(&input.conn_id).cloned() else {
             return;
         };
-        let host = head.header("host").unwrap_or_default();
         let egress = Egress {
-            kind: "step_connection",
-            detail: format!("{} http://{host}{}", head.method, truncate(&head.target, 200)),
+            kind,
+            detail,
             destination: Some(input.peer.to_string()),
-            sni: None,
+            sni,
         };
         self.build_egress(
             &build_id,
@@ -413,48 +439,13 @@ impl Detector {
         );
     }
 
-    /// A build step asked DNS for a name: the host it means to reach.
-    fn step_dns(&mut self, input: &DataInput<'_>) {
-        let Some(build_id) = self.step_connections.get(&input.conn_id).cloned() else {
-            return;
-        };
-        for question in dns::questions(input.bytes) {
-            let egress = Egress {
-                kind: "step_dns",
-                detail: format!(
-                    "{} asked {} for {} ({})",
-                    input.process.comm,
-                    input.peer,
-                    truncate(&question.name, 255),
-                    question.kind
-                ),
-                destination: Some(input.peer.to_string()),
-                sni: None,
-            };
-            self.build_egress(
-                &build_id,
-                input.header.boot_ns,
-                egress,
-                vec![input.line_id.to_string()],
-            );
-        }
-    }
-
     fn outbound_tls(&mut self, input: &DataInput<'_>) {
         let now = input.header.boot_ns;
         let Some(sni) = tls::client_hello_sni(input.bytes) else {
             return;
         };
         if input.role == Role::BuildStep {
-            if let Some(build_id) = self.step_connections.get(&input.conn_id).cloned() {
-                let egress = Egress {
-                    kind: "step_connection",
-                    detail: format!("TLS to {sni}"),
-                    destination: Some(input.peer.to_string()),
-                    sni: Some(sni),
-                };
-                self.build_egress(&build_id, now, egress, vec![input.line_id.to_string()]);
-            }
+            self.step_egress(input, "step_connection", format!("TLS to {sni}"), Some(sni));
             return;
         }
         if is_registry_host(&sni) || self.settings.allow.lists_registry(&sni) {
