@@ -44,6 +44,9 @@ pub struct WrittenImage {
     pub created_boot_ns: Option<i128>,
     /// `name:tag` as the store names it.
     pub names: Vec<String>,
+    /// A pull tied it to a registry manifest (`name@sha256:` in the store).
+    #[serde(default)]
+    pub registry_digest: bool,
 }
 
 pub type SharedHost = Rc<dyn Host>;
@@ -110,6 +113,7 @@ impl Host for LiveHost {
             id: image.id,
             created_boot_ns: image.created_ns.map(|wall| wall - boot_to_wall),
             names: image.names,
+            registry_digest: image.registry_digest,
         })
         .collect()
     }

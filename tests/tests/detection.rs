@@ -815,6 +815,25 @@ fn docker_load_is_side_loading(world: &World) {
     assert_eq!(found["detection"]["severity"], "medium", "{found}");
     assert_eq!(found["operation"]["client"]["comm"], "docker");
     assert_evidence(&world.sensor, &found);
+    // The archive held the pulled base image: its content is the registry's, and a run of it
+    // by id is not a run of a side-loaded image.
+    let id = run_command(
+        env.docker()
+            .args(["image", "inspect", "-f", "{{.Id}}", BASE_IMAGE]),
+    );
+    let id = id.trim().to_string();
+    let mark = world.sensor.mark();
+    create_and_remove(
+        env,
+        env.docker().args(["create", "--network", "none", &id, "true"]),
+    );
+    let create = world.sensor.wait_for(mark, TIMEOUT, "the create by id", |e| {
+        kind(e) == "docker.operation" && e["operation"]["image"] == id.as_str()
+    });
+    let flagged = world.sensor.all(mark, |e| {
+        kind(e) == "detection" && e["operation"]["id"] == create["operation"]["id"]
+    });
+    assert!(flagged.is_empty(), "{flagged:?}");
 }
 
 /// A `docker save`-format archive made by hand, as an attacker would: its image claims to be
@@ -879,12 +898,19 @@ fn crafted_archive_loaded_then_run(world: &World) {
 
     let mark = world.sensor.mark();
     run_command(env.docker().args(["load", "-i", &archive.to_string_lossy()]));
-    detection(
+    let loaded = detection(
         &world.sensor,
         mark,
         "image_side_loaded",
         "image_side_loaded for the crafted archive",
         |e| e["operation"]["type"] == "load",
+    );
+    assert!(
+        loaded["detection"]["summary"]
+            .as_str()
+            .unwrap_or_default()
+            .contains(&format!("docker.io/{name}")),
+        "named from the store when the load ended: {loaded}"
     );
     let mark = world.sensor.mark();
     create_and_remove(env, env.docker().args(["create", "--network", "none", &name]));

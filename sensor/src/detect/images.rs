@@ -2,7 +2,11 @@
 //! by id and by name. The request alone cannot say: an untagged build's image has only an id,
 //! and a `docker load` archive names its images in `manifest.json`, at its end, past what the
 //! sensor captures.
-use super::{ledger::Source, views::Origin, Detector};
+use super::{
+    ledger::Source,
+    views::{OperationView, Origin},
+    Detector,
+};
 use crate::{decode::Dir, docker::reference::ImageRef};
 
 /// Loads and imports followed at once; the oldest is closed when more start.
@@ -11,6 +15,10 @@ const MAX_OPEN_TRANSFERS: usize = 16;
 /// clock after the host converted them).
 const CREATED_SLACK_NS: i128 = 20_000_000;
 
+/// How long an `image_side_loaded` detection waits after the request for its load to end and
+/// name the images (a large archive names them only at its end).
+pub const SIDE_LOAD_WAIT_NS: u64 = 2_000_000_000;
+
 /// A load or import whose response is still streaming.
 pub struct Transfer {
     /// The operation's id.
@@ -18,6 +26,19 @@ pub struct Transfer {
     pub source: Source,
     pub start_ns: u64,
     pub conn_ids: Vec<u64>,
+    /// Its detection, until the images are known or it is due.
+    pub side_load: Option<SideLoad>,
+}
+
+/// An `image_side_loaded` detection waiting for the names of what was loaded.
+pub struct SideLoad {
+    pub view: OperationView,
+    /// "loaded" or "imported".
+    pub how: &'static str,
+    /// Names known so far (the archive's manifest when it was captured, the import's target).
+    pub names: Vec<String>,
+    pub evidence: Vec<String>,
+    pub due_ns: u64,
 }
 
 /// Whether dockerd's image store is where the request's images go: served by dockerd, or by a
@@ -35,7 +56,7 @@ impl Detector {
         let wall = self.wall_ns(now);
         let mut ids = Vec::new();
         for image in self.host.images_written(start_ns, now) {
-            if !image.created_boot_ns.is_some_and(|c| window.contains(&c)) {
+            if image.registry_digest || !image.created_boot_ns.is_some_and(|c| window.contains(&c)) {
                 continue;
             }
             self.ledger
@@ -45,14 +66,57 @@ impl Detector {
         ids
     }
 
-    pub(super) fn open_transfer(
+    /// Follows a load or import served by dockerd until it ends; reports any other at once.
+    pub(super) fn transfer_or_report(
         &mut self,
-        id: &str,
         source: Source,
         start_ns: u64,
         conn_ids: Vec<u64>,
         now: u64,
+        side_load: SideLoad,
     ) {
+        if served_by_dockerd(&side_load.view.origin) {
+            self.open_transfer(source, start_ns, conn_ids, now, side_load);
+        } else {
+            self.report_side_load(now, side_load);
+        }
+    }
+
+    fn report_side_load(&mut self, now: u64, side_load: SideLoad) {
+        let SideLoad {
+            view,
+            how,
+            names,
+            evidence,
+            ..
+        } = side_load;
+        self.side_loaded(now, view, how, &names, evidence);
+    }
+
+    /// Side-load detections whose load is still running at their due time go out without the
+    /// names the load's end would have given.
+    pub(super) fn report_overdue_side_loads(&mut self, now: u64) {
+        let due: Vec<SideLoad> = self
+            .transfers
+            .iter_mut()
+            .filter(|t| t.side_load.as_ref().is_some_and(|s| now >= s.due_ns))
+            .filter_map(|t| t.side_load.take())
+            .collect();
+        for side_load in due {
+            self.report_side_load(now, side_load);
+        }
+    }
+
+    fn open_transfer(
+        &mut self,
+        source: Source,
+        start_ns: u64,
+        conn_ids: Vec<u64>,
+        now: u64,
+        side_load: SideLoad,
+    ) {
+        let id = side_load.view.id.clone();
+        let id = id.as_str();
         let mut open = false;
         for conn_id in &conn_ids {
             for dir in [Dir::Send, Dir::Recv] {
@@ -71,6 +135,7 @@ impl Detector {
             source,
             start_ns,
             conn_ids,
+            side_load: Some(side_load),
         });
         // The request waited for its body past the connection's close: the transfer is over.
         if !open {
@@ -78,8 +143,8 @@ impl Detector {
         }
     }
 
-    /// The load or import ended: what the store took in meanwhile came from it, unless a
-    /// registry pull of the same name happened then too.
+    /// The load or import ended: what the store took in meanwhile came from it, unless it is
+    /// tied to a registry manifest or a registry pull of the same name happened then too.
     pub(super) fn finish_transfer(&mut self, id: &str, now: u64) {
         let Some(index) = self.transfers.iter().position(|t| t.id == id) else {
             return;
@@ -94,10 +159,24 @@ impl Detector {
         }
         let since = self.wall_ns(transfer.start_ns);
         let wall = self.wall_ns(now);
+        let mut side_load = transfer.side_load;
         for image in self.host.images_written(transfer.start_ns, now) {
             let names: Vec<ImageRef> = image.names.iter().filter_map(|n| ImageRef::parse(n)).collect();
-            if self.pulled_meanwhile(&names, since) {
+            // The same content a registry served (a re-load rewrites the config file): pulled.
+            if image.registry_digest || self.pulled_meanwhile(&names, since) {
                 continue;
+            }
+            if let Some(side_load) = &mut side_load {
+                let known = &mut side_load.names;
+                let mut named: Vec<String> = names.iter().map(ToString::to_string).collect();
+                if named.is_empty() {
+                    named.push(image.id.clone());
+                }
+                for name in named {
+                    if !known.contains(&name) {
+                        known.push(name);
+                    }
+                }
             }
             self.ledger
                 .record_image_id(&image.id, transfer.source, wall, Some(transfer.id.clone()));
@@ -106,6 +185,9 @@ impl Detector {
                     .record(name, transfer.source, wall, Some(image.id.clone()));
             }
             tracing::debug!(operation = %transfer.id, image = %image.id, names = ?image.names, "image entered the store");
+        }
+        if let Some(side_load) = side_load {
+            self.report_side_load(now, side_load);
         }
     }
 

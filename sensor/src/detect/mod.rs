@@ -244,7 +244,9 @@ impl Detector {
     /// Whether a tick could change anything: a request waits for its other half or body, or a
     /// build is open (and may expire).
     pub fn has_timed_work(&self) -> bool {
-        !self.pending.is_empty() || !self.builds.is_empty()
+        !self.pending.is_empty()
+            || !self.builds.is_empty()
+            || self.transfers.iter().any(|t| t.side_load.is_some())
     }
 
     /// Findings produced since the last call, with the boot time they happened at.
@@ -314,6 +316,7 @@ impl Detector {
         for id in expired {
             self.finish_build(&id, now, BuildState::Unfinished);
         }
+        self.report_overdue_side_loads(now);
     }
 
     /// Reports everything still waiting and closes open builds (the sensor is stopping).
@@ -399,26 +402,33 @@ impl Detector {
                 if let Some(image) = &image {
                     self.ledger.record(image, Source::Import, wall, Some(source));
                 }
-                if images::served_by_dockerd(&view.origin) {
-                    self.open_transfer(&view.id, Source::Import, at, conn_ids, now);
-                }
-                let images: Vec<String> = image.iter().map(ToString::to_string).collect();
-                self.side_loaded(now, view, "imported", &images, evidence);
+                let names: Vec<String> = image.iter().map(ToString::to_string).collect();
+                let side_load = images::SideLoad {
+                    view,
+                    how: "imported",
+                    names,
+                    evidence,
+                    due_ns: at + images::SIDE_LOAD_WAIT_NS,
+                };
+                self.transfer_or_report(Source::Import, at, conn_ids, now, side_load);
             }
             Operation::Load => {
-                let images = pending
+                let loaded = pending
                     .body
                     .as_ref()
                     .map(|(bytes, _)| loaded_images(bytes))
                     .unwrap_or_default();
-                for image in &images {
+                for image in &loaded {
                     self.ledger.record(image, Source::Load, wall, None);
                 }
-                if images::served_by_dockerd(&view.origin) {
-                    self.open_transfer(&view.id, Source::Load, at, conn_ids, now);
-                }
-                let names: Vec<String> = images.iter().map(ToString::to_string).collect();
-                self.side_loaded(now, view, "loaded", &names, evidence);
+                let side_load = images::SideLoad {
+                    view,
+                    how: "loaded",
+                    names: loaded.iter().map(ToString::to_string).collect(),
+                    evidence,
+                    due_ns: at + images::SIDE_LOAD_WAIT_NS,
+                };
+                self.transfer_or_report(Source::Load, at, conn_ids, now, side_load);
             }
             Operation::Tag { source, target } => {
                 let via = ImageRef::parse(&source)
@@ -745,7 +755,7 @@ impl Detector {
     }
 
     /// Rule 3 for a load or import.
-    fn side_loaded(
+    pub(super) fn side_loaded(
         &mut self,
         now: u64,
         view: OperationView,

@@ -508,10 +508,18 @@ fn load_is_side_loading() {
     let mut h = Harness::new();
     h.feed(&Side::daemon(1), "load.recv.jsonl", false);
     h.wait(BODY_WAIT_NS / MS);
+    assert!(
+        h.detections("image_side_loaded").is_empty(),
+        "waits for the load to end and name its images"
+    );
+    // The load is still running when the detection is due: it goes out without names.
+    h.wait(images::SIDE_LOAD_WAIT_NS / MS);
     let found = h.detections("image_side_loaded");
     assert_eq!(found.len(), 1, "{:?}", h.json());
     assert_eq!(found[0]["detection"]["severity"], "medium");
     assert_eq!(found[0]["operation"]["type"], "load");
+    h.close(1);
+    assert_eq!(h.detections("image_side_loaded").len(), 1, "reported once");
 }
 
 fn written(hex: char, names: &[&str], created_boot_ns: i128) -> crate::host::WrittenImage {
@@ -519,6 +527,7 @@ fn written(hex: char, names: &[&str], created_boot_ns: i128) -> crate::host::Wri
         id: format!("sha256:{}", hex.to_string().repeat(64)),
         created_boot_ns: Some(created_boot_ns),
         names: names.iter().map(|n| n.to_string()).collect(),
+        registry_digest: false,
     }
 }
 
@@ -531,11 +540,25 @@ fn what_a_load_put_in_the_store_is_recorded_by_name_and_id_unless_pulled() {
     // Meanwhile a pull of 127.0.0.1:5000/bwbase:1 lands in the store too.
     h.feed(&Side::daemon(2), "pull.recv.jsonl", false);
     h.wait(PAIR_WAIT_NS / MS);
+    // And an image pulled long ago, whose config the load rewrote (the archive held it too).
+    let mut pulled_before = written('c', &["alpine:3"], -1);
+    pulled_before.registry_digest = true;
     *store.images.borrow_mut() = vec![
         written('a', &["evil:1"], -1),
         written('b', &["127.0.0.1:5000/bwbase:1"], -1),
+        pulled_before,
     ];
     h.close(1);
+    let found = h.detections("image_side_loaded");
+    assert_eq!(found.len(), 1, "{:?}", h.json());
+    assert!(
+        found[0]["detection"]["summary"]
+            .as_str()
+            .unwrap()
+            .contains("docker.io/library/evil:1"),
+        "named when the load ended: {}",
+        found[0]
+    );
     let trusted = |_: &str| true;
     let ledger = &h.detector.ledger;
     let evil = ImageRef::parse("evil:1").unwrap();
@@ -545,6 +568,10 @@ fn what_a_load_put_in_the_store_is_recorded_by_name_and_id_unless_pulled() {
     assert!(
         ledger.provenance_of_id("sha256:bbbbbbbbbbbb", &trusted).is_none(),
         "pulled during the load: not the load's"
+    );
+    assert!(
+        ledger.provenance_of_id("sha256:cccccccccccc", &trusted).is_none(),
+        "tied to a registry manifest: not the load's"
     );
     assert!(h.detector.transfers.is_empty());
 }

@@ -55,6 +55,9 @@ pub struct StoredImage {
     pub created_ns: Option<i128>,
     /// The names the store gives it (`repositories.json`, `name:tag` entries).
     pub names: Vec<String>,
+    /// It has a `name@sha256:` reference: a pull (or push) tied it to a registry manifest. A
+    /// build, load or import alone never gives one.
+    pub registry_digest: bool,
 }
 
 /// The images whose config dockerd wrote between `from_ns` and `to_ns` (Unix time), by creation
@@ -86,6 +89,7 @@ pub fn images_written(data_root: &Path, from_ns: i128, to_ns: i128) -> Vec<Store
                 id: format!("sha256:{hex}"),
                 created_ns: read_bounded(&entry.path()).and_then(|b| created_ns(&b)),
                 names: Vec::new(),
+                registry_digest: false,
             });
         }
         if !images.is_empty() {
@@ -97,7 +101,7 @@ pub fn images_written(data_root: &Path, from_ns: i128, to_ns: i128) -> Vec<Store
     found
 }
 
-/// Fills in the names `repositories.json` gives the images.
+/// Fills in the names and registry digests `repositories.json` gives the images.
 fn name_images(repositories: &Path, images: &mut [StoredImage]) {
     let Some(json) = fs::read(repositories)
         .ok()
@@ -107,10 +111,12 @@ fn name_images(repositories: &Path, images: &mut [StoredImage]) {
     };
     let named = json["Repositories"].as_object().into_iter().flatten();
     for (name, id) in named.flat_map(|(_, tags)| tags.as_object().into_iter().flatten()) {
-        if name.contains('@') {
+        let Some(image) = images.iter_mut().find(|i| id.as_str() == Some(i.id.as_str())) else {
             continue;
-        }
-        if let Some(image) = images.iter_mut().find(|i| id.as_str() == Some(i.id.as_str())) {
+        };
+        if name.contains('@') {
+            image.registry_digest = true;
+        } else {
             image.names.push(name.clone());
         }
     }
@@ -227,22 +233,23 @@ mod tests {
         )
         .unwrap();
         let found = images_written(&root.0, unix_ns(start), unix_ns(SystemTime::now()));
-        let summary: Vec<(&str, bool, Vec<&str>)> = found
+        let summary: Vec<(&str, bool, Vec<&str>, bool)> = found
             .iter()
             .map(|i| {
                 (
                     &i.id[7..8],
                     i.created_ns.is_some_and(|c| c >= unix_ns(start)),
                     i.names.iter().map(String::as_str).collect(),
+                    i.registry_digest,
                 )
             })
             .collect();
         assert_eq!(
             summary,
             [
-                ("3", false, vec!["evil:1"]),
-                ("2", true, vec![]),
-                ("1", true, vec!["app:2"])
+                ("3", false, vec!["evil:1"], true),
+                ("2", true, vec![], false),
+                ("1", true, vec!["app:2"], false)
             ]
         );
         let later = unix_ns(SystemTime::now()) + 60_000_000_000;
