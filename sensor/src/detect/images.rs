@@ -66,22 +66,6 @@ impl Detector {
         ids
     }
 
-    /// Follows a load or import served by dockerd until it ends; reports any other at once.
-    pub(super) fn transfer_or_report(
-        &mut self,
-        source: Source,
-        start_ns: u64,
-        conn_ids: Vec<u64>,
-        now: u64,
-        side_load: SideLoad,
-    ) {
-        if served_by_dockerd(&side_load.view.origin) {
-            self.open_transfer(source, start_ns, conn_ids, now, side_load);
-        } else {
-            self.report_side_load(now, side_load);
-        }
-    }
-
     fn report_side_load(&mut self, now: u64, side_load: SideLoad) {
         let SideLoad {
             view,
@@ -107,7 +91,8 @@ impl Detector {
         }
     }
 
-    fn open_transfer(
+    /// Follows a load or import served by dockerd until it ends; reports any other at once.
+    pub(super) fn transfer_or_report(
         &mut self,
         source: Source,
         start_ns: u64,
@@ -115,13 +100,16 @@ impl Detector {
         now: u64,
         side_load: SideLoad,
     ) {
+        if !served_by_dockerd(&side_load.view.origin) {
+            self.report_side_load(now, side_load);
+            return;
+        }
         let id = side_load.view.id.clone();
-        let id = id.as_str();
         let mut open = false;
         for conn_id in &conn_ids {
             for dir in [Dir::Send, Dir::Recv] {
                 if let Some(stream) = self.streams.get_mut(&(*conn_id, dir)) {
-                    stream.transfer = Some(id.to_string());
+                    stream.transfer = Some(id.clone());
                     open = true;
                 }
             }
@@ -131,7 +119,7 @@ impl Detector {
             self.finish_transfer(&oldest, now);
         }
         self.transfers.push(Transfer {
-            id: id.to_string(),
+            id: id.clone(),
             source,
             start_ns,
             conn_ids,
@@ -139,7 +127,7 @@ impl Detector {
         });
         // The request waited for its body past the connection's close: the transfer is over.
         if !open {
-            self.finish_transfer(id, now);
+            self.finish_transfer(&id, now);
         }
     }
 
