@@ -102,7 +102,7 @@ impl Host for LiveHost {
     fn images_written(&self, from_boot_ns: u64, to_boot_ns: u64) -> Vec<WrittenImage> {
         // Docker dates files and images by the wall clock; converted with the offset of now, not
         // of the sensor's start, which NTP may have moved since.
-        let boot_to_wall = procfs::clock_ns(libc::CLOCK_REALTIME) - procfs::clock_ns(libc::CLOCK_BOOTTIME);
+        let boot_to_wall = procfs::boot_to_wall_ns();
         store::images_written(
             &self.docker_data_root,
             i128::from(from_boot_ns) + boot_to_wall,

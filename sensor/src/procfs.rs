@@ -265,6 +265,11 @@ pub fn clock_ns(clock: libc::clockid_t) -> i128 {
     i128::from(ts.tv_sec) * 1_000_000_000 + i128::from(ts.tv_nsec)
 }
 
+/// CLOCK_REALTIME - CLOCK_BOOTTIME now: turns kernel event times into wall times.
+pub fn boot_to_wall_ns() -> i128 {
+    clock_ns(libc::CLOCK_REALTIME) - clock_ns(libc::CLOCK_BOOTTIME)
+}
+
 /// CLOCK_BOOTTIME now, the clock of kernel event timestamps.
 pub fn boot_time_ns() -> u64 {
     clock_ns(libc::CLOCK_BOOTTIME) as u64

@@ -182,8 +182,6 @@ impl Build {
     }
 }
 
-/// Whether an exec'd process is one of a build's steps: it runs under the container runtime (or
-/// under the daemon-less builder) and is not the runtime itself.
 /// Whether `argv` is one of the Dockerfile's RUN commands: shell form (`/bin/sh -c <line>`) or
 /// exec form (`["wget", "-q", ...]`).
 pub fn runs(dockerfile: &Dockerfile, argv: &[String]) -> bool {
@@ -226,6 +224,8 @@ impl StepOwners {
     }
 }
 
+/// Whether an exec'd process is one of a build's steps: it runs under the container runtime (or
+/// under the daemon-less builder) and is not the runtime itself.
 pub fn runs_under_runtime(process: &ProcessView) -> bool {
     let own = process.exe.as_deref().unwrap_or(&process.comm);
     if is_runtime(own) || is_runtime(&process.comm) {

@@ -41,6 +41,25 @@ pub struct SideLoad {
     pub due_ns: u64,
 }
 
+impl SideLoad {
+    /// The detection for a load or import requested at `at`, due `SIDE_LOAD_WAIT_NS` later.
+    pub fn new(
+        view: OperationView,
+        how: &'static str,
+        names: Vec<String>,
+        evidence: Vec<String>,
+        at: u64,
+    ) -> Self {
+        Self {
+            view,
+            how,
+            names,
+            evidence,
+            due_ns: at + SIDE_LOAD_WAIT_NS,
+        }
+    }
+}
+
 /// Whether dockerd's image store is where the request's images go: served by dockerd, or by a
 /// daemon the sensor did not see (a remote client's request whose daemon half was missed).
 /// Podman serves the same API but keeps its images elsewhere.

@@ -43,7 +43,7 @@ impl Source {
 #[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize)]
 pub struct Record {
     /// Normalised reference (`docker.io/library/alpine:latest`), or an image id
-    /// (`sha256:<64 hex>`) for the images a build wrote.
+    /// (`sha256:<64 hex>`) for the images a build, load or import wrote.
     pub reference: String,
     /// Its repository (`docker.io/library/alpine`); empty for an image id.
     pub repository: String,
@@ -143,22 +143,25 @@ impl Ledger {
     }
 
     pub fn record(&mut self, image: &ImageRef, source: Source, time_ns: i128, via: Option<String>) {
-        self.records.push_back(Record {
-            reference: image.to_string(),
-            repository: image.repository(),
-            source,
-            time_ns,
-            via,
-        });
-        self.trim();
-        self.dirty = true;
+        self.push(image.to_string(), image.repository(), source, time_ns, via);
     }
 
-    /// An image a build wrote, by its id (`sha256:<hex>`): runs by id find it.
+    /// An image a build, load or import wrote, by its id (`sha256:<hex>`): runs by id find it.
     pub fn record_image_id(&mut self, id: &str, source: Source, time_ns: i128, via: Option<String>) {
+        self.push(id.to_string(), String::new(), source, time_ns, via);
+    }
+
+    fn push(
+        &mut self,
+        reference: String,
+        repository: String,
+        source: Source,
+        time_ns: i128,
+        via: Option<String>,
+    ) {
         self.records.push_back(Record {
-            reference: id.to_string(),
-            repository: String::new(),
+            reference,
+            repository,
             source,
             time_ns,
             via,

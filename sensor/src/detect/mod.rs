@@ -403,13 +403,7 @@ impl Detector {
                     self.ledger.record(image, Source::Import, wall, Some(source));
                 }
                 let names: Vec<String> = image.iter().map(ToString::to_string).collect();
-                let side_load = images::SideLoad {
-                    view,
-                    how: "imported",
-                    names,
-                    evidence,
-                    due_ns: at + images::SIDE_LOAD_WAIT_NS,
-                };
+                let side_load = images::SideLoad::new(view, "imported", names, evidence, at);
                 self.transfer_or_report(Source::Import, at, conn_ids, now, side_load);
             }
             Operation::Load => {
@@ -421,13 +415,8 @@ impl Detector {
                 for image in &loaded {
                     self.ledger.record(image, Source::Load, wall, None);
                 }
-                let side_load = images::SideLoad {
-                    view,
-                    how: "loaded",
-                    names: loaded.iter().map(ToString::to_string).collect(),
-                    evidence,
-                    due_ns: at + images::SIDE_LOAD_WAIT_NS,
-                };
+                let names: Vec<String> = loaded.iter().map(ToString::to_string).collect();
+                let side_load = images::SideLoad::new(view, "loaded", names, evidence, at);
                 self.transfer_or_report(Source::Load, at, conn_ids, now, side_load);
             }
             Operation::Tag { source, target } => {

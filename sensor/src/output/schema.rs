@@ -66,12 +66,11 @@ pub struct Emitter {
 impl Emitter {
     pub fn new(host: String) -> Self {
         let wall = procfs::clock_ns(libc::CLOCK_REALTIME);
-        let boot = procfs::clock_ns(libc::CLOCK_BOOTTIME);
         let run_id = format!(
             "{:08x}",
             (wall as u64 ^ u64::from(std::process::id()) << 32) as u32
         );
-        Self::with_clock(host, run_id, wall - boot)
+        Self::with_clock(host, run_id, procfs::boot_to_wall_ns())
     }
 
     /// An emitter continuing a recorded run: same host name, run id and clock offset.
