@@ -25,12 +25,12 @@ use crate::{
     docker::store,
     engine::Engine,
     existing,
-    host::{LiveHost, RecordingHost, SharedHost},
+    host::{DaemonPolicy, LiveHost, RecordingHost, SharedHost},
     kernel::{preflight, BuildGate, KernelSensor, LossCounters, TrackedSockets},
     notify::notify,
     output::{
         queue::LineQueue,
-        schema::{selected_kinds, HealthBody, SensorInfo, StartBody, Stats, StopBody},
+        schema::{selected_kinds, HealthBody, LossView, SensorInfo, StartBody, Stats, StopBody, WarningBody},
         writer::{self, FileSettings, Targets},
         Emitter, Sink,
     },
@@ -111,7 +111,7 @@ pub async fn run(options: RunOptions) -> anyhow::Result<()> {
         sink = sink.only(selected_kinds(&config.output.kinds));
     }
 
-    let ledger = Ledger::open(&config.detect.state_dir, config.detect.ledger_max_records)?;
+    let (ledger, ledger_warning) = Ledger::open(&config.detect.state_dir, config.detect.ledger_max_records)?;
     let allow = Allowlist::compile(&config.allow)?;
     let mut kernel = KernelSensor::load(&config, &tracefs)?;
     let ring = kernel.take_events()?;
@@ -127,7 +127,13 @@ pub async fn run(options: RunOptions) -> anyhow::Result<()> {
     if let Some(why) = store::classic_store_missing(&config.detect.docker_data_root) {
         tracing::warn!("{why}");
     }
-    let live = LiveHost::new(&procfs::proc_root()).with_docker_data_root(&config.detect.docker_data_root);
+    let live = LiveHost::new(&procfs::proc_root())
+        .with_docker_data_root(&config.detect.docker_data_root)
+        .with_daemon_policy(DaemonPolicy {
+            binaries: config.watch.daemon_binaries.clone(),
+            unix_sockets: config.watch.unix_sockets.clone(),
+            tcp_ports: config.watch.tcp_ports.clone(),
+        });
     let emitter = Emitter::new(procfs::hostname());
     let (host, recording): (SharedHost, _) = match &record {
         Some(path) => {
@@ -157,8 +163,8 @@ pub async fn run(options: RunOptions) -> anyhow::Result<()> {
     );
     let engine = Engine::new(
         ProcessTable::new(host.clone()),
-        ConnectionTable::new(host),
-        Daemons::new(&config.watch.daemons, Some(daemon_map)),
+        ConnectionTable::new(host.clone()),
+        Daemons::new(&config.watch.daemons, host, Some(daemon_map)),
         emitter,
         detector,
     );
@@ -167,7 +173,7 @@ pub async fn run(options: RunOptions) -> anyhow::Result<()> {
         recording,
         build_gate,
     };
-    inputs.apply(Input::Seed, &mut sink)?;
+    inputs.apply(Input::Seed(procfs::boot_time_ns()), &mut sink)?;
     // Processes daemons started before the sensor (containerd under dockerd, shims) fork build
     // steps too.
     descendants.seed(
@@ -202,6 +208,15 @@ pub async fn run(options: RunOptions) -> anyhow::Result<()> {
     };
     let line = inputs.engine.emitter.line("sensor.start", None, start);
     sink.write(&line)?;
+    if let Some(warning) = &ledger_warning {
+        tracing::warn!("{}", warning.message);
+        let body = WarningBody {
+            warning: &warning.message,
+            moved_to: warning.moved_to.as_deref(),
+        };
+        let line = inputs.engine.emitter.line("sensor.warning", None, body);
+        sink.write(&line)?;
+    }
     adopt_existing_connections(&mut inputs, &mut tracked, &mut sink)?;
     if let Err(err) = notify(&format!(
         "READY=1\nSTATUS=watching {} daemons with {} programs attached",
@@ -221,15 +236,17 @@ pub async fn run(options: RunOptions) -> anyhow::Result<()> {
         started,
         signals,
     };
-    read_events(ring, loop_state, &mut inputs, &mut sink).await?;
+    let stall_max = read_events(ring, loop_state, &mut inputs, &mut sink).await?;
     let _ = notify("STOPPING=1");
     inputs.apply(Input::Finish(procfs::boot_time_ns()), &mut sink)?;
     inputs.flush()?;
-    inputs
-        .engine
-        .report_loss(kernel_drops(&losses), queue.stats().drops, &mut sink)?;
+    if let Err(err) = inputs.engine.detector.sync_ledger() {
+        tracing::warn!("{err:#}");
+    }
+    let loss = gather_loss(&inputs.engine, &losses, &queue);
+    inputs.engine.report_loss(loss, &mut sink)?;
     let stop = StopBody {
-        stats: full_stats(&inputs.engine, &queue, started),
+        stats: full_stats(&inputs.engine, &losses, &queue, started, stall_max),
     };
     let line = inputs.engine.emitter.line("sensor.stop", None, stop);
     sink.write(&line)?;
@@ -268,12 +285,13 @@ impl Signals {
     }
 }
 
+/// Reads events until SIGINT/SIGTERM; returns the longest stall of the loop.
 async fn read_events(
     ring: RingBuf<MapData>,
     mut state: Loop<'_>,
     inputs: &mut Inputs,
     sink: &mut Sink,
-) -> anyhow::Result<()> {
+) -> anyhow::Result<Duration> {
     // SAFETY: the ring buffer owns its fd, which stays open for as long as the AsyncFd owns it.
     let mut ring = unsafe { AsyncFd::register_with_interest(ring, Interest::READABLE) }
         .map_err(|err| anyhow::anyhow!("cannot poll the ring buffer: {err}"))?;
@@ -286,7 +304,12 @@ async fn read_events(
         state.health_interval
     };
     let mut health = tokio::time::interval_at(tokio::time::Instant::now() + health_period, health_period);
+    // systemd's watchdog: pinged from this loop, so a stalled loop is a missed ping and a restart.
+    let watchdog_period = watchdog_interval();
+    let mut watchdog = tokio::time::interval(watchdog_period.unwrap_or(Duration::from_secs(3600)));
+    let mut stall_max = Duration::ZERO;
     loop {
+        let woke = Instant::now();
         tokio::select! {
             guard = ring.readable_mut() => {
                 let mut guard = guard.context("polling the ring buffer")?;
@@ -294,18 +317,31 @@ async fn read_events(
                 guard.clear_ready();
             }
             _ = correlation_tick.tick() => {
-                if inputs.engine.has_timed_work() {
-                    inputs.apply(Input::Tick(procfs::boot_time_ns()), sink)?;
+                let now = procfs::boot_time_ns();
+                if inputs.engine.has_timed_work(now) {
+                    inputs.apply(Input::Tick(now), sink)?;
+                }
+                // Ledger changes reach the disk within this tick (the write is off the loop).
+                if let Err(err) = inputs.engine.detector.persist() {
+                    tracing::warn!("{err:#}");
                 }
                 inputs.flush()?;
             }
             _ = loss_check.tick() => {
-                inputs.engine.report_loss(kernel_drops(state.losses), state.queue.stats().drops, sink)?;
+                let loss = gather_loss(&inputs.engine, state.losses, state.queue);
+                inputs.engine.report_loss(loss, sink)?;
             }
             _ = health.tick(), if !state.health_interval.is_zero() => {
-                let body = HealthBody { health: full_stats(&inputs.engine, state.queue, state.started) };
+                let body = HealthBody {
+                    health: full_stats(&inputs.engine, state.losses, state.queue, state.started, stall_max),
+                };
                 let line = inputs.engine.emitter.line("sensor.health", None, body);
                 sink.write(&line)?;
+            }
+            _ = watchdog.tick(), if watchdog_period.is_some() => {
+                if let Err(err) = notify("WATCHDOG=1") {
+                    tracing::warn!("{err:#}");
+                }
             }
             _ = state.signals.hangup.recv() => {
                 tracing::info!("SIGHUP: reopening the output file");
@@ -314,17 +350,54 @@ async fn read_events(
             _ = state.signals.interrupt.recv() => break,
             _ = state.signals.terminate.recv() => break,
         }
+        stall_max = stall_max.max(woke.elapsed());
     }
     // Whatever the kernel wrote before the signal is still reported.
     drain(ring.get_mut(), inputs, sink)?;
-    Ok(())
+    Ok(stall_max)
 }
 
-fn full_stats(engine: &Engine, queue: &LineQueue, started: Instant) -> Stats {
+/// Half of systemd's `WATCHDOG_USEC`, when the service has a watchdog for this process.
+fn watchdog_interval() -> Option<Duration> {
+    let usec: u64 = std::env::var("WATCHDOG_USEC").ok()?.parse().ok()?;
+    if let Some(pid) = std::env::var("WATCHDOG_PID")
+        .ok()
+        .and_then(|p| p.parse::<u32>().ok())
+    {
+        if pid != std::process::id() {
+            return None;
+        }
+    }
+    (usec > 0).then(|| Duration::from_micros(usec / 2))
+}
+
+fn gather_loss(engine: &Engine, losses: &LossCounters, queue: &LineQueue) -> LossView {
+    let queue = queue.stats();
+    LossView {
+        kernel_drops: kernel_drops(losses),
+        queue_drops: queue.drops,
+        output_errors: queue.write_errors,
+        ledger_write_errors: engine.detector.ledger_write_errors(),
+        reads_abandoned: crate::worker::abandoned() as u64,
+        ..LossView::default()
+    }
+}
+
+fn full_stats(
+    engine: &Engine,
+    losses: &LossCounters,
+    queue: &LineQueue,
+    started: Instant,
+    stall_max: Duration,
+) -> Stats {
+    let mut loss = gather_loss(engine, losses, queue);
+    loss.decode_errors = engine.stats().decode_errors;
     Stats {
         queue: Some(queue.stats()),
         rss_bytes: procfs::rss_bytes(),
         uptime_seconds: Some(started.elapsed().as_secs()),
+        loop_stall_max_ms: Some(stall_max.as_millis() as u64),
+        loss: Some(loss),
         ..engine.stats()
     }
 }

@@ -106,9 +106,13 @@ pub struct Watch {
     pub unix_sockets: Vec<PathBuf>,
     /// TCP ports of container APIs, any address.
     pub tcp_ports: Vec<u16>,
-    /// Process names (comm or executable basename) of daemons whose accepted connections and
-    /// outbound connections are tracked.
+    /// Daemon names (comm or executable basename). A process taking one of these names is a
+    /// daemon only when its executable is one of `daemon_binaries` and it listens on a watched
+    /// socket or port; otherwise it is reported as `daemon_impersonation`.
     pub daemons: Vec<String>,
+    /// Executables of trusted daemons and builders (compared by device and inode, so copies and
+    /// bind mounts do not pass).
+    pub daemon_binaries: Vec<PathBuf>,
 }
 
 #[derive(Debug, Clone, PartialEq, Deserialize, Serialize)]
@@ -198,6 +202,20 @@ impl Default for Watch {
             daemons: ["dockerd", "podman", "buildkitd", "containerd"]
                 .map(String::from)
                 .to_vec(),
+            daemon_binaries: [
+                "/usr/bin/dockerd",
+                "/usr/sbin/dockerd",
+                "/usr/local/bin/dockerd",
+                "/usr/bin/containerd",
+                "/usr/local/bin/containerd",
+                "/usr/bin/buildkitd",
+                "/usr/local/bin/buildkitd",
+                "/usr/bin/podman",
+                "/usr/local/bin/podman",
+            ]
+            .into_iter()
+            .map(PathBuf::from)
+            .collect(),
         }
     }
 }
@@ -303,6 +321,12 @@ impl Config {
             .any(|name| name.is_empty() || name.contains('/'))
         {
             bail!("watch.daemons holds process names, not paths or empty strings");
+        }
+        if let Some(relative) = self.watch.daemon_binaries.iter().find(|p| !p.is_absolute()) {
+            bail!(
+                "watch.daemon_binaries: {} is not an absolute path",
+                relative.display()
+            );
         }
         Ok(())
     }

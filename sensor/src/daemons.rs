@@ -1,71 +1,356 @@
-//! Which processes are watched daemons (dockerd, containerd, podman, buildkitd, ...): matched by
-//! comm or executable basename at start (/proc scan) and on every exec.
-use std::collections::{BTreeSet, HashSet};
+//! Which processes are trusted daemons (dockerd, containerd, buildkitd, podman). A name is not an
+//! identity: a process is trusted only when its executable is one of the configured daemon
+//! binaries (the same file, by device and inode, so a copy, a rename or a bind mount in another
+//! mount namespace does not pass) and it serves the API (it owns a listening socket on a watched
+//! path or port). A process that only takes a daemon's name is reported, never trusted.
+//!
+//! Each trusted daemon has a store: the image store its provenance belongs to, so that one
+//! daemon's pulls never excuse another daemon's builds.
+use std::collections::{BTreeMap, HashMap, HashSet};
 
-use crate::kernel::DaemonMap;
+use serde::{Deserialize, Serialize};
+
+use crate::{host::SharedHost, kernel::DaemonMap};
+
+/// How long a daemon binary that does not serve yet (dockerd starting) is re-checked.
+const CANDIDATE_WINDOW_NS: u64 = 300_000_000_000;
+/// How often a candidate is re-checked.
+const RECHECK_NS: u64 = 1_000_000_000;
+const MAX_CANDIDATES: usize = 256;
+const MAX_REPORTED: usize = 4096;
+
+/// What the host says about a process claiming to be a daemon.
+#[derive(Debug, Clone, Default, PartialEq, Eq, Serialize, Deserialize)]
+pub struct DaemonIdentity {
+    /// Its executable is one of the configured daemon binaries (same device and inode).
+    pub known_binary: bool,
+    /// Watched endpoints it listens on (`unix:/run/docker.sock`, `tcp:2375`).
+    pub serves: Vec<String>,
+}
+
+/// A trusted daemon.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub struct Daemon {
+    pub name: String,
+    /// The image store its provenance is kept under (`docker:/var/lib/docker`).
+    pub store: String,
+}
+
+/// What an exec or a re-check concluded about a process.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub enum Verdict {
+    /// Nothing to do with daemons.
+    None,
+    Trusted,
+    /// The right binary, not serving (yet): re-checked for a while.
+    Candidate,
+    /// Takes a daemon's name but is not one of its binaries.
+    Impersonation {
+        name: String,
+    },
+}
+
+struct Candidate {
+    name: String,
+    store: String,
+    until_ns: u64,
+    next_check_ns: u64,
+}
 
 pub struct Daemons {
     names: HashSet<String>,
-    tgids: BTreeSet<u32>,
+    trusted: BTreeMap<u32, Daemon>,
+    candidates: HashMap<u32, Candidate>,
+    /// Impersonators already reported (tgid), so each is reported once.
+    reported: HashSet<u32>,
+    host: SharedHost,
     map: Option<DaemonMap>,
 }
 
 impl Daemons {
-    pub fn new(names: &[String], map: Option<DaemonMap>) -> Self {
+    pub fn new(names: &[String], host: SharedHost, map: Option<DaemonMap>) -> Self {
         Self {
             names: names.iter().cloned().collect(),
-            tgids: BTreeSet::new(),
+            trusted: BTreeMap::new(),
+            candidates: HashMap::new(),
+            reported: HashSet::new(),
+            host,
             map,
         }
     }
 
-    pub fn is_daemon_name(&self, comm: &str, exe: Option<&str>) -> bool {
+    /// The daemon name a process goes by, if it takes one (comm or executable basename).
+    fn claimed_name(&self, comm: &str, exe: Option<&str>) -> Option<String> {
         let basename = exe.and_then(|e| e.rsplit('/').next());
-        self.names.contains(comm) || basename.is_some_and(|b| self.names.contains(b))
+        [Some(comm), basename]
+            .into_iter()
+            .flatten()
+            .find(|name| self.names.contains(*name))
+            .map(String::from)
     }
 
-    /// Re-evaluates `tgid` after an exec (or at start); returns true if it became a daemon.
-    pub fn update(&mut self, tgid: u32, comm: &str, exe: Option<&str>) -> bool {
-        if self.is_daemon_name(comm, exe) {
-            let added = self.tgids.insert(tgid);
-            if added {
-                if let Some(map) = &mut self.map {
-                    map.insert(tgid);
-                }
+    /// Re-evaluates `tgid` after an exec (or at start).
+    pub fn update(&mut self, tgid: u32, now: u64, process: &ProcessFacts<'_>) -> Verdict {
+        self.untrust(tgid);
+        let Some(name) = self.claimed_name(process.comm, process.exe) else {
+            return Verdict::None;
+        };
+        let identity = self.host.daemon_identity(tgid);
+        if !identity.known_binary {
+            if self.reported.len() >= MAX_REPORTED {
+                self.reported.clear();
             }
-            added
-        } else {
-            self.remove(tgid);
-            false
+            return if self.reported.insert(tgid) {
+                Verdict::Impersonation { name }
+            } else {
+                Verdict::None
+            };
+        }
+        let store = store_of(&name, process.argv, process.uid);
+        if !identity.serves.is_empty() {
+            self.trust(tgid, name, store);
+            return Verdict::Trusted;
+        }
+        if self.candidates.len() < MAX_CANDIDATES {
+            self.candidates.insert(
+                tgid,
+                Candidate {
+                    name,
+                    store,
+                    until_ns: now + CANDIDATE_WINDOW_NS,
+                    next_check_ns: now + RECHECK_NS,
+                },
+            );
+        }
+        Verdict::Candidate
+    }
+
+    /// Trusts a daemon-less builder running from a verified binary (a `podman build`): its own
+    /// registry traffic is then followed like a daemon's. `store` is where its images go.
+    pub fn trust_builder(&mut self, tgid: u32, name: &str, store: String) {
+        if self.host.daemon_identity(tgid).known_binary {
+            self.trust(tgid, name.to_string(), store);
         }
     }
 
+    fn trust(&mut self, tgid: u32, name: String, store: String) {
+        self.candidates.remove(&tgid);
+        if self.trusted.insert(tgid, Daemon { name, store }).is_none() {
+            if let Some(map) = &mut self.map {
+                map.insert(tgid);
+            }
+        }
+    }
+
+    /// Whether a candidate is due for a re-check at `now`.
+    pub fn has_due_candidates(&self, now: u64) -> bool {
+        self.candidates.values().any(|c| now >= c.next_check_ns)
+    }
+
+    /// Re-checks candidates that are due; returns the tgids that became trusted.
+    pub fn recheck(&mut self, now: u64) -> Vec<u32> {
+        let due: Vec<u32> = self
+            .candidates
+            .iter()
+            .filter(|(_, c)| now >= c.next_check_ns)
+            .map(|(tgid, _)| *tgid)
+            .collect();
+        let mut trusted = Vec::new();
+        for tgid in due {
+            let identity = self.host.daemon_identity(tgid);
+            let Some(candidate) = self.candidates.get_mut(&tgid) else {
+                continue;
+            };
+            if identity.known_binary && !identity.serves.is_empty() {
+                let (name, store) = (candidate.name.clone(), candidate.store.clone());
+                self.trust(tgid, name, store);
+                trusted.push(tgid);
+            } else if !identity.known_binary || now >= candidate.until_ns {
+                self.candidates.remove(&tgid);
+            } else {
+                candidate.next_check_ns = now + RECHECK_NS;
+            }
+        }
+        trusted
+    }
+
+    /// The process ended.
     pub fn remove(&mut self, tgid: u32) {
-        if self.tgids.remove(&tgid) {
+        self.reported.remove(&tgid);
+        self.untrust(tgid);
+    }
+
+    fn untrust(&mut self, tgid: u32) {
+        self.candidates.remove(&tgid);
+        if self.trusted.remove(&tgid).is_some() {
             if let Some(map) = &mut self.map {
                 map.remove(tgid);
             }
         }
     }
 
+    pub fn get(&self, tgid: u32) -> Option<&Daemon> {
+        self.trusted.get(&tgid)
+    }
+
     pub fn tgids(&self) -> Vec<u32> {
-        self.tgids.iter().copied().collect()
+        self.trusted.keys().copied().collect()
+    }
+}
+
+/// What `update` needs to know about a process.
+pub struct ProcessFacts<'a> {
+    pub comm: &'a str,
+    pub exe: Option<&'a str>,
+    pub argv: &'a [String],
+    pub uid: u32,
+}
+
+/// The image store a daemon (or a daemon-less builder) keeps: dockerd's data root (from
+/// `--data-root`/`-g`, else the default of its user), podman's per user.
+pub fn store_of(name: &str, argv: &[String], uid: u32) -> String {
+    let flag = |names: &[&str]| -> Option<String> {
+        argv.iter().enumerate().find_map(|(i, arg)| {
+            names.iter().find_map(|flag| {
+                arg.strip_prefix(&format!("{flag}="))
+                    .map(String::from)
+                    .or_else(|| (arg == flag).then(|| argv.get(i + 1).cloned()).flatten())
+            })
+        })
+    };
+    match name {
+        "dockerd" => match flag(&["--data-root", "-g", "--graph"]) {
+            Some(root) => format!("docker:{}", root.trim_end_matches('/')),
+            None if uid == 0 => "docker:/var/lib/docker".to_string(),
+            None => format!("docker:rootless-uid-{uid}"),
+        },
+        "containerd" => format!(
+            "containerd:{}",
+            flag(&["--root"]).unwrap_or_else(|| "/var/lib/containerd".into())
+        ),
+        "buildkitd" => format!(
+            "buildkitd:{}",
+            flag(&["--root"]).unwrap_or_else(|| "/var/lib/buildkit".into())
+        ),
+        "podman" => match flag(&["--root"]) {
+            Some(root) => format!("podman:{root}"),
+            None => format!("podman:uid-{uid}"),
+        },
+        other => format!("{other}:uid-{uid}"),
     }
 }
 
 #[cfg(test)]
 mod tests {
+    use std::{cell::RefCell, rc::Rc};
+
     use super::*;
+    use crate::host::tests::ScriptedHost;
+
+    fn facts<'a>(comm: &'a str, exe: &'a str, argv: &'a [String]) -> ProcessFacts<'a> {
+        ProcessFacts {
+            comm,
+            exe: Some(exe),
+            argv,
+            uid: 0,
+        }
+    }
 
     #[test]
-    fn matches_comm_or_exe_basename_exactly() {
-        let mut daemons = Daemons::new(&["dockerd".into(), "containerd".into()], None);
-        assert!(daemons.update(10, "dockerd", Some("/usr/sbin/dockerd")));
-        assert!(daemons.update(11, "exe", Some("/usr/bin/containerd")));
-        assert!(!daemons.update(12, "containerd-shim", Some("/usr/bin/containerd-shim-runc-v2")));
-        assert_eq!(daemons.tgids(), [10, 11]);
+    fn names_alone_are_not_trusted() {
+        let host = Rc::new(ScriptedHost::default());
+        let identities = RefCell::new(HashMap::from([
+            (
+                10,
+                DaemonIdentity {
+                    known_binary: true,
+                    serves: vec!["unix:/run/docker.sock".into()],
+                },
+            ),
+            (
+                11,
+                DaemonIdentity {
+                    known_binary: false,
+                    serves: vec!["tcp:2375".into()],
+                },
+            ),
+            (
+                12,
+                DaemonIdentity {
+                    known_binary: true,
+                    serves: vec![],
+                },
+            ),
+        ]));
+        *host.identities.borrow_mut() = identities.into_inner();
+        let mut daemons = Daemons::new(&["dockerd".into(), "containerd".into()], host.clone(), None);
+        let argv = vec!["dockerd".to_string(), "--data-root=/srv/docker/".to_string()];
+        assert_eq!(
+            daemons.update(10, 0, &facts("dockerd", "/usr/sbin/dockerd", &argv)),
+            Verdict::Trusted
+        );
+        assert_eq!(daemons.get(10).unwrap().store, "docker:/srv/docker");
+        assert_eq!(
+            daemons.update(11, 0, &facts("dockerd", "/home/eve/dockerd", &argv)),
+            Verdict::Impersonation {
+                name: "dockerd".into()
+            }
+        );
+        assert_eq!(
+            daemons.update(11, 0, &facts("dockerd", "/home/eve/dockerd", &argv)),
+            Verdict::None,
+            "reported once"
+        );
+        assert_eq!(
+            daemons.update(12, 0, &facts("dockerd", "/usr/sbin/dockerd", &argv)),
+            Verdict::Candidate
+        );
+        assert_eq!(
+            daemons.update(13, 0, &facts("bash", "/bin/bash", &argv)),
+            Verdict::None
+        );
+        assert_eq!(daemons.tgids(), [10]);
+        // The starting daemon begins to serve.
+        host.identities.borrow_mut().insert(
+            12,
+            DaemonIdentity {
+                known_binary: true,
+                serves: vec!["tcp:2375".into()],
+            },
+        );
+        assert!(daemons.recheck(RECHECK_NS / 2).is_empty(), "not due yet");
+        assert_eq!(daemons.recheck(RECHECK_NS), [12]);
+        assert_eq!(daemons.tgids(), [10, 12]);
         // A daemon that execs something else stops being one.
-        assert!(!daemons.update(10, "sh", Some("/bin/sh")));
-        assert_eq!(daemons.tgids(), [11]);
+        assert_eq!(
+            daemons.update(10, 5, &facts("sh", "/bin/sh", &argv)),
+            Verdict::None
+        );
+        assert_eq!(daemons.tgids(), [12]);
+    }
+
+    #[test]
+    fn stores_by_engine_and_root() {
+        let args = |line: &str| line.split_whitespace().map(String::from).collect::<Vec<_>>();
+        assert_eq!(
+            store_of("dockerd", &args("dockerd -H fd://"), 0),
+            "docker:/var/lib/docker"
+        );
+        assert_eq!(
+            store_of("dockerd", &args("dockerd --data-root /d -H x"), 0),
+            "docker:/d"
+        );
+        assert_eq!(
+            store_of("dockerd", &args("dockerd"), 1000),
+            "docker:rootless-uid-1000"
+        );
+        assert_eq!(
+            store_of("podman", &args("podman build ."), 1000),
+            "podman:uid-1000"
+        );
+        assert_eq!(
+            store_of("podman", &args("podman --root=/r pull x"), 0),
+            "podman:/r"
+        );
     }
 }

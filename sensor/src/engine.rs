@@ -5,7 +5,7 @@ use std::collections::BTreeMap;
 
 use crate::{
     connections::ConnectionTable,
-    daemons::Daemons,
+    daemons::{Daemons, ProcessFacts, Verdict},
     decode::{Header, RawEvent, Role, SocketData, SocketOpen},
     detect::{DataInput, Detector},
     existing::ExistingConnection,
@@ -32,8 +32,7 @@ pub struct Engine {
     events: BTreeMap<&'static str, u64>,
     decode_errors: u64,
     kernel_drops: BTreeMap<&'static str, u64>,
-    queue_drops: BTreeMap<&'static str, u64>,
-    reported_decode_errors: u64,
+    reported_loss: LossView,
 }
 
 impl Engine {
@@ -54,20 +53,43 @@ impl Engine {
             events: BTreeMap::new(),
             decode_errors: 0,
             kernel_drops: BTreeMap::new(),
-            queue_drops: BTreeMap::new(),
-            reported_decode_errors: 0,
+            reported_loss: LossView::default(),
         }
     }
 
     /// Marks every already-running daemon (after the process table was seeded).
-    fn discover_daemons(&mut self) {
-        let found: Vec<(u32, String, Option<String>)> = self
-            .processes
-            .iter()
-            .map(|p| (p.pid, p.comm.clone(), p.exe.clone()))
-            .collect();
-        for (pid, comm, exe) in found {
-            self.daemons.update(pid, &comm, exe.as_deref());
+    fn discover_daemons(&mut self, now: u64) {
+        let found: Vec<u32> = self.processes.iter().map(|p| p.pid).collect();
+        for pid in found {
+            self.check_daemon(pid, now, None);
+        }
+    }
+
+    /// Re-evaluates whether `tgid` is a daemon (after its exec, or at start); reports a process
+    /// that takes a daemon's name without being one.
+    fn check_daemon(&mut self, tgid: u32, now: u64, exec_line: Option<&str>) {
+        let Some(process) = self.processes.get(tgid).cloned() else {
+            return;
+        };
+        let facts = ProcessFacts {
+            comm: &process.comm,
+            exe: process.exe.as_deref(),
+            argv: &process.argv,
+            uid: process.uid,
+        };
+        if let Verdict::Impersonation { name } = self.daemons.update(tgid, now, &facts) {
+            let ancestry = self.processes.ancestry(tgid);
+            let header = Header {
+                boot_ns: now,
+                pid: tgid,
+                tgid,
+                uid: process.uid,
+                gid: process.gid,
+                cgroup_id: 0,
+                comm: process.comm.clone(),
+            };
+            let view = ProcessView::full(&header, &process, ancestry);
+            self.detector.on_impersonation(now, &name, &view, exec_line);
         }
     }
 
@@ -92,10 +114,10 @@ impl Engine {
     /// Applies one input (live or from a recording, already prepared).
     pub fn apply(&mut self, input: Input, sink: &mut Sink) -> anyhow::Result<()> {
         match input {
-            Input::Seed => {
+            Input::Seed(now) => {
                 self.processes.seed();
-                self.discover_daemons();
-                Ok(())
+                self.discover_daemons(now);
+                self.write_findings(sink)
             }
             Input::Event(event) => self.handle(event, sink),
             Input::Existing {
@@ -111,8 +133,8 @@ impl Engine {
 
     /// Whether a clock tick could change anything now (a request waits for its other half or
     /// its body, or a build is open). Ticks that cannot are not recorded.
-    pub fn has_timed_work(&self) -> bool {
-        self.detector.has_timed_work()
+    pub fn has_timed_work(&self, now: u64) -> bool {
+        self.detector.has_timed_work() || self.daemons.has_due_candidates(now)
     }
 
     /// Handles one kernel event: its own line, then whatever correlation concluded from it.
@@ -124,6 +146,7 @@ impl Engine {
     /// Lets correlation report what is due at boot time `now` (pairing and body waits), and
     /// saves the ledger if it changed.
     pub fn tick(&mut self, now: u64, sink: &mut Sink) -> anyhow::Result<()> {
+        self.daemons.recheck(now);
         self.detector.tick(now);
         self.write_findings(sink)?;
         self.persist_ledger();
@@ -185,8 +208,6 @@ impl Engine {
                 filename,
             } => {
                 let process = self.processes.on_exec(&header, old_pid, &filename).clone();
-                self.daemons
-                    .update(header.tgid, &process.comm, process.exe.as_deref());
                 let ancestry = self.processes.ancestry(header.tgid);
                 let view = ProcessView::full(&header, &process, ancestry);
                 let body = ProcessBody {
@@ -196,7 +217,12 @@ impl Engine {
                     filename: Some(filename),
                 };
                 let id = self.write(sink, "process.exec", &header, body)?;
-                self.detector.on_exec(&header, &id, &view);
+                self.check_daemon(header.tgid, header.boot_ns, Some(&id));
+                if let Some(builder) = self.detector.on_exec(&header, &id, &view) {
+                    // A daemon-less builder's own registry traffic is followed like a daemon's.
+                    self.daemons
+                        .trust_builder(header.tgid, &builder.name, builder.store);
+                }
                 Ok(())
             }
             RawEvent::Exit { header } => {
@@ -386,7 +412,14 @@ impl Engine {
             ),
         };
         let id = self.write(sink, "socket.data", &header, body)?;
+        let daemon_store = match data.role {
+            Role::DaemonAccepted | Role::DaemonOutbound => {
+                self.daemons.get(header.tgid).map(|d| d.store.clone())
+            }
+            _ => None,
+        };
         self.detector.on_data(DataInput {
+            daemon_store: daemon_store.as_deref(),
             header: &header,
             line_id: &id,
             conn_id: data.conn_id,
@@ -419,34 +452,20 @@ impl Engine {
         self.decode_errors += 1;
     }
 
-    /// Records the kernel's and the output queue's cumulative drop counts; writes `sensor.loss`
-    /// when they or the decode errors grew since the last report.
-    pub fn report_loss(
-        &mut self,
-        drops: BTreeMap<&'static str, u64>,
-        queue_drops: BTreeMap<&'static str, u64>,
-        sink: &mut Sink,
-    ) -> anyhow::Result<()> {
-        if drops == self.kernel_drops
-            && self.decode_errors == self.reported_decode_errors
-            && queue_drops == self.queue_drops
-        {
+    /// Writes `sensor.loss` when anything lost (cumulative counts: kernel drops, queue drops,
+    /// output errors, full tables...) or the decode errors grew since the last report.
+    pub fn report_loss(&mut self, mut loss: LossView, sink: &mut Sink) -> anyhow::Result<()> {
+        loss.decode_errors = self.decode_errors;
+        if loss == self.reported_loss {
             return Ok(());
         }
-        let body = LossBody {
-            loss: LossView {
-                kernel_drops: drops.clone(),
-                queue_drops: queue_drops.clone(),
-                decode_errors: self.decode_errors,
-            },
-        };
+        let body = LossBody { loss: loss.clone() };
         let line = self.emitter.line("sensor.loss", None, body);
         // A report the full queue dropped is retried at the next check.
         if sink.write(&line)? {
             *self.events.entry("sensor.loss").or_default() += 1;
-            self.kernel_drops = drops;
-            self.queue_drops = queue_drops;
-            self.reported_decode_errors = self.decode_errors;
+            self.kernel_drops = loss.kernel_drops.clone();
+            self.reported_loss = loss;
         }
         Ok(())
     }
@@ -477,9 +496,15 @@ mod tests {
     };
 
     fn engine() -> Engine {
-        let host: crate::host::SharedHost = std::rc::Rc::new(crate::host::LiveHost::new(
-            std::path::Path::new("/nonexistent-proc"),
-        ));
+        let scripted = std::rc::Rc::new(crate::host::tests::ScriptedHost::default());
+        scripted.identities.borrow_mut().insert(
+            11,
+            crate::daemons::DaemonIdentity {
+                known_binary: true,
+                serves: vec!["tcp:2375".into()],
+            },
+        );
+        let host: crate::host::SharedHost = scripted;
         let detector = Detector::new(
             crate::detect::Settings {
                 allow: crate::detect::allow::Allowlist::default(),
@@ -491,8 +516,8 @@ mod tests {
         );
         Engine::new(
             ProcessTable::new(host.clone()),
-            ConnectionTable::new(host),
-            Daemons::new(&["dockerd".to_string()], None),
+            ConnectionTable::new(host.clone()),
+            Daemons::new(&["dockerd".to_string()], host, None),
             Emitter::new("test-host".into()),
             detector,
         )
@@ -607,7 +632,10 @@ mod tests {
         assert_eq!(lines[4]["kind"], "socket.close");
         assert_eq!(lines[4]["socket"]["peer"], "10.0.0.2:40000");
         assert_eq!(engine.connections.len(), 0);
-        assert_eq!(engine.detector.stats().ledger_records, 1);
+        // Not a trusted daemon (its identity was never confirmed): its pull is unconfirmed and
+        // changes no provenance.
+        assert_eq!(pull["operation"]["confirmed"], false);
+        assert_eq!(engine.detector.stats().ledger_records, 0);
         let ids: Vec<&str> = lines.iter().map(|l| l["id"].as_str().unwrap()).collect();
         assert!(ids.windows(2).all(|w| w[0] != w[1]), "ids are unique: {ids:?}");
     }
@@ -617,16 +645,20 @@ mod tests {
         let mut engine = engine();
         let captured = Captured::default();
         let mut sink = Sink::writer(captured.clone());
-        let none = BTreeMap::new;
-        let data = || BTreeMap::from([("socket.data", 3)]);
-        engine.report_loss(none(), none(), &mut sink).unwrap();
-        engine.report_loss(data(), none(), &mut sink).unwrap();
-        engine.report_loss(data(), none(), &mut sink).unwrap();
+        let data = || LossView {
+            kernel_drops: BTreeMap::from([("socket.data", 3)]),
+            ..LossView::default()
+        };
+        engine.report_loss(LossView::default(), &mut sink).unwrap();
+        engine.report_loss(data(), &mut sink).unwrap();
+        engine.report_loss(data(), &mut sink).unwrap();
         engine.decode_error();
-        engine.report_loss(data(), none(), &mut sink).unwrap();
-        engine
-            .report_loss(data(), BTreeMap::from([("socket.data", 7)]), &mut sink)
-            .unwrap();
+        engine.report_loss(data(), &mut sink).unwrap();
+        let queue = LossView {
+            queue_drops: BTreeMap::from([("socket.data", 7)]),
+            ..data()
+        };
+        engine.report_loss(queue, &mut sink).unwrap();
         sink.flush().unwrap();
         let lines = captured.lines();
         assert_eq!(lines.len(), 3, "{lines:?}");

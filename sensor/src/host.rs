@@ -7,18 +7,28 @@ use std::{
     collections::VecDeque,
     path::{Path, PathBuf},
     rc::Rc,
+    time::Duration,
 };
 
 use serde::{Deserialize, Serialize};
 
 use crate::{
+    daemons::DaemonIdentity,
     decode::Endpoint,
     docker::{
-        dockerfile::{self, Dockerfile},
+        dockerfile::{self, ClientFiles, Dockerfile},
         store,
     },
+    output::schema::ProcessView,
     procfs::{self, ExecDetails, ProcSnapshot},
+    saferead::Credentials,
+    worker,
 };
+
+/// How long one /proc question may take before the event loop gives up on it.
+const PROC_DEADLINE: Duration = Duration::from_millis(250);
+/// How long reading an image store may take.
+const STORE_DEADLINE: Duration = Duration::from_millis(900);
 
 pub trait Host {
     /// Every process now running.
@@ -26,12 +36,29 @@ pub trait Host {
     fn snapshot(&self, tgid: u32) -> Option<ProcSnapshot>;
     fn exec_details(&self, tgid: u32) -> ExecDetails;
     fn listening_address(&self, tgid: u32, fd: i32) -> Option<Endpoint>;
-    fn dockerfile(&self, cwd: Option<&str>, context: &str, name: Option<&str>) -> Option<Dockerfile>;
+    /// A daemon-less build's Dockerfile, read as its client would (see `saferead`); the error
+    /// says why it was not read.
+    fn dockerfile(
+        &self,
+        client: &ProcessView,
+        context: &str,
+        name: Option<&str>,
+    ) -> Result<Dockerfile, String>;
     /// The image a Docker container was created from.
     fn container_image(&self, container_id: &str) -> Option<String>;
     /// The images dockerd's store took in between two kernel (CLOCK_BOOTTIME) times: what a
     /// build, load or import wrote.
     fn images_written(&self, from_boot_ns: u64, to_boot_ns: u64) -> Vec<WrittenImage>;
+    /// Whether a process claiming a daemon's name runs a daemon binary and serves the API.
+    fn daemon_identity(&self, tgid: u32) -> DaemonIdentity;
+}
+
+/// What makes a process a daemon (from the configuration).
+#[derive(Debug, Clone, Default)]
+pub struct DaemonPolicy {
+    pub binaries: Vec<PathBuf>,
+    pub unix_sockets: Vec<PathBuf>,
+    pub tcp_ports: Vec<u16>,
 }
 
 /// An image that entered dockerd's store, dated on the kernel clock like events.
@@ -55,6 +82,7 @@ pub type SharedHost = Rc<dyn Host>;
 pub struct LiveHost {
     proc_root: PathBuf,
     docker_data_root: PathBuf,
+    daemons: DaemonPolicy,
 }
 
 impl LiveHost {
@@ -62,7 +90,13 @@ impl LiveHost {
         Self {
             proc_root: proc_root.to_path_buf(),
             docker_data_root: PathBuf::from("/var/lib/docker"),
+            daemons: DaemonPolicy::default(),
         }
+    }
+
+    pub fn with_daemon_policy(mut self, policy: DaemonPolicy) -> Self {
+        self.daemons = policy;
+        self
     }
 
     pub fn with_docker_data_root(mut self, root: &Path) -> Self {
@@ -71,51 +105,110 @@ impl LiveHost {
     }
 }
 
+impl LiveHost {
+    /// Runs a /proc question off the event loop; a process that makes its /proc files hang
+    /// gets no answer, not the sensor's attention.
+    fn proc<T: Send + 'static>(
+        &self,
+        deadline: Duration,
+        question: impl FnOnce(&Path) -> T + Send + 'static,
+    ) -> Option<T> {
+        let root = self.proc_root.clone();
+        let answer = worker::run(deadline, move || question(&root));
+        if answer.is_none() {
+            tracing::warn!("a /proc or image-store read did not finish within {deadline:?}; skipped");
+        }
+        answer
+    }
+}
+
 impl Host for LiveHost {
     fn processes(&self) -> Vec<ProcSnapshot> {
-        procfs::all_tgids(&self.proc_root)
-            .into_iter()
-            .filter_map(|tgid| procfs::snapshot(&self.proc_root, tgid))
-            .collect()
+        // The whole table at start: many small reads, each bounded by the worker's deadline.
+        let tgids = self
+            .proc(PROC_DEADLINE, |root| procfs::all_tgids(root))
+            .unwrap_or_default();
+        tgids.into_iter().filter_map(|tgid| self.snapshot(tgid)).collect()
     }
 
     fn snapshot(&self, tgid: u32) -> Option<ProcSnapshot> {
-        procfs::snapshot(&self.proc_root, tgid)
+        self.proc(PROC_DEADLINE, move |root| procfs::snapshot(root, tgid))
+            .flatten()
     }
 
     fn exec_details(&self, tgid: u32) -> ExecDetails {
-        procfs::exec_details(&self.proc_root, tgid)
+        self.proc(PROC_DEADLINE, move |root| procfs::exec_details(root, tgid))
+            .unwrap_or_default()
     }
 
     fn listening_address(&self, tgid: u32, fd: i32) -> Option<Endpoint> {
-        procfs::listening_address(&self.proc_root, tgid, fd)
+        self.proc(PROC_DEADLINE, move |root| {
+            procfs::listening_address(root, tgid, fd)
+        })
+        .flatten()
     }
 
-    fn dockerfile(&self, cwd: Option<&str>, context: &str, name: Option<&str>) -> Option<Dockerfile> {
-        dockerfile::from_directory(cwd, context, name)
+    fn dockerfile(
+        &self,
+        client: &ProcessView,
+        context: &str,
+        name: Option<&str>,
+    ) -> Result<Dockerfile, String> {
+        let pid = client.pid;
+        let groups = self
+            .proc(PROC_DEADLINE, move |root| procfs::groups(root, pid))
+            .flatten()
+            .ok_or_else(|| format!("pid {pid} ended before its Dockerfile could be read"))?;
+        let files = ClientFiles {
+            pid,
+            cwd: client.cwd.clone(),
+            credentials: Credentials {
+                uid: client.uid,
+                gid: client.gid,
+                groups,
+            },
+        };
+        dockerfile::from_directory(&self.proc_root, &files, context, name)
     }
 
     fn container_image(&self, container_id: &str) -> Option<String> {
-        store::container_image(&self.docker_data_root, container_id)
+        let data_root = self.docker_data_root.clone();
+        let id = container_id.to_string();
+        self.proc(PROC_DEADLINE, move |_| store::container_image(&data_root, &id))
+            .flatten()
     }
 
     fn images_written(&self, from_boot_ns: u64, to_boot_ns: u64) -> Vec<WrittenImage> {
         // Docker dates files and images by the wall clock; converted with the offset of now, not
         // of the sensor's start, which NTP may have moved since.
         let boot_to_wall = procfs::boot_to_wall_ns();
-        store::images_written(
-            &self.docker_data_root,
-            i128::from(from_boot_ns) + boot_to_wall,
-            i128::from(to_boot_ns) + boot_to_wall,
-        )
-        .into_iter()
-        .map(|image| WrittenImage {
-            id: image.id,
-            created_boot_ns: image.created_ns.map(|wall| wall - boot_to_wall),
-            names: image.names,
-            registry_digest: image.registry_digest,
+        let data_root = self.docker_data_root.clone();
+        let found = self
+            .proc(STORE_DEADLINE, move |_| {
+                store::images_written(
+                    &data_root,
+                    i128::from(from_boot_ns) + boot_to_wall,
+                    i128::from(to_boot_ns) + boot_to_wall,
+                )
+            })
+            .unwrap_or_default();
+        found
+            .into_iter()
+            .map(|image| WrittenImage {
+                id: image.id,
+                created_boot_ns: image.created_ns.map(|wall| wall - boot_to_wall),
+                names: image.names,
+                registry_digest: image.registry_digest,
+            })
+            .collect()
+    }
+
+    fn daemon_identity(&self, tgid: u32) -> DaemonIdentity {
+        let policy = self.daemons.clone();
+        self.proc(PROC_DEADLINE, move |root| {
+            procfs::daemon_identity(root, tgid, &policy)
         })
-        .collect()
+        .unwrap_or_default()
     }
 }
 
@@ -127,9 +220,10 @@ pub enum Answer {
     Snapshot(Option<ProcSnapshot>),
     ExecDetails(ExecDetails),
     ListeningAddress(Option<Endpoint>),
-    Dockerfile(Option<Dockerfile>),
+    Dockerfile(Result<Dockerfile, String>),
     ContainerImage(Option<String>),
     ImagesWritten(Vec<WrittenImage>),
+    DaemonIdentity(DaemonIdentity),
 }
 
 /// The live system, keeping every answer until `take_answers`.
@@ -173,8 +267,13 @@ impl Host for RecordingHost {
         self.keep(self.live.listening_address(tgid, fd), Answer::ListeningAddress)
     }
 
-    fn dockerfile(&self, cwd: Option<&str>, context: &str, name: Option<&str>) -> Option<Dockerfile> {
-        self.keep(self.live.dockerfile(cwd, context, name), Answer::Dockerfile)
+    fn dockerfile(
+        &self,
+        client: &ProcessView,
+        context: &str,
+        name: Option<&str>,
+    ) -> Result<Dockerfile, String> {
+        self.keep(self.live.dockerfile(client, context, name), Answer::Dockerfile)
     }
 
     fn container_image(&self, container_id: &str) -> Option<String> {
@@ -186,6 +285,10 @@ impl Host for RecordingHost {
             self.live.images_written(from_boot_ns, to_boot_ns),
             Answer::ImagesWritten,
         )
+    }
+
+    fn daemon_identity(&self, tgid: u32) -> DaemonIdentity {
+        self.keep(self.live.daemon_identity(tgid), Answer::DaemonIdentity)
     }
 }
 
@@ -255,12 +358,17 @@ impl Host for ReplayHost {
         .flatten()
     }
 
-    fn dockerfile(&self, _cwd: Option<&str>, _context: &str, _name: Option<&str>) -> Option<Dockerfile> {
+    fn dockerfile(
+        &self,
+        _client: &ProcessView,
+        _context: &str,
+        _name: Option<&str>,
+    ) -> Result<Dockerfile, String> {
         self.next(|a| match a {
             Answer::Dockerfile(d) => Some(d),
             _ => None,
         })
-        .flatten()
+        .unwrap_or_else(|| Err("not in the recording".into()))
     }
 
     fn container_image(&self, _container_id: &str) -> Option<String> {
@@ -277,5 +385,59 @@ impl Host for ReplayHost {
             _ => None,
         })
         .unwrap_or_default()
+    }
+
+    fn daemon_identity(&self, _tgid: u32) -> DaemonIdentity {
+        self.next(|a| match a {
+            Answer::DaemonIdentity(i) => Some(i),
+            _ => None,
+        })
+        .unwrap_or_default()
+    }
+}
+
+#[cfg(test)]
+pub mod tests {
+    use std::{cell::RefCell, collections::HashMap};
+
+    use super::*;
+
+    /// A host whose answers a test scripts; everything unscripted is unknown.
+    #[derive(Default)]
+    pub struct ScriptedHost {
+        pub identities: RefCell<HashMap<u32, DaemonIdentity>>,
+        pub images: RefCell<Vec<WrittenImage>>,
+    }
+
+    impl Host for ScriptedHost {
+        fn processes(&self) -> Vec<ProcSnapshot> {
+            Vec::new()
+        }
+        fn snapshot(&self, _tgid: u32) -> Option<ProcSnapshot> {
+            None
+        }
+        fn exec_details(&self, _tgid: u32) -> ExecDetails {
+            ExecDetails::default()
+        }
+        fn listening_address(&self, _tgid: u32, _fd: i32) -> Option<Endpoint> {
+            None
+        }
+        fn dockerfile(
+            &self,
+            _client: &ProcessView,
+            _context: &str,
+            _name: Option<&str>,
+        ) -> Result<Dockerfile, String> {
+            Err("scripted".into())
+        }
+        fn container_image(&self, _container_id: &str) -> Option<String> {
+            None
+        }
+        fn images_written(&self, _from_boot_ns: u64, _to_boot_ns: u64) -> Vec<WrittenImage> {
+            self.images.borrow().clone()
+        }
+        fn daemon_identity(&self, tgid: u32) -> DaemonIdentity {
+            self.identities.borrow().get(&tgid).cloned().unwrap_or_default()
+        }
     }
 }

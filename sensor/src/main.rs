@@ -9,6 +9,7 @@ mod detect;
 mod docker;
 mod engine;
 mod existing;
+mod files;
 mod host;
 mod kernel;
 mod notify;
@@ -19,6 +20,8 @@ mod protocol;
 mod recording;
 mod redact;
 mod replay;
+mod saferead;
+mod worker;
 
 use std::{io::IsTerminal as _, process::ExitCode};
 

@@ -71,6 +71,13 @@ pub fn snapshot(root: &Path, tgid: u32) -> Option<ProcSnapshot> {
     })
 }
 
+/// The supplementary groups of a process (`Groups:` of its status), `None` when it is gone.
+pub fn groups(root: &Path, tgid: u32) -> Option<Vec<u32>> {
+    let status = fs::read_to_string(root.join(tgid.to_string()).join("status")).ok()?;
+    let line = status.lines().find_map(|line| line.strip_prefix("Groups:"))?;
+    Some(line.split_whitespace().filter_map(|g| g.parse().ok()).collect())
+}
+
 /// What an exec changes that the kernel event does not carry.
 #[derive(Debug, Clone, Default, PartialEq, Eq, Serialize, Deserialize)]
 pub struct ExecDetails {
@@ -109,6 +116,52 @@ pub fn container_id_from_cgroup(cgroup: &str) -> Option<String> {
                 .then(|| candidate.to_string())
         })
     })
+}
+
+/// Whether the executable of `tgid` is one of the policy's daemon binaries (the same file, by
+/// device and inode), and which watched endpoints it listens on.
+pub fn daemon_identity(
+    root: &Path,
+    tgid: u32,
+    policy: &crate::host::DaemonPolicy,
+) -> crate::daemons::DaemonIdentity {
+    use std::os::unix::fs::MetadataExt as _;
+    let exe = fs::metadata(root.join(tgid.to_string()).join("exe")).ok();
+    let known_binary = exe.is_some_and(|exe| {
+        policy
+            .binaries
+            .iter()
+            .any(|binary| fs::metadata(binary).is_ok_and(|b| b.dev() == exe.dev() && b.ino() == exe.ino()))
+    });
+    if !known_binary {
+        return crate::daemons::DaemonIdentity::default();
+    }
+    let owned: std::collections::HashSet<u64> = socket_fds(root, tgid)
+        .into_iter()
+        .map(|(_, inode)| inode)
+        .collect();
+    let tables = net_tables(root, tgid);
+    let mut serves: Vec<String> = tables
+        .unix
+        .iter()
+        .filter(|s| s.listening && owned.contains(&s.inode))
+        .filter_map(|s| s.path.as_deref())
+        .filter(|path| policy.unix_sockets.iter().any(|w| w.as_os_str() == *path))
+        .map(|path| format!("unix:{path}"))
+        .collect();
+    serves.extend(
+        tables
+            .tcp
+            .iter()
+            .filter(|s| s.state == TcpState::Listen && owned.contains(&s.inode))
+            .filter_map(|s| match s.local {
+                Endpoint::Tcp(_, port) if policy.tcp_ports.contains(&port) => Some(format!("tcp:{port}")),
+                _ => None,
+            }),
+    );
+    serves.sort();
+    serves.dedup();
+    crate::daemons::DaemonIdentity { known_binary, serves }
 }
 
 /// One line of /proc/net/unix.

@@ -5,9 +5,8 @@
 //! Format: JSON lines. The first is `{"recording": Header}`; each next one is
 //! `{"input": Input, "answers": [Answer, ...]}`.
 use std::{
-    fs::{File, OpenOptions},
+    fs::File,
     io::{BufRead as _, BufReader, BufWriter, Write as _},
-    os::unix::fs::OpenOptionsExt as _,
     path::Path,
 };
 
@@ -18,7 +17,7 @@ use crate::{
     config::Config, decode::RawEvent, detect::ledger::Record, existing::ExistingConnection, host::Answer,
 };
 
-pub const FORMAT_VERSION: u32 = 1;
+pub const FORMAT_VERSION: u32 = 2;
 
 /// What the run started from.
 #[derive(Debug, Clone, Serialize, Deserialize)]
@@ -39,8 +38,9 @@ pub struct Header {
 #[derive(Debug, Clone, Serialize, Deserialize)]
 #[serde(rename_all = "snake_case")]
 pub enum Input {
-    /// Load every running process (start of a run).
-    Seed,
+    /// Load every running process and find the daemons among them (start of a run, at this
+    /// boot time).
+    Seed(u64),
     Event(RawEvent),
     /// A connection a daemon already had at start, found in /proc.
     Existing {
@@ -74,13 +74,7 @@ pub struct Recorder {
 impl Recorder {
     /// Creates (or truncates) the recording, mode 0600: it holds captured API bytes.
     pub fn create(path: &Path, header: &Header) -> anyhow::Result<Self> {
-        let file = OpenOptions::new()
-            .create(true)
-            .write(true)
-            .truncate(true)
-            .mode(0o600)
-            .open(path)
-            .with_context(|| format!("cannot create recording {}", path.display()))?;
+        let file = crate::files::create_new(path).context("cannot create the recording")?;
         let mut recorder = Self {
             out: BufWriter::new(file),
         };

@@ -68,7 +68,7 @@ pub fn replay_into(
     let mut engine = Engine::new(
         ProcessTable::new(host.clone()),
         ConnectionTable::new(host),
-        Daemons::new(&config.watch.daemons, None),
+        Daemons::new(&config.watch.daemons, replay_host.clone(), None),
         Emitter::with_clock(header.host.clone(), header.run_id.clone(), header.boot_to_wall_ns),
         detector,
     );
@@ -78,7 +78,7 @@ pub fn replay_into(
         let (input, answers) = step?;
         match &input {
             Input::Event(event) => last_time = event.header().boot_ns,
-            Input::Tick(now) => last_time = *now,
+            Input::Tick(now) | Input::Seed(now) => last_time = *now,
             Input::Finish(_) => finished = true,
             _ => {}
         }

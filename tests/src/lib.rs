@@ -3,6 +3,7 @@
 //!
 //! Nothing here touches a daemon the user runs: the test dockerd has its own data-root,
 //! exec-root, pidfile and socket, and lives with the registry in a network namespace of its own.
+pub mod attacker;
 pub mod command;
 pub mod environment;
 pub mod runner;

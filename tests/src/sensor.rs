@@ -272,6 +272,16 @@ impl Sensor {
         unsafe { libc::kill(child.id() as i32, signal) };
     }
 
+    /// SIGKILL (a crash): nothing is flushed or saved; waits for the exit.
+    pub fn kill(&self) {
+        let mut child = self
+            .child
+            .lock()
+            .unwrap_or_else(std::sync::PoisonError::into_inner);
+        let _ = child.kill();
+        let _ = child.wait();
+    }
+
     /// SIGTERM, then waits for the exit (and for stdout to close).
     pub fn terminate(&self, timeout: Duration) -> Option<ExitStatus> {
         let mut child = self

@@ -84,9 +84,15 @@ fn connections_open_before_start_are_tracked() {
         .trim()
         .to_string();
 
+    // This test process is the "daemon": its binary is listed and it serves a watched port.
+    let own_exe = std::env::current_exe().expect("the test binary's path");
     let config = TempConfig::new(
         "existing",
-        &format!("[watch]\nunix_sockets = []\ntcp_ports = []\ndaemons = [\"{own_comm}\"]\n"),
+        &format!(
+            "[watch]\nunix_sockets = []\ntcp_ports = [{}]\ndaemons = [\"{own_comm}\"]\ndaemon_binaries = [\"{}\"]\n",
+            listener.local_addr().unwrap().port(),
+            own_exe.display()
+        ),
     );
     let sensor = Sensor::start(&binary, &config.path);
     let own_pid = u64::from(std::process::id());

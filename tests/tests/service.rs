@@ -197,6 +197,52 @@ fn install_keeps_an_existing_config_and_uninstall_keeps_state() {
     assert!(!config.exists() && !destdir.join("var/lib/buildwatch").exists());
 }
 
+/// With `WatchdogSec=`, systemd passes WATCHDOG_USEC; the event loop itself pings at half that
+/// period, so a stalled loop misses pings and gets restarted.
+#[test]
+fn the_event_loop_pings_the_watchdog() {
+    let Some(binary) = sensor_binary(true) else { return };
+    let scratch = Scratch::new("watchdog");
+    let socket_path = scratch.0.join("notify.sock");
+    let socket = UnixDatagram::bind(&socket_path).unwrap();
+    socket.set_read_timeout(Some(Duration::from_secs(60))).unwrap();
+    let config = TempConfig::new("watchdog", "[output]\nhealth_interval = \"1s\"\n");
+    let sensor = Sensor::start_with(
+        &binary,
+        &config.path,
+        &[],
+        &[
+            ("NOTIFY_SOCKET", socket_path.as_os_str()),
+            ("WATCHDOG_USEC", std::ffi::OsStr::new("1000000")),
+        ],
+    );
+    let mut pings = 0;
+    let mut buffer = [0u8; 512];
+    let started = std::time::Instant::now();
+    while pings < 4 {
+        let n = socket.recv(&mut buffer).expect("no notification");
+        if &buffer[..n] == b"WATCHDOG=1" {
+            pings += 1;
+        }
+    }
+    assert!(
+        started.elapsed() < Duration::from_secs(10),
+        "{:?}",
+        started.elapsed()
+    );
+    let health = sensor.wait_for(0, Duration::from_secs(10), "sensor.health", |e| {
+        kind(e) == "sensor.health"
+    });
+    assert!(
+        health["health"]["loop_stall_max_ms"].as_u64().is_some(),
+        "{health}"
+    );
+    let status = sensor
+        .terminate(Duration::from_secs(10))
+        .expect("no exit after SIGTERM");
+    assert!(status.success());
+}
+
 #[test]
 fn readiness_is_notified_after_attaching() {
     let Some(binary) = sensor_binary(true) else { return };

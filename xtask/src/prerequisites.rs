@@ -17,6 +17,9 @@ pub const TEST_PACKAGES: &[(&str, &str)] = &[
     ("tar", "tar"),
     ("curl", "curl"),
     ("systemd", "systemd-analyze"),
+    // The attack scenarios create an unprivileged user and run as it.
+    ("passwd", "useradd"),
+    ("util-linux", "setpriv"),
 ];
 
 pub fn ensure_build_tools() -> anyhow::Result<()> {

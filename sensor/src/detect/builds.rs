@@ -97,6 +97,10 @@ pub struct Build {
     /// captured).
     #[serde(skip_serializing_if = "Option::is_none")]
     pub instructions: Option<Dockerfile>,
+    /// Why a daemon-less build's Dockerfile was not read (not a regular file, not readable by
+    /// the builder's user, on a kernel file system, too large, timed out...).
+    #[serde(skip_serializing_if = "Option::is_none")]
+    pub dockerfile_unread: Option<String>,
     pub base_images: Vec<BaseImage>,
     pub steps: Vec<Step>,
     #[serde(skip_serializing_if = "is_zero")]
@@ -122,6 +126,9 @@ pub struct Build {
     /// The daemon serving the build (API builds).
     #[serde(skip)]
     pub daemon_tgid: Option<u32>,
+    /// The image store the build writes to (confirmed builds only).
+    #[serde(skip)]
+    pub store: Option<String>,
     /// The builder process (daemon-less builds).
     #[serde(skip)]
     pub builder_tgid: Option<u32>,

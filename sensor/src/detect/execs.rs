@@ -4,12 +4,13 @@ use super::{
     builds::{self, BuildState, Egress, Step},
     rules,
     views::{stable_id, Origin, Transport},
-    Detector, Half, Pending, MAX_STEP_CONNECTIONS,
+    BuilderStart, Detector, Half, Pending, MAX_STEP_CONNECTIONS,
 };
 
 const EINPROGRESS: i32 = 115;
 const ECONNREFUSED: i32 = 111;
 use crate::{
+    daemons,
     decode::{Endpoint, Header},
     docker::{api::Operation, commands},
     output::schema::ProcessView,
@@ -17,8 +18,9 @@ use crate::{
 };
 
 impl Detector {
-    /// An exec: a daemon-less builder starting, or a build step.
-    pub fn on_exec(&mut self, header: &Header, line_id: &str, process: &ProcessView) {
+    /// An exec: a daemon-less builder starting (returned, so its registry traffic can be
+    /// followed), or a build step.
+    pub fn on_exec(&mut self, header: &Header, line_id: &str, process: &ProcessView) -> Option<BuilderStart> {
         let now = header.boot_ns;
         let argv = process.argv.clone().unwrap_or_default();
         let remote_client = argv
@@ -30,13 +32,13 @@ impl Detector {
                 .is_some_and(|e| e.ends_with("podman-remote"));
         if !remote_client {
             if let Some(operation) = commands::classify(process.exe.as_deref(), &argv) {
-                self.command_operation(header, line_id, process, operation);
-                return;
+                let name = builder_name(process);
+                let store = daemons::store_of(&name, &argv, process.uid);
+                self.command_operation(header, line_id, process, operation, &store);
+                return Some(BuilderStart { name, store });
             }
         }
-        let Some(build_id) = self.build_of_step(process, now) else {
-            return;
-        };
+        let build_id = self.build_of_step(process, now)?;
         let step = Step {
             pid: process.pid,
             exe: process.exe.clone(),
@@ -45,9 +47,7 @@ impl Detector {
             container_id: process.container_id.clone(),
             evidence: line_id.to_string(),
         };
-        let Some(build) = self.builds.iter_mut().find(|b| b.id == build_id) else {
-            return;
-        };
+        let build = self.builds.iter_mut().find(|b| b.id == build_id)?;
         build.add_step(step);
         if let Some(detail) = rules::egress_command(&argv) {
             let egress = Egress {
@@ -58,6 +58,7 @@ impl Detector {
             };
             self.build_egress(&build_id, now, egress, vec![line_id.to_string()]);
         }
+        None
     }
 
     /// The open build a process runs a step of: it runs under the container runtime (or the
@@ -157,13 +158,17 @@ impl Detector {
         line_id: &str,
         process: &ProcessView,
         operation: Operation,
+        store: &str,
     ) {
+        // The builder's own store: whatever a user's builder claims, it only speaks for the
+        // images of that user's builder.
         let origin = Origin {
             transport: Transport::Exec,
             endpoint: None,
             peer: None,
             client: Some(process.clone()),
             daemon: None,
+            store: Some(store.to_string()),
         };
         let pending = Pending {
             id: stable_id(
@@ -200,4 +205,14 @@ impl Detector {
             self.finish_build(&id, now, BuildState::Finished);
         }
     }
+}
+
+/// The builder's program name (`podman`, `buildah`, `executor`).
+fn builder_name(process: &ProcessView) -> String {
+    let path = process
+        .exe
+        .as_deref()
+        .or(process.argv.as_ref().and_then(|a| a.first()).map(String::as_str))
+        .unwrap_or(&process.comm);
+    path.rsplit('/').next().unwrap_or(path).to_string()
 }

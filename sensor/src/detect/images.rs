@@ -23,6 +23,8 @@ pub const SIDE_LOAD_WAIT_NS: u64 = 2_000_000_000;
 pub struct Transfer {
     /// The operation's id.
     pub id: String,
+    /// The daemon's image store (confirmed transfers only record anything).
+    pub store: Option<String>,
     pub source: Source,
     pub start_ns: u64,
     pub conn_ids: Vec<u64>,
@@ -70,7 +72,13 @@ pub fn served_by_dockerd(origin: &Origin) -> bool {
 impl Detector {
     /// Images a Docker build wrote: those created between its request and its end. Recorded
     /// by id; returns the ids for the `build` line.
-    pub(super) fn record_build_images(&mut self, build_id: &str, start_ns: u64, now: u64) -> Vec<String> {
+    pub(super) fn record_build_images(
+        &mut self,
+        store: &str,
+        build_id: &str,
+        start_ns: u64,
+        now: u64,
+    ) -> Vec<String> {
         let window = (i128::from(start_ns) - CREATED_SLACK_NS)..=(i128::from(now) + CREATED_SLACK_NS);
         let wall = self.wall_ns(now);
         let mut ids = Vec::new();
@@ -79,7 +87,7 @@ impl Detector {
                 continue;
             }
             self.ledger
-                .record_image_id(&image.id, Source::Build, wall, Some(build_id.to_string()));
+                .record_image_id(store, &image.id, Source::Build, wall, Some(build_id.to_string()));
             ids.push(image.id);
         }
         ids
@@ -139,6 +147,7 @@ impl Detector {
         }
         self.transfers.push(Transfer {
             id: id.clone(),
+            store: side_load.view.store().map(String::from),
             source,
             start_ns,
             conn_ids,
@@ -170,7 +179,7 @@ impl Detector {
         for image in self.host.images_written(transfer.start_ns, now) {
             let names: Vec<ImageRef> = image.names.iter().filter_map(|n| ImageRef::parse(n)).collect();
             // The same content a registry served (a re-load rewrites the config file): pulled.
-            if image.registry_digest || self.pulled_meanwhile(&names, since) {
+            if image.registry_digest || self.pulled_meanwhile(transfer.store.as_deref(), &names, since) {
                 continue;
             }
             if let Some(side_load) = &mut side_load {
@@ -185,11 +194,18 @@ impl Detector {
                     }
                 }
             }
-            self.ledger
-                .record_image_id(&image.id, transfer.source, wall, Some(transfer.id.clone()));
-            for name in &names {
-                self.ledger
-                    .record(name, transfer.source, wall, Some(image.id.clone()));
+            if let Some(store) = &transfer.store {
+                self.ledger.record_image_id(
+                    store,
+                    &image.id,
+                    transfer.source,
+                    wall,
+                    Some(transfer.id.clone()),
+                );
+                for name in &names {
+                    self.ledger
+                        .record(store, name, transfer.source, wall, Some(image.id.clone()));
+                }
             }
             tracing::debug!(operation = %transfer.id, image = %image.id, names = ?image.names, "image entered the store");
         }
@@ -198,11 +214,14 @@ impl Detector {
         }
     }
 
-    fn pulled_meanwhile(&self, names: &[ImageRef], since_wall_ns: i128) -> bool {
+    fn pulled_meanwhile(&self, store: Option<&str>, names: &[ImageRef], since_wall_ns: i128) -> bool {
         let allow = &self.settings.allow;
+        let Some(store) = store else { return false };
         names.iter().any(|name| {
             self.ledger
-                .pulled_since(&name.repository(), since_wall_ns, &|r| allow.trusts_registry(r))
+                .pulled_since(store, &name.repository(), since_wall_ns, &|r| {
+                    allow.trusts_registry(r)
+                })
         })
     }
 

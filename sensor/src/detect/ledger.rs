@@ -4,8 +4,6 @@
 use std::{
     collections::VecDeque,
     fs,
-    io::Write as _,
-    os::unix::fs::{DirBuilderExt as _, OpenOptionsExt as _},
     path::{Path, PathBuf},
 };
 
@@ -15,7 +13,9 @@ use serde::{Deserialize, Serialize};
 use crate::docker::reference::ImageRef;
 
 const FILE_NAME: &str = "ledger.json";
-const FORMAT_VERSION: u32 = 1;
+const FORMAT_VERSION: u32 = 2;
+/// Version 1 had no stores: its records were all dockerd's, at its default data root.
+const V1_STORE: &str = "docker:/var/lib/docker";
 /// How deep `tag` records are followed back to their source.
 const MAX_TAG_DEPTH: usize = 8;
 
@@ -42,6 +42,10 @@ impl Source {
 
 #[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize)]
 pub struct Record {
+    /// The image store it happened in (`docker:/var/lib/docker`, `podman:uid-1000`): one
+    /// daemon's history never speaks for another's.
+    #[serde(default)]
+    pub store: String,
     /// Normalised reference (`docker.io/library/alpine:latest`), or an image id
     /// (`sha256:<64 hex>`) for the images a build, load or import wrote.
     pub reference: String,
@@ -73,8 +77,19 @@ pub struct Provenance {
 pub struct Ledger {
     records: VecDeque<Record>,
     max_records: usize,
-    path: Option<PathBuf>,
     dirty: bool,
+    /// Writes the file off the event loop.
+    persister: Option<persist::Persister>,
+    /// When a corrupt ledger was moved aside (Unix ns): pulls before it are unknown.
+    reset_ns: Option<i128>,
+}
+
+/// What opening the ledger found wrong, for a `sensor.warning` line.
+#[derive(Debug, Clone, Serialize)]
+pub struct OpenWarning {
+    pub message: String,
+    /// Where the unreadable file went.
+    pub moved_to: Option<String>,
 }
 
 impl Ledger {
@@ -82,48 +97,65 @@ impl Ledger {
         Self {
             records: VecDeque::new(),
             max_records,
-            path: None,
             dirty: false,
+            persister: None,
+            reset_ns: None,
         }
     }
 
-    /// Opens the ledger kept in `state_dir` (created 0700 when missing). An unreadable or
-    /// corrupt file is an error: starting empty would silently forget every pull.
-    pub fn open(state_dir: &Path, max_records: usize) -> anyhow::Result<Self> {
-        fs::DirBuilder::new()
-            .recursive(true)
-            .mode(0o700)
-            .create(state_dir)
-            .with_context(|| format!("cannot create state directory {}", state_dir.display()))?;
+    /// Opens the ledger kept in `state_dir` (created 0700 when missing). A corrupt or unreadable
+    /// file is moved aside and the ledger starts empty: a sensor that refused to start would be
+    /// blind until someone acted. The warning says so, and detections within `lookback` of the
+    /// reset mention it.
+    pub fn open(state_dir: &Path, max_records: usize) -> anyhow::Result<(Self, Option<OpenWarning>)> {
+        crate::files::ensure_private_dir(state_dir)
+            .with_context(|| format!("state directory {}", state_dir.display()))?;
         let path = state_dir.join(FILE_NAME);
         let mut ledger = Self {
-            path: Some(path.clone()),
+            persister: Some(persist::Persister::spawn(path.clone())?),
             ..Self::in_memory(max_records)
         };
-        match fs::read(&path) {
-            Ok(bytes) => {
-                let file: LedgerFile = serde_json::from_slice(&bytes).with_context(|| {
-                    format!(
-                        "image ledger {} is corrupt (move it away to start a new one)",
-                        path.display()
-                    )
-                })?;
-                if file.version != FORMAT_VERSION {
-                    anyhow::bail!(
-                        "image ledger {} has format version {}, this buildwatch reads {FORMAT_VERSION}",
-                        path.display(),
-                        file.version
-                    );
-                }
-                ledger.records = file.records.into();
+        let loaded = match crate::saferead::read_checked(None, &path, MAX_FILE_BYTES) {
+            Ok(bytes) => parse_file(&bytes),
+            Err(crate::saferead::Refusal::Open { reason, .. }) if reason.contains("No such file") => {
+                Ok(Vec::new())
+            }
+            Err(refusal) => Err(refusal.to_string()),
+        };
+        let warning = match loaded {
+            Ok(records) => {
+                ledger.records = records.into();
                 ledger.trim();
+                None
             }
-            Err(err) if err.kind() == std::io::ErrorKind::NotFound => {}
-            Err(err) => {
-                return Err(err).with_context(|| format!("cannot read image ledger {}", path.display()))
+            Err(why) => {
+                let now = crate::procfs::clock_ns(libc::CLOCK_REALTIME);
+                let aside = PathBuf::from(format!("{}.corrupt-{}", path.display(), now / 1_000_000_000));
+                let moved_to = fs::rename(&path, &aside)
+                    .ok()
+                    .map(|()| aside.display().to_string());
+                ledger.reset_ns = Some(now);
+                ledger.dirty = true;
+                Some(OpenWarning {
+                    message: format!(
+                        "image ledger {} was unreadable ({why}); starting with an empty ledger: pulls before now are unknown",
+                        path.display()
+                    ),
+                    moved_to,
+                })
             }
-        }
-        Ok(ledger)
+        };
+        Ok((ledger, warning))
+    }
+
+    /// When the ledger was reset (a corrupt file moved aside), Unix ns.
+    pub fn reset_ns(&self) -> Option<i128> {
+        self.reset_ns
+    }
+
+    /// Failed writes since start (retried until one succeeds).
+    pub fn write_errors(&self) -> u64 {
+        self.persister.as_ref().map_or(0, persist::Persister::errors)
     }
 
     pub fn len(&self) -> usize {
@@ -142,17 +174,32 @@ impl Ledger {
         ledger
     }
 
-    pub fn record(&mut self, image: &ImageRef, source: Source, time_ns: i128, via: Option<String>) {
-        self.push(image.to_string(), image.repository(), source, time_ns, via);
+    pub fn record(
+        &mut self,
+        store: &str,
+        image: &ImageRef,
+        source: Source,
+        time_ns: i128,
+        via: Option<String>,
+    ) {
+        self.push(store, image.to_string(), image.repository(), source, time_ns, via);
     }
 
     /// An image a build, load or import wrote, by its id (`sha256:<hex>`): runs by id find it.
-    pub fn record_image_id(&mut self, id: &str, source: Source, time_ns: i128, via: Option<String>) {
-        self.push(id.to_string(), String::new(), source, time_ns, via);
+    pub fn record_image_id(
+        &mut self,
+        store: &str,
+        id: &str,
+        source: Source,
+        time_ns: i128,
+        via: Option<String>,
+    ) {
+        self.push(store, id.to_string(), String::new(), source, time_ns, via);
     }
 
     fn push(
         &mut self,
+        store: &str,
         reference: String,
         repository: String,
         source: Source,
@@ -160,6 +207,7 @@ impl Ledger {
         via: Option<String>,
     ) {
         self.records.push_back(Record {
+            store: store.to_string(),
             reference,
             repository,
             source,
@@ -178,9 +226,16 @@ impl Ledger {
 
     /// Whether `repository` was pulled from a registry at or after `since_ns`, from one of
     /// `trusted` registries when that list is not empty.
-    pub fn pulled_since(&self, repository: &str, since_ns: i128, trusted: &dyn Fn(&str) -> bool) -> bool {
+    pub fn pulled_since(
+        &self,
+        store: &str,
+        repository: &str,
+        since_ns: i128,
+        trusted: &dyn Fn(&str) -> bool,
+    ) -> bool {
         self.records.iter().any(|r| {
-            r.repository == repository
+            r.store == store
+                && r.repository == repository
                 && r.source.is_registry()
                 && r.time_ns >= since_ns
                 && trusted(registry_of(&r.repository))
@@ -188,25 +243,30 @@ impl Ledger {
     }
 
     /// The provenance of one reference, following tags back to their sources.
-    pub fn provenance(&self, image: &ImageRef, trusted: &dyn Fn(&str) -> bool) -> Provenance {
-        self.provenance_from(image.to_string(), trusted)
+    pub fn provenance(&self, store: &str, image: &ImageRef, trusted: &dyn Fn(&str) -> bool) -> Provenance {
+        self.provenance_from(store, image.to_string(), trusted)
     }
 
     /// The full id (`sha256:<64 hex>`) the ledger knows for an id or id prefix, with its
     /// provenance; `None` when no recorded image has that id.
-    pub fn provenance_of_id(&self, id: &str, trusted: &dyn Fn(&str) -> bool) -> Option<(String, Provenance)> {
+    pub fn provenance_of_id(
+        &self,
+        store: &str,
+        id: &str,
+        trusted: &dyn Fn(&str) -> bool,
+    ) -> Option<(String, Provenance)> {
         let full = self
             .records
             .iter()
             .rev()
-            .find(|r| same_image(&r.reference, id))?
+            .find(|r| r.store == store && same_image(&r.reference, id))?
             .reference
             .clone();
-        let provenance = self.provenance_from(full.clone(), trusted);
+        let provenance = self.provenance_from(store, full.clone(), trusted);
         Some((full, provenance))
     }
 
-    fn provenance_from(&self, start: String, trusted: &dyn Fn(&str) -> bool) -> Provenance {
+    fn provenance_from(&self, store: &str, start: String, trusted: &dyn Fn(&str) -> bool) -> Provenance {
         let mut provenance = Provenance::default();
         let mut wanted = vec![start];
         let mut seen = Vec::new();
@@ -218,7 +278,7 @@ impl Ledger {
             for record in self
                 .records
                 .iter()
-                .filter(|r| same_image(&r.reference, &reference))
+                .filter(|r| r.store == store && same_image(&r.reference, &reference))
             {
                 match record.source {
                     source if source.is_registry() => {
@@ -237,9 +297,10 @@ impl Ledger {
         provenance
     }
 
-    /// Writes the ledger when it changed since the last write.
+    /// Hands the ledger to the writer thread when it changed since the last hand-over (atomic
+    /// replace with fsync of the file and its directory; failures are counted and retried).
     pub fn persist(&mut self) -> anyhow::Result<()> {
-        let Some(path) = &self.path else {
+        let Some(persister) = &self.persister else {
             return Ok(());
         };
         if !self.dirty {
@@ -250,20 +311,165 @@ impl Ledger {
             records: self.records.iter().cloned().collect(),
         };
         let bytes = serde_json::to_vec(&file).context("serializing the image ledger")?;
-        let temp = path.with_extension("json.tmp");
-        let mut out = fs::OpenOptions::new()
-            .create(true)
-            .write(true)
-            .truncate(true)
-            .mode(0o600)
-            .open(&temp)
-            .with_context(|| format!("cannot write {}", temp.display()))?;
-        out.write_all(&bytes)
-            .and_then(|()| out.sync_all())
-            .with_context(|| format!("cannot write {}", temp.display()))?;
-        fs::rename(&temp, path).with_context(|| format!("cannot replace {}", path.display()))?;
+        persister.write(bytes);
         self.dirty = false;
         Ok(())
+    }
+
+    /// Waits until everything handed over is on disk (or failed); at shutdown.
+    pub fn sync(&mut self) -> anyhow::Result<()> {
+        self.persist()?;
+        if let Some(persister) = &self.persister {
+            persister.wait_idle();
+        }
+        Ok(())
+    }
+}
+
+/// Largest ledger file read (a 100,000-record ledger is about 20 MB).
+const MAX_FILE_BYTES: u64 = 256 << 20;
+
+fn parse_file(bytes: &[u8]) -> Result<Vec<Record>, String> {
+    let file: LedgerFile = serde_json::from_slice(bytes).map_err(|err| format!("not a ledger: {err}"))?;
+    match file.version {
+        FORMAT_VERSION => Ok(file.records),
+        1 => Ok(file
+            .records
+            .into_iter()
+            .map(|record| Record {
+                store: V1_STORE.to_string(),
+                ..record
+            })
+            .collect()),
+        other => Err(format!(
+            "format version {other}, this buildwatch reads {FORMAT_VERSION}"
+        )),
+    }
+}
+
+mod persist {
+    //! The ledger's writer thread: the latest snapshot wins, each write is a new file (O_EXCL,
+    //! O_NOFOLLOW, 0600) fsynced and renamed over the old one, then the directory is fsynced.
+    use std::{
+        path::PathBuf,
+        sync::{
+            atomic::{AtomicU64, Ordering},
+            Arc, Condvar, Mutex,
+        },
+        time::Duration,
+    };
+
+    use anyhow::Context as _;
+
+    const RETRY: Duration = Duration::from_secs(1);
+
+    #[derive(Default)]
+    struct State {
+        latest: Option<Vec<u8>>,
+        busy: bool,
+        closed: bool,
+    }
+
+    pub struct Persister {
+        shared: Arc<(Mutex<State>, Condvar)>,
+        errors: Arc<AtomicU64>,
+        thread: Option<std::thread::JoinHandle<()>>,
+    }
+
+    impl Persister {
+        pub fn spawn(path: PathBuf) -> anyhow::Result<Self> {
+            let shared = Arc::new((Mutex::new(State::default()), Condvar::new()));
+            let errors = Arc::new(AtomicU64::new(0));
+            let (state, counter) = (Arc::clone(&shared), Arc::clone(&errors));
+            let thread = std::thread::Builder::new()
+                .name("buildwatch-ledger".into())
+                .spawn(move || run(&path, &state, &counter))
+                .context("cannot start the ledger writer thread")?;
+            Ok(Self {
+                shared,
+                errors,
+                thread: Some(thread),
+            })
+        }
+
+        pub fn write(&self, bytes: Vec<u8>) {
+            let (lock, wake) = &*self.shared;
+            lock.lock()
+                .unwrap_or_else(std::sync::PoisonError::into_inner)
+                .latest = Some(bytes);
+            wake.notify_all();
+        }
+
+        pub fn errors(&self) -> u64 {
+            self.errors.load(Ordering::Relaxed)
+        }
+
+        /// Waits (at most a few seconds) until nothing is pending.
+        pub fn wait_idle(&self) {
+            let (lock, wake) = &*self.shared;
+            let deadline = std::time::Instant::now() + Duration::from_secs(5);
+            let mut state = lock.lock().unwrap_or_else(std::sync::PoisonError::into_inner);
+            while state.latest.is_some() || state.busy {
+                let now = std::time::Instant::now();
+                if now >= deadline {
+                    return;
+                }
+                state = wake
+                    .wait_timeout(state, deadline - now)
+                    .unwrap_or_else(std::sync::PoisonError::into_inner)
+                    .0;
+            }
+        }
+    }
+
+    impl Drop for Persister {
+        fn drop(&mut self) {
+            let (lock, wake) = &*self.shared;
+            lock.lock()
+                .unwrap_or_else(std::sync::PoisonError::into_inner)
+                .closed = true;
+            wake.notify_all();
+            if let Some(thread) = self.thread.take() {
+                let _ = thread.join();
+            }
+        }
+    }
+
+    fn run(path: &std::path::Path, shared: &(Mutex<State>, Condvar), errors: &AtomicU64) {
+        let (lock, wake) = shared;
+        loop {
+            let bytes = {
+                let mut state = lock.lock().unwrap_or_else(std::sync::PoisonError::into_inner);
+                while state.latest.is_none() && !state.closed {
+                    state = wake
+                        .wait(state)
+                        .unwrap_or_else(std::sync::PoisonError::into_inner);
+                }
+                match state.latest.take() {
+                    Some(bytes) => {
+                        state.busy = true;
+                        bytes
+                    }
+                    None => return,
+                }
+            };
+            let result = crate::files::replace_atomically(path, &bytes);
+            let mut state = lock.lock().unwrap_or_else(std::sync::PoisonError::into_inner);
+            state.busy = false;
+            if let Err(err) = result {
+                if errors.fetch_add(1, Ordering::Relaxed) == 0 {
+                    tracing::warn!("cannot save the image ledger (retrying every second): {err:#}");
+                }
+                // Retry with these bytes unless newer ones arrived meanwhile.
+                if state.latest.is_none() && !state.closed {
+                    state.latest = Some(bytes);
+                    drop(state);
+                    std::thread::sleep(RETRY);
+                    continue;
+                }
+            }
+            wake.notify_all();
+        }
     }
 }
 
@@ -290,78 +496,108 @@ mod tests {
     }
 
     const ANY: &dyn Fn(&str) -> bool = &|_| true;
+    const S: &str = "docker:/var/lib/docker";
+
+    #[test]
+    fn one_stores_pull_never_excuses_another() {
+        let mut ledger = Ledger::in_memory(10);
+        ledger.record("podman:uid-1000", &image("app:1"), Source::Pull, 100, None);
+        assert!(!ledger.pulled_since(S, "docker.io/library/app", 0, ANY));
+        assert!(ledger.pulled_since("podman:uid-1000", "docker.io/library/app", 0, ANY));
+        assert!(!ledger.provenance(S, &image("app:1"), ANY).pulled);
+    }
 
     #[test]
     fn pulls_within_the_window() {
         let mut ledger = Ledger::in_memory(10);
-        ledger.record(&image("app:1"), Source::Pull, 100, Some("docker.io".into()));
-        ledger.record(&image("evil:1"), Source::Build, 150, None);
-        assert!(ledger.pulled_since("docker.io/library/app", 50, ANY));
-        assert!(!ledger.pulled_since("docker.io/library/app", 101, ANY));
-        assert!(!ledger.pulled_since("docker.io/library/evil", 0, ANY));
-        assert!(!ledger.pulled_since("docker.io/library/app", 0, &|r| r == "127.0.0.1:5000"));
+        ledger.record(S, &image("app:1"), Source::Pull, 100, Some("docker.io".into()));
+        ledger.record(S, &image("evil:1"), Source::Build, 150, None);
+        assert!(ledger.pulled_since(S, "docker.io/library/app", 50, ANY));
+        assert!(!ledger.pulled_since(S, "docker.io/library/app", 101, ANY));
+        assert!(!ledger.pulled_since(S, "docker.io/library/evil", 0, ANY));
+        assert!(!ledger.pulled_since(S, "docker.io/library/app", 0, &|r| r == "127.0.0.1:5000"));
     }
 
     #[test]
     fn provenance_follows_tags() {
         let mut ledger = Ledger::in_memory(10);
-        ledger.record(&image("evil:1"), Source::Build, 1, None);
+        ledger.record(S, &image("evil:1"), Source::Build, 1, None);
         ledger.record(
+            S,
             &image("nice:2"),
             Source::Tag,
             2,
             Some(image("evil:1").to_string()),
         );
-        ledger.record(&image("alpine"), Source::Pull, 3, None);
-        let tagged = ledger.provenance(&image("nice:2"), ANY);
+        ledger.record(S, &image("alpine"), Source::Pull, 3, None);
+        let tagged = ledger.provenance(S, &image("nice:2"), ANY);
         assert_eq!(tagged.origins, [Source::Build]);
         assert!(!tagged.pulled);
-        assert!(ledger.provenance(&image("alpine:latest"), ANY).pulled);
-        assert_eq!(ledger.provenance(&image("unknown"), ANY), Provenance::default());
+        assert!(ledger.provenance(S, &image("alpine:latest"), ANY).pulled);
+        assert_eq!(
+            ledger.provenance(S, &image("unknown"), ANY),
+            Provenance::default()
+        );
     }
 
     #[test]
     fn built_image_ids_are_found_by_prefix_and_through_tags() {
         let mut ledger = Ledger::in_memory(10);
         let full = format!("sha256:{}", "ab12".repeat(16));
-        ledger.record_image_id(&full, Source::Build, 1, Some("build-1".into()));
-        let (id, provenance) = ledger.provenance_of_id("sha256:ab12ab12ab12", ANY).unwrap();
+        ledger.record_image_id(S, &full, Source::Build, 1, Some("build-1".into()));
+        let (id, provenance) = ledger.provenance_of_id(S, "sha256:ab12ab12ab12", ANY).unwrap();
         assert_eq!(id, full);
         assert_eq!(provenance.origins, [Source::Build]);
-        assert!(ledger.provenance_of_id("sha256:cd34cd34cd34", ANY).is_none());
+        assert!(ledger.provenance_of_id(S, "sha256:cd34cd34cd34", ANY).is_none());
         // `docker tag <id> innocent:1`
         ledger.record(
+            S,
             &image("innocent:1"),
             Source::Tag,
             2,
             Some("sha256:ab12ab12ab12ab12".into()),
         );
         assert_eq!(
-            ledger.provenance(&image("innocent:1"), ANY).origins,
+            ledger.provenance(S, &image("innocent:1"), ANY).origins,
             [Source::Build]
         );
         // An id is never a repository that was pulled.
-        assert!(!ledger.pulled_since("", 0, ANY));
+        assert!(!ledger.pulled_since(S, "", 0, ANY));
     }
 
     #[test]
-    fn bounded_and_persisted() {
+    fn bounded_persisted_and_reset_when_corrupt() {
         let dir = std::env::temp_dir().join(format!("bw-ledger-{}", std::process::id()));
         let _ = fs::remove_dir_all(&dir);
         {
-            let mut ledger = Ledger::open(&dir, 2).unwrap();
+            let (mut ledger, warning) = Ledger::open(&dir, 2).unwrap();
+            assert!(warning.is_none());
             for (i, name) in ["a", "b", "c"].iter().enumerate() {
-                ledger.record(&image(name), Source::Pull, i as i128, None);
+                ledger.record(S, &image(name), Source::Pull, i as i128, None);
             }
-            ledger.persist().unwrap();
+            ledger.sync().unwrap();
         }
-        let ledger = Ledger::open(&dir, 2).unwrap();
+        let (ledger, _) = Ledger::open(&dir, 2).unwrap();
         assert_eq!(ledger.len(), 2);
-        assert!(!ledger.pulled_since("docker.io/library/a", 0, ANY));
-        assert!(ledger.pulled_since("docker.io/library/c", 0, ANY));
+        assert!(!ledger.pulled_since(S, "docker.io/library/a", 0, ANY));
+        assert!(ledger.pulled_since(S, "docker.io/library/c", 0, ANY));
+        drop(ledger);
         fs::write(dir.join(FILE_NAME), b"{not json").unwrap();
-        let err = Ledger::open(&dir, 2).err().unwrap();
-        assert!(format!("{err:#}").contains("corrupt"), "{err:#}");
+        let (ledger, warning) = Ledger::open(&dir, 2).unwrap();
+        let warning = warning.expect("a corrupt ledger is reported");
+        assert!(warning.message.contains("unreadable"), "{}", warning.message);
+        let aside = warning.moved_to.expect("moved aside");
+        assert!(aside.contains("ledger.json.corrupt-"), "{aside}");
+        assert_eq!(fs::read(&aside).unwrap(), b"{not json");
+        assert_eq!(ledger.len(), 0);
+        assert!(ledger.reset_ns().is_some());
         fs::remove_dir_all(&dir).unwrap();
+    }
+
+    #[test]
+    fn version_1_ledgers_belong_to_the_default_docker_store() {
+        let v1 = br#"{"version":1,"records":[{"reference":"docker.io/library/a:1","repository":"docker.io/library/a","source":"pull","time_ns":5}]}"#;
+        let records = parse_file(v1).unwrap();
+        assert_eq!(records[0].store, V1_STORE);
     }
 }

@@ -11,6 +11,7 @@ pub mod builds;
 mod execs;
 mod images;
 pub mod ledger;
+mod pulls;
 pub mod rules;
 mod traffic;
 pub mod views;
@@ -80,6 +81,12 @@ pub struct Settings {
     pub boot_to_wall_ns: i128,
 }
 
+/// A daemon-less builder that started: its own registry traffic is to be followed.
+pub struct BuilderStart {
+    pub name: String,
+    pub store: String,
+}
+
 /// What correlation produced, for the engine to write as lines.
 #[derive(Debug, Serialize)]
 #[serde(untagged)]
@@ -125,6 +132,8 @@ pub struct DataInput<'a> {
     pub total_len: u32,
     /// The process: for client connections as described at connect time (exe, argv, ancestry).
     pub process: ProcessView,
+    /// The image store of the trusted daemon on this connection's daemon side.
+    pub daemon_store: Option<&'a str>,
 }
 
 #[derive(Debug, Default, Clone, Serialize)]
@@ -214,6 +223,7 @@ pub struct Detector {
     reported: VecDeque<Reported>,
     findings: Vec<(u64, Finding)>,
     stats: DetectStats,
+    pulls: pulls::Pulls,
 }
 
 impl Detector {
@@ -233,6 +243,7 @@ impl Detector {
             reported: VecDeque::new(),
             findings: Vec::new(),
             stats: DetectStats::default(),
+            pulls: pulls::Pulls::default(),
         }
     }
 
@@ -246,6 +257,7 @@ impl Detector {
     pub fn has_timed_work(&self) -> bool {
         !self.pending.is_empty()
             || !self.builds.is_empty()
+            || self.pulls.is_waiting()
             || self.transfers.iter().any(|t| t.side_load.is_some())
     }
 
@@ -264,6 +276,15 @@ impl Detector {
 
     pub fn persist(&mut self) -> anyhow::Result<()> {
         self.ledger.persist()
+    }
+
+    /// Saves the ledger and waits until it is on disk (at shutdown).
+    pub fn sync_ledger(&mut self) -> anyhow::Result<()> {
+        self.ledger.sync()
+    }
+
+    pub fn ledger_write_errors(&self) -> u64 {
+        self.ledger.write_errors()
     }
 
     fn wall_ns(&self, boot_ns: u64) -> i128 {
@@ -317,6 +338,52 @@ impl Detector {
             self.finish_build(&id, now, BuildState::Unfinished);
         }
         self.report_overdue_side_loads(now);
+        self.confirm_pulls(now);
+    }
+
+    /// Records the pulls whose daemon contacted their registry.
+    fn confirm_pulls(&mut self, now: u64) {
+        for pull in self.pulls.confirmed(now) {
+            let registry = pull.image.registry.clone();
+            self.ledger.record(
+                &pull.store,
+                &pull.image,
+                Source::Pull,
+                pull.wall_ns,
+                Some(registry),
+            );
+        }
+    }
+
+    /// A process took a daemon's name without being one of its binaries (T1036.005).
+    pub fn on_impersonation(&mut self, now: u64, name: &str, process: &ProcessView, exec_line: Option<&str>) {
+        let verdict = rules::daemon_impersonation(name, process);
+        let origin = Origin {
+            transport: Transport::Exec,
+            endpoint: None,
+            peer: None,
+            client: Some(process.clone()),
+            daemon: None,
+            store: None,
+        };
+        let evidence = exec_line.map(String::from).into_iter().collect();
+        let allowed = self
+            .settings
+            .allow
+            .origin(&origin, &|id| self.host.container_image(id));
+        self.report(now, verdict, Subject::Api(Box::new(origin)), evidence, allowed);
+    }
+
+    /// Why detections now may lack history: the ledger was reset within the lookback window.
+    fn reset_reason(&self, at: u64) -> Option<String> {
+        let reset = self.ledger.reset_ns()?;
+        let wall = self.wall_ns(at);
+        (wall >= reset && wall - reset <= i128::from(self.settings.lookback_ns)).then(|| {
+            format!(
+                "the image ledger was reset {} s before (unreadable file moved aside): earlier pulls are unknown",
+                (wall - reset) / 1_000_000_000
+            )
+        })
     }
 
     /// Reports everything still waiting and closes open builds (the sensor is stopping).
@@ -369,6 +436,8 @@ impl Detector {
             conn_ids.push(half.conn_id);
         }
         conn_ids.retain(|c| *c != 0);
+        let confirmed = pending.origin.store.is_some()
+            && (pending.daemon.is_some() || pending.origin.transport == Transport::Exec);
         let view = OperationView {
             id: pending.id.clone(),
             operation: pending.operation.clone(),
@@ -377,9 +446,13 @@ impl Detector {
             path: pending.request.as_ref().map(ApiRequest::route),
             api_version: pending.request.as_ref().and_then(|r| r.version.clone()),
             origin: pending.origin.clone(),
+            confirmed,
             evidence: evidence.clone(),
         };
         *self.stats.operations.entry(pending.operation.name()).or_default() += 1;
+        // Only what a trusted daemon (or a builder's own command line) showed changes the
+        // ledger; a client's write alone is anyone's to forge.
+        let store = view.store().map(String::from);
         self.findings.push((
             now,
             Finding::Operation {
@@ -395,12 +468,30 @@ impl Detector {
                 self.open_build(at, now, &view, builder, params, body, conn_ids, evidence);
             }
             Operation::Pull { image } => {
-                self.ledger
-                    .record(&image, Source::Pull, wall, Some(image.registry.clone()));
+                let Some(store) = store else { return };
+                match (pending.origin.transport, pending.origin.daemon.as_ref()) {
+                    // A builder's own command line: its registry fetch follows under its pid.
+                    (Transport::Exec, _) => {
+                        self.ledger
+                            .record(&store, &image, Source::Pull, wall, Some(image.registry.clone()));
+                    }
+                    (_, Some(daemon)) => {
+                        self.pulls.wait(pulls::WaitingPull {
+                            daemon_tgid: daemon.pid,
+                            store,
+                            image,
+                            wall_ns: wall,
+                            first_ns: at,
+                        });
+                        self.confirm_pulls(now);
+                    }
+                    _ => {}
+                }
             }
             Operation::Import { image, source } => {
-                if let Some(image) = &image {
-                    self.ledger.record(image, Source::Import, wall, Some(source));
+                if let (Some(image), Some(store)) = (&image, &store) {
+                    self.ledger
+                        .record(store, image, Source::Import, wall, Some(source));
                 }
                 let names: Vec<String> = image.iter().map(ToString::to_string).collect();
                 let side_load = images::SideLoad::new(view, "imported", names, evidence, at);
@@ -412,8 +503,10 @@ impl Detector {
                     .as_ref()
                     .map(|(bytes, _)| loaded_images(bytes))
                     .unwrap_or_default();
-                for image in &loaded {
-                    self.ledger.record(image, Source::Load, wall, None);
+                if let Some(store) = &store {
+                    for image in &loaded {
+                        self.ledger.record(store, image, Source::Load, wall, None);
+                    }
                 }
                 let names: Vec<String> = loaded.iter().map(ToString::to_string).collect();
                 let side_load = images::SideLoad::new(view, "loaded", names, evidence, at);
@@ -424,24 +517,31 @@ impl Detector {
                     .map(|s| s.to_string())
                     .or_else(|| reference::image_id(&source))
                     .unwrap_or(source);
-                self.ledger.record(&target, Source::Tag, wall, Some(via));
+                if let Some(store) = &store {
+                    self.ledger.record(store, &target, Source::Tag, wall, Some(via));
+                }
             }
             Operation::Commit {
                 image: Some(image),
                 container,
             } => {
-                self.ledger.record(&image, Source::Commit, wall, Some(container));
+                if let Some(store) = &store {
+                    self.ledger
+                        .record(store, &image, Source::Commit, wall, Some(container));
+                }
             }
             Operation::ContainerCreate(params) => {
-                let Some(requested) = params.image.as_deref() else {
+                let (Some(requested), Some(store)) = (params.image.as_deref(), store.as_deref()) else {
                     return;
                 };
                 let allow = &self.settings.allow;
                 let trusted = |r: &str| allow.trusts_registry(r);
                 // `docker run <id>` of an untagged build names the image only by its id.
                 let found = match (ImageRef::parse(requested), reference::image_id(requested)) {
-                    (Some(image), _) => Some((image.to_string(), self.ledger.provenance(&image, &trusted))),
-                    (None, Some(id)) => self.ledger.provenance_of_id(&id, &trusted),
+                    (Some(image), _) => {
+                        Some((image.to_string(), self.ledger.provenance(store, &image, &trusted)))
+                    }
+                    (None, Some(id)) => self.ledger.provenance_of_id(store, &id, &trusted),
                     (None, None) => None,
                 };
                 let Some((image, provenance)) = found else {
@@ -460,7 +560,8 @@ impl Detector {
                             .unwrap_or_default()
                     })
                     .collect();
-                let verdict = rules::run_of_unpulled_image(&view.origin, &image, &origins, &params);
+                let mut verdict = rules::run_of_unpulled_image(&view.origin, &image, &origins, &params);
+                verdict.reasons.extend(self.reset_reason(at));
                 self.report_operation(now, verdict, view, evidence);
             }
             Operation::ContainerStart { container } | Operation::Exec { container, .. } => {
@@ -486,13 +587,21 @@ impl Detector {
         evidence: Vec<String>,
     ) {
         let id = build_id_of(&view.id);
-        let instructions = match (&body, &params.context_dir) {
-            (Some((bytes, _)), _) => dockerfile::from_context(bytes, params.dockerfile.as_deref()),
-            (None, Some(context)) => {
-                let cwd = view.origin.client.as_ref().and_then(|c| c.cwd.as_deref());
-                self.host.dockerfile(cwd, context, params.dockerfile.as_deref())
+        let (instructions, dockerfile_unread) = match (&body, &params.context_dir, &view.origin.client) {
+            (Some((bytes, _)), _, _) => (
+                dockerfile::from_context(bytes, params.dockerfile.as_deref()),
+                None,
+            ),
+            (None, Some(context), Some(client)) => {
+                match self
+                    .host
+                    .dockerfile(client, context, params.dockerfile.as_deref())
+                {
+                    Ok(found) => (Some(found), None),
+                    Err(why) => (None, Some(why)),
+                }
             }
-            (None, None) => None,
+            _ => (None, None),
         };
         let mut build = Build {
             id: id.clone(),
@@ -501,6 +610,7 @@ impl Detector {
             origin: view.origin.clone(),
             params,
             instructions,
+            dockerfile_unread,
             base_images: Vec::new(),
             steps: Vec::new(),
             steps_dropped: 0,
@@ -514,6 +624,7 @@ impl Detector {
             evidence: evidence.clone(),
             start_ns: at,
             daemon_tgid: view.origin.daemon.as_ref().map(|d| d.pid),
+            store: view.store().map(String::from),
             builder_tgid: (view.origin.transport == Transport::Exec)
                 .then(|| view.origin.client.as_ref().map(|c| c.pid))
                 .flatten(),
@@ -544,12 +655,14 @@ impl Detector {
             .iter()
             .map(|t| (t.repository(), t.to_string()))
             .collect();
+        let store = view.store();
         let unpulled: Vec<String> = targets
             .iter()
             .filter(|(repository, _)| {
-                !self
-                    .ledger
-                    .pulled_since(repository, since, &|r| allow.trusts_registry(r))
+                !store.is_some_and(|store| {
+                    self.ledger
+                        .pulled_since(store, repository, since, &|r| allow.trusts_registry(r))
+                })
             })
             .map(|(_, reference)| reference.clone())
             .collect();
@@ -558,16 +671,28 @@ impl Detector {
             .ok()
             .and_then(|v| v.as_str().map(String::from))
             .unwrap_or_default();
-        let verdict = rules::build_without_pull(
+        let mut verdict = rules::build_without_pull(
             &build.origin,
             &builder_name,
             &unpulled,
             untagged,
             &build.egress_details(),
         );
+        if let Some(verdict) = &mut verdict {
+            if store.is_none() {
+                verdict.reasons.push(
+                    "unconfirmed: no trusted daemon's side of this request was seen, so no pull can excuse it"
+                        .into(),
+                );
+            }
+            verdict.reasons.extend(self.reset_reason(at));
+        }
         let wall = self.wall_ns(at);
-        for tag in &build.params.tags {
-            self.ledger.record(tag, Source::Build, wall, Some(id.clone()));
+        if let Some(store) = store {
+            for tag in &build.params.tags {
+                self.ledger
+                    .record(store, tag, Source::Build, wall, Some(id.clone()));
+            }
         }
         if let Some(verdict) = verdict {
             let suppressed = self
@@ -640,8 +765,11 @@ impl Detector {
         build.state = state;
         build.end = Some(self.wall_time(now));
         build.duration_ms = Some(now.saturating_sub(build.start_ns) / 1_000_000);
-        if build.builder.uses_docker_image_store() && images::served_by_dockerd(&build.origin) {
-            build.images = self.record_build_images(&build.id, build.start_ns, now);
+        if let (true, Some(store)) = (
+            build.builder.uses_docker_image_store() && images::served_by_dockerd(&build.origin),
+            build.store.clone(),
+        ) {
+            build.images = self.record_build_images(&store, &build.id, build.start_ns, now);
         }
         for conn_id in &build.conn_ids {
             for dir in [Dir::Send, Dir::Recv] {

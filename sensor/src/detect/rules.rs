@@ -47,6 +47,13 @@ pub const DEPLOY_CONTAINER: Attack = Attack {
     tactic_name: "Execution",
 };
 
+pub const MASQUERADING_NAME: Attack = Attack {
+    technique: "T1036.005",
+    technique_name: "Masquerading: Match Legitimate Name or Location",
+    tactic: "TA0005",
+    tactic_name: "Defense Evasion",
+};
+
 pub const EXTERNAL_REMOTE_SERVICES: Attack = Attack {
     technique: "T1133",
     technique_name: "External Remote Services",
@@ -62,6 +69,7 @@ pub enum Rule {
     ImageSideLoaded,
     BuildEgress,
     ApiExposed,
+    DaemonImpersonation,
 }
 
 impl Rule {
@@ -72,6 +80,7 @@ impl Rule {
             Rule::ImageSideLoaded => "image_side_loaded",
             Rule::BuildEgress => "build_egress",
             Rule::ApiExposed => "api_exposed",
+            Rule::DaemonImpersonation => "daemon_impersonation",
         }
     }
 
@@ -79,6 +88,7 @@ impl Rule {
         match self {
             Rule::RunOfUnpulledImage => DEPLOY_CONTAINER,
             Rule::ApiExposed => EXTERNAL_REMOTE_SERVICES,
+            Rule::DaemonImpersonation => MASQUERADING_NAME,
             _ => BUILD_IMAGE_ON_HOST,
         }
     }
@@ -253,6 +263,23 @@ pub fn api_exposed(endpoint: &str, peer: IpAddr) -> Verdict {
         severity: Severity::Medium,
         summary: format!("the container API on {endpoint} accepts plain-HTTP requests from {peer}"),
         reasons: vec!["unauthenticated, unencrypted container API reachable from the network".into()],
+    }
+}
+
+/// Rule 6: a process takes a container daemon's name but is not one of its binaries.
+pub fn daemon_impersonation(name: &str, process: &crate::output::schema::ProcessView) -> Verdict {
+    let exe = process.exe.as_deref().unwrap_or("(unknown executable)");
+    Verdict {
+        rule: Rule::DaemonImpersonation,
+        severity: Severity::High,
+        summary: format!(
+            "{exe} (pid {}, uid {}) calls itself {name} but is not a {name} binary",
+            process.pid, process.uid
+        ),
+        reasons: vec![
+            format!("process name {:?}, executable {exe}", process.comm),
+            "not one of watch.daemon_binaries: it gets no daemon trust".into(),
+        ],
     }
 }
 

@@ -149,11 +149,11 @@ impl crate::host::Host for ScriptedStore {
     }
     fn dockerfile(
         &self,
-        _cwd: Option<&str>,
+        _client: &ProcessView,
         _context: &str,
         _name: Option<&str>,
-    ) -> Option<dockerfile::Dockerfile> {
-        None
+    ) -> Result<dockerfile::Dockerfile, String> {
+        Err("scripted".into())
     }
     fn container_image(&self, _container_id: &str) -> Option<String> {
         None
@@ -161,7 +161,13 @@ impl crate::host::Host for ScriptedStore {
     fn images_written(&self, _from_boot_ns: u64, _to_boot_ns: u64) -> Vec<crate::host::WrittenImage> {
         self.images.borrow().clone()
     }
+    fn daemon_identity(&self, _tgid: u32) -> crate::daemons::DaemonIdentity {
+        crate::daemons::DaemonIdentity::default()
+    }
 }
+
+/// The store of the test's dockerd.
+const STORE: &str = "docker:/var/lib/docker";
 
 struct Harness {
     detector: Detector,
@@ -232,6 +238,8 @@ impl Harness {
                     bytes: &bytes,
                     total_len: length,
                     process: side.process.clone(),
+                    daemon_store: matches!(side.role, Role::DaemonAccepted | Role::DaemonOutbound)
+                        .then_some(STORE),
                 });
                 self.collect();
             }
@@ -431,16 +439,32 @@ fn allowlisted_peer_is_counted_not_reported() {
 fn pull_then_build_of_the_same_repository_is_not_flagged() {
     let mut h = Harness::new();
     h.feed(&Side::daemon(1), "pull.recv.jsonl", false);
+    // The daemon's own manifest fetch confirms the pull.
+    h.feed(&Side::outbound(3), "registry_manifest.send.jsonl", false);
     h.wait(PAIR_WAIT_NS / MS);
     h.feed(&Side::daemon(2), "ci_build.recv.jsonl", false);
     h.wait(PAIR_WAIT_NS / MS);
     assert!(h.detections("build_without_pull").is_empty(), "{:?}", h.json());
     assert_eq!(h.of_kind("docker.operation").len(), 2);
-    // Without the pull, the same build is flagged.
-    let mut fresh = Harness::new();
-    fresh.feed(&Side::daemon(2), "ci_build.recv.jsonl", false);
-    fresh.wait(PAIR_WAIT_NS / MS);
-    assert_eq!(fresh.detections("build_without_pull").len(), 1);
+}
+
+/// A pull request is provenance only when the daemon that read it went to the registry, and
+/// only a trusted daemon's side counts: a client's write alone (a forged request to a listener
+/// of the user's own) never changes the ledger.
+#[test]
+fn unconfirmed_and_forged_pulls_excuse_nothing() {
+    for forged in [Side::daemon(1), Side::client(1, 4242, "evil")] {
+        let mut h = Harness::new();
+        h.feed(&forged, "pull.recv.jsonl", false);
+        h.wait(PAIR_WAIT_NS / MS);
+        h.wait(61_000);
+        h.feed(&Side::daemon(2), "ci_build.recv.jsonl", false);
+        h.wait(PAIR_WAIT_NS / MS);
+        assert_eq!(h.detections("build_without_pull").len(), 1, "{:?}", h.json());
+        assert_eq!(h.detector.stats().ledger_records, 1, "only the build's tag");
+        let pull = &h.of_kind("docker.operation")[0]["operation"];
+        assert_eq!(pull["confirmed"], forged.role == Role::DaemonAccepted, "{pull}");
+    }
 }
 
 #[test]
@@ -539,6 +563,7 @@ fn what_a_load_put_in_the_store_is_recorded_by_name_and_id_unless_pulled() {
     h.wait(BODY_WAIT_NS / MS);
     // Meanwhile a pull of 127.0.0.1:5000/bwbase:1 lands in the store too.
     h.feed(&Side::daemon(2), "pull.recv.jsonl", false);
+    h.feed(&Side::outbound(3), "registry_manifest.send.jsonl", false);
     h.wait(PAIR_WAIT_NS / MS);
     // And an image pulled long ago, whose config the load rewrote (the archive held it too).
     let mut pulled_before = written('c', &["alpine:3"], -1);
@@ -562,15 +587,21 @@ fn what_a_load_put_in_the_store_is_recorded_by_name_and_id_unless_pulled() {
     let trusted = |_: &str| true;
     let ledger = &h.detector.ledger;
     let evil = ImageRef::parse("evil:1").unwrap();
-    assert_eq!(ledger.provenance(&evil, &trusted).origins, [Source::Load]);
-    let (_, by_id) = ledger.provenance_of_id("sha256:aaaaaaaaaaaa", &trusted).unwrap();
+    assert_eq!(ledger.provenance(STORE, &evil, &trusted).origins, [Source::Load]);
+    let (_, by_id) = ledger
+        .provenance_of_id(STORE, "sha256:aaaaaaaaaaaa", &trusted)
+        .unwrap();
     assert_eq!(by_id.origins, [Source::Load]);
     assert!(
-        ledger.provenance_of_id("sha256:bbbbbbbbbbbb", &trusted).is_none(),
+        ledger
+            .provenance_of_id(STORE, "sha256:bbbbbbbbbbbb", &trusted)
+            .is_none(),
         "pulled during the load: not the load's"
     );
     assert!(
-        ledger.provenance_of_id("sha256:cccccccccccc", &trusted).is_none(),
+        ledger
+            .provenance_of_id(STORE, "sha256:cccccccccccc", &trusted)
+            .is_none(),
         "tied to a registry manifest: not the load's"
     );
     assert!(h.detector.transfers.is_empty());
@@ -619,7 +650,7 @@ fn registry_fetches_become_base_images_and_provenance() {
     );
     assert_eq!(egress.len(), 1, "the Dockerfile's `(wget ...)` is");
     let image = ImageRef::parse("127.0.0.1:5000/bwbase:1").unwrap();
-    assert!(h.detector.ledger().provenance(&image, &|_| true).pulled);
+    assert!(h.detector.ledger().provenance(STORE, &image, &|_| true).pulled);
 }
 
 #[test]
@@ -799,6 +830,7 @@ fn a_step_resolving_a_host_is_egress_named_by_its_question() {
             bytes: &bytes,
             total_len: bytes.len() as u32,
             process: step.clone(),
+            daemon_store: None,
         });
     }
     h.collect();
@@ -949,6 +981,7 @@ fn malformed_streams_never_panic() {
             bytes: &bytes,
             total_len: len + round % 3 * 1000,
             process: side.process.clone(),
+            daemon_store: Some(STORE),
         });
     }
     h.detector.flush(h.now);

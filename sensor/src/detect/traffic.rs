@@ -149,7 +149,9 @@ impl Detector {
                     daemon: Some(DaemonView {
                         pid: input.header.tgid,
                         comm: input.header.comm.clone(),
+                        store: input.daemon_store.map(String::from),
                     }),
+                    store: input.daemon_store.map(String::from),
                 }
             }
             _ => Origin {
@@ -158,6 +160,7 @@ impl Detector {
                 peer: None,
                 client: None,
                 daemon: None,
+                store: None,
             },
         }
     }
@@ -170,12 +173,17 @@ impl Detector {
             .get(&key)
             .map(|s| s.evidence(head.offset, head.offset + head.len))
             .unwrap_or_default();
-        // A new request on a connection means the previous response (a build's output) ended.
-        if let Some(build_id) = self.streams.get_mut(&key).and_then(|s| s.build.take()) {
-            self.finish_build(&build_id, now, BuildState::Finished);
-        }
-        if let Some(transfer_id) = self.streams.get_mut(&key).and_then(|s| s.transfer.take()) {
-            self.finish_transfer(&transfer_id, now);
+        // A new request read by the daemon after the previous one ended means that request's
+        // response (a build's output) ended: Go reads the next request only once the handler
+        // returned. A client's pipelined write, or a head buffered with the previous body, says
+        // nothing; those builds end with the connection or a later head.
+        if input.role == Role::DaemonAccepted && head.after_previous {
+            if let Some(build_id) = self.streams.get_mut(&key).and_then(|s| s.build.take()) {
+                self.finish_build(&build_id, now, BuildState::Finished);
+            }
+            if let Some(transfer_id) = self.streams.get_mut(&key).and_then(|s| s.transfer.take()) {
+                self.finish_transfer(&transfer_id, now);
+            }
         }
         let origin = self.origin_of(input);
         if input.role == Role::DaemonAccepted {
@@ -376,7 +384,7 @@ impl Detector {
         let path = head.target.split('?').next().unwrap_or_default();
         if let Some(rest) = path.strip_prefix("/v2/") {
             if let Some((name, reference)) = rest.rsplit_once("/manifests/") {
-                self.registry_fetch(input.header.tgid, now, &host, name, reference);
+                self.registry_fetch(input, now, &host, name, reference);
             }
             return;
         }
@@ -449,6 +457,9 @@ impl Detector {
             return;
         }
         if is_registry_host(&sni) || self.settings.allow.lists_registry(&sni) {
+            // A TLS registry hides the path: the connection itself confirms a pull from it.
+            self.pulls.contacted(input.header.tgid, &sni, now);
+            self.confirm_pulls(now);
             return;
         }
         self.daemon_egress(
@@ -463,8 +474,10 @@ impl Detector {
         );
     }
 
-    fn registry_fetch(&mut self, tgid: u32, now: u64, host: &str, name: &str, reference: &str) {
+    fn registry_fetch(&mut self, input: &DataInput<'_>, now: u64, host: &str, name: &str, reference: &str) {
+        let tgid = input.header.tgid;
         let registry = registry_host(host);
+        self.pulls.contacted(tgid, &registry, now);
         let digest = reference.starts_with("sha256:").then(|| reference.to_string());
         let text = match &digest {
             Some(digest) => format!("{registry}/{name}@{digest}"),
@@ -473,12 +486,18 @@ impl Detector {
         let Some(image) = ImageRef::parse(&text) else {
             return;
         };
-        self.ledger.record(
-            &image,
-            Source::RegistryFetch,
-            self.wall_ns(now),
-            Some(registry.clone()),
-        );
+        // Only a trusted daemon's connections are tracked as outbound (the kernel follows the
+        // daemons the agent verified), so this fetch is the daemon's own.
+        if let Some(store) = input.daemon_store {
+            self.ledger.record(
+                store,
+                &image,
+                Source::RegistryFetch,
+                self.wall_ns(now),
+                Some(registry.clone()),
+            );
+        }
+        self.confirm_pulls(now);
         let base = BaseImage {
             registry,
             repository: image.repository(),

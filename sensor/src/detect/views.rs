@@ -35,12 +35,19 @@ pub struct Origin {
     /// The daemon process that served the request.
     #[serde(skip_serializing_if = "Option::is_none")]
     pub daemon: Option<DaemonView>,
+    /// The image store the request was served from (a trusted daemon's, or a daemon-less
+    /// builder's own).
+    #[serde(skip)]
+    pub store: Option<String>,
 }
 
 #[derive(Debug, Clone, PartialEq, Eq, Serialize)]
 pub struct DaemonView {
     pub pid: u32,
     pub comm: String,
+    /// The image store of this trusted daemon, where the operation's provenance is kept.
+    #[serde(skip_serializing_if = "Option::is_none")]
+    pub store: Option<String>,
 }
 
 impl Origin {
@@ -73,6 +80,7 @@ impl Origin {
             peer: peer.map(String::from),
             client: None,
             daemon: None,
+            store: None,
         }
     }
 }
@@ -93,8 +101,22 @@ pub struct OperationView {
     pub api_version: Option<String>,
     #[serde(flatten)]
     pub origin: Origin,
+    /// A trusted daemon's side (or a builder's own command line) showed it. An unconfirmed
+    /// operation was only seen written by a client and never changes the image ledger.
+    pub confirmed: bool,
     /// Ids of the event lines that carried it.
     pub evidence: Vec<String>,
+}
+
+impl OperationView {
+    /// The image store the operation happened in, when a trusted daemon (or the builder's own
+    /// command line) showed it.
+    pub fn store(&self) -> Option<&str> {
+        if !self.confirmed {
+            return None;
+        }
+        self.origin.store.as_deref()
+    }
 }
 
 #[derive(Debug, Clone, Serialize)]

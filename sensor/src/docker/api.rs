@@ -168,7 +168,8 @@ pub struct ApiRequest {
 
 impl ApiRequest {
     pub fn parse(head: &RequestHead) -> Self {
-        let (path, query) = head.target.split_once('?').unwrap_or((&head.target, ""));
+        let target = origin_form(&head.target);
+        let (path, query) = target.split_once('?').unwrap_or((target, ""));
         let mut segments: Vec<String> = path
             .split('/')
             .filter(|s| !s.is_empty())
@@ -188,7 +189,15 @@ impl ApiRequest {
             path: segments,
             api,
             version,
-            query: form_urlencoded::parse(query.as_bytes()).into_owned().collect(),
+            // As Go's `r.Form`: a form-encoded body's values first, then the query's.
+            query: head
+                .form
+                .as_deref()
+                .map(|body| form_urlencoded::parse(body).into_owned().collect::<Vec<_>>())
+                .unwrap_or_default()
+                .into_iter()
+                .chain(form_urlencoded::parse(query.as_bytes()).into_owned())
+                .collect(),
         }
     }
 
@@ -211,6 +220,24 @@ impl ApiRequest {
     /// The path as a display string (`/images/create`).
     pub fn route(&self) -> String {
         format!("/{}", self.path.join("/"))
+    }
+}
+
+/// The path and query of a request target: an absolute-form target
+/// (`http://docker/v1.41/build?t=x`), which Go's server accepts, loses its scheme and authority.
+fn origin_form(target: &str) -> &str {
+    let lower = target.get(..8).unwrap_or(target).to_ascii_lowercase();
+    let Some(rest) = ["http://", "https://"]
+        .iter()
+        .find(|scheme| lower.starts_with(*scheme))
+        .map(|scheme| &target[scheme.len()..])
+    else {
+        return target;
+    };
+    match rest.find(['/', '?']) {
+        Some(at) if rest[at..].starts_with('/') => &rest[at..],
+        Some(at) => &rest[at..],
+        None => "/",
     }
 }
 
@@ -470,6 +497,8 @@ mod tests {
             upgrade: false,
             offset: 0,
             len: 0,
+            after_previous: true,
+            form: None,
         }
     }
 
@@ -491,6 +520,31 @@ mod tests {
         assert_eq!(params.build_arg_keys.iter().collect::<Vec<_>>(), ["TOKEN"]);
         assert_eq!(params.dockerfile.as_deref(), Some("Dockerfile.x"));
         assert!(!format!("{params:?}").contains("s3cret"));
+    }
+
+    #[test]
+    fn absolute_targets_and_form_bodies_as_go_reads_them() {
+        let Some(Operation::Build { params, .. }) = op("POST", "http://docker/v1.41/build?t=shown%3A1")
+        else {
+            panic!("an absolute-form build");
+        };
+        assert_eq!(params.tags[0].to_string(), "docker.io/library/shown:1");
+        let mut form = head("POST", "/v1.41/build?t=shown%3A1");
+        form.form = Some(b"t=hidden%3A2&remote=http%3A%2F%2Fevil%2Fctx.tar".to_vec());
+        let Some(Operation::Build { params, .. }) = classify(&ApiRequest::parse(&form)) else {
+            panic!("a form build");
+        };
+        let tags: Vec<String> = params.tags.iter().map(ToString::to_string).collect();
+        assert_eq!(tags, ["docker.io/library/hidden:2", "docker.io/library/shown:1"]);
+        assert_eq!(params.remote_context.as_deref(), Some("http://evil/ctx.tar"));
+        let mut pull = head("POST", "HTTP://docker/images/create");
+        pull.form = Some(b"fromImage=alpine&tag=3".to_vec());
+        assert_eq!(
+            classify(&ApiRequest::parse(&pull)),
+            Some(Operation::Pull {
+                image: ImageRef::parse("alpine:3").unwrap()
+            })
+        );
     }
 
     #[test]

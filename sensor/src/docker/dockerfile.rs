@@ -8,6 +8,8 @@ use std::{
 
 use serde::{Deserialize, Serialize};
 
+use crate::saferead::{self, Credentials};
+
 /// Dockerfile bytes read at most.
 const MAX_DOCKERFILE: u64 = 64 * 1024;
 /// Instructions kept per kind.
@@ -49,22 +51,44 @@ pub fn from_context(tar_bytes: &[u8], name: Option<&str>) -> Option<Dockerfile> 
     None
 }
 
-/// The Dockerfile of a daemon-less build, read from the builder's context directory (relative
-/// paths resolve against the builder's working directory). Only FROM and RUN lines are kept.
-pub fn from_directory(cwd: Option<&str>, context: &str, name: Option<&str>) -> Option<Dockerfile> {
-    let base = Path::new(cwd.unwrap_or("/")).join(context);
+/// The process whose build context is read: files are looked up in its root and working
+/// directory, and read with its credentials (see `saferead`).
+#[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize)]
+pub struct ClientFiles {
+    pub pid: u32,
+    pub cwd: Option<String>,
+    pub credentials: Credentials,
+}
+
+/// The Dockerfile of a daemon-less build, read from the builder's context directory as the
+/// builder's own user would (relative paths resolve against its working directory, inside its
+/// root). Only FROM and RUN lines are kept. The error says why nothing was read.
+pub fn from_directory(
+    proc_root: &Path,
+    client: &ClientFiles,
+    context: &str,
+    name: Option<&str>,
+) -> Result<Dockerfile, String> {
+    let root = proc_root.join(client.pid.to_string()).join("root");
+    let cwd = Path::new(client.cwd.as_deref().unwrap_or("/"));
+    let base = cwd.join(context);
     let candidates: Vec<PathBuf> = match name {
-        Some(name) => vec![Path::new(cwd.unwrap_or("/")).join(name), base.join(name)],
+        Some(name) => vec![cwd.join(name), base.join(name)],
         None => vec![base.join("Containerfile"), base.join("Dockerfile")],
     };
-    let path = candidates.into_iter().find(|p| p.is_file())?;
-    let mut text = String::new();
-    std::fs::File::open(&path)
-        .ok()?
-        .take(MAX_DOCKERFILE)
-        .read_to_string(&mut text)
-        .ok()?;
-    Some(parse(&path.to_string_lossy(), &text))
+    let mut refusals = Vec::new();
+    for candidate in candidates {
+        match saferead::read_as(Some(&root), &candidate, Some(&client.credentials), MAX_DOCKERFILE) {
+            Ok(bytes) => {
+                return Ok(parse(
+                    &candidate.to_string_lossy(),
+                    &String::from_utf8_lossy(&bytes),
+                ))
+            }
+            Err(refusal) => refusals.push(refusal.to_string()),
+        }
+    }
+    Err(refusals.join("; "))
 }
 
 pub fn parse(name: &str, text: &str) -> Dockerfile {
@@ -159,10 +183,25 @@ mod tests {
         let dir = std::env::temp_dir().join(format!("bw-dockerfile-{}", std::process::id()));
         std::fs::create_dir_all(dir.join("app")).unwrap();
         std::fs::write(dir.join("app/Containerfile"), "FROM alpine\nRUN apk add curl\n").unwrap();
-        let found = from_directory(dir.to_str(), "app", None).unwrap();
+        // SAFETY: getuid/getgid have no preconditions.
+        let (uid, gid) = unsafe { (libc::getuid(), libc::getgid()) };
+        let client = ClientFiles {
+            pid: std::process::id(),
+            cwd: dir.to_str().map(String::from),
+            credentials: Credentials {
+                uid,
+                gid,
+                groups: vec![],
+            },
+        };
+        let proc_root = Path::new("/proc");
+        let found = from_directory(proc_root, &client, "app", None).unwrap();
         assert_eq!(found.from, ["alpine"]);
         assert_eq!(found.run, ["apk add curl"]);
-        assert_eq!(from_directory(dir.to_str(), "missing", None), None);
+        let missing = from_directory(proc_root, &client, "missing", None).unwrap_err();
+        assert!(missing.contains("No such file"), "{missing}");
+        let kernel = from_directory(proc_root, &client, ".", Some("/proc/self/status")).unwrap_err();
+        assert!(kernel.contains("procfs"), "{kernel}");
         std::fs::remove_dir_all(&dir).unwrap();
     }
 

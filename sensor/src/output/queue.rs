@@ -23,6 +23,7 @@ struct State {
     closed: bool,
     high_water: usize,
     drops: BTreeMap<&'static str, u64>,
+    write_errors: BTreeMap<&'static str, u64>,
 }
 
 #[derive(Debug, Clone, Default, PartialEq, Eq, Serialize)]
@@ -33,6 +34,9 @@ pub struct QueueStats {
     pub high_water: usize,
     /// Lines dropped because the queue was full, per kind, since start.
     pub drops: BTreeMap<&'static str, u64>,
+    /// Lines a sink failed to write (full disk, closed pipe), per kind, since start.
+    #[serde(skip_serializing_if = "BTreeMap::is_empty")]
+    pub write_errors: BTreeMap<&'static str, u64>,
 }
 
 /// Both ends share it; the engine pushes, the writer thread pops.
@@ -68,6 +72,11 @@ impl LineQueue {
         true
     }
 
+    /// Counts a line a sink could not write.
+    pub fn write_error(&self, kind: &'static str) {
+        *self.state().write_errors.entry(kind).or_default() += 1;
+    }
+
     /// Takes every waiting line, waiting up to `timeout` for one. `None` once closed and empty.
     pub fn pop_all(&self, timeout: Duration) -> Option<Vec<QueuedLine>> {
         let mut state = self.state();
@@ -98,6 +107,7 @@ impl LineQueue {
             len: state.lines.len(),
             high_water: state.high_water,
             drops: state.drops.clone(),
+            write_errors: state.write_errors.clone(),
         }
     }
 }

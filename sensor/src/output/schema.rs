@@ -15,7 +15,7 @@ use crate::{
 };
 
 /// Every line kind buildwatch writes (docs/events.md, docs/detections.md).
-pub const KINDS: [&str; 14] = [
+pub const KINDS: [&str; 15] = [
     "process.fork",
     "process.exec",
     "process.exit",
@@ -29,8 +29,17 @@ pub const KINDS: [&str; 14] = [
     "sensor.start",
     "sensor.health",
     "sensor.loss",
+    "sensor.warning",
     "sensor.stop",
 ];
+
+/// Something the operator should know that is not a loss (a ledger reset, say).
+#[derive(Debug, Serialize)]
+pub struct WarningBody<'a> {
+    pub warning: &'a str,
+    #[serde(skip_serializing_if = "Option::is_none")]
+    pub moved_to: Option<&'a str>,
+}
 
 /// The kinds to write for an `output.kinds` selection: those listed, and always the `sensor.*`
 /// lines (start, health, loss, stop), so the pipeline's own state is never filtered out.
@@ -294,7 +303,7 @@ pub struct LossBody {
     pub loss: LossView,
 }
 
-#[derive(Debug, Serialize)]
+#[derive(Debug, Default, Clone, PartialEq, Eq, Serialize)]
 pub struct LossView {
     /// Records the kernel could not write (ring buffer full), per event kind, since start.
     pub kernel_drops: BTreeMap<&'static str, u64>,
@@ -302,6 +311,25 @@ pub struct LossView {
     pub queue_drops: BTreeMap<&'static str, u64>,
     /// Records the agent could not decode, since start.
     pub decode_errors: u64,
+    /// Lines a sink failed to write (full disk), per kind, since start.
+    #[serde(skip_serializing_if = "BTreeMap::is_empty")]
+    pub output_errors: BTreeMap<&'static str, u64>,
+    /// Kernel table inserts refused because the table was full, per table, since start.
+    #[serde(skip_serializing_if = "BTreeMap::is_empty")]
+    pub table_full: BTreeMap<&'static str, u64>,
+    /// Bytes the kernel did not capture because a connection spent its byte budget, per side.
+    #[serde(skip_serializing_if = "BTreeMap::is_empty")]
+    pub budget_skipped_bytes: BTreeMap<&'static str, u64>,
+    /// Image ledger writes that failed (each is retried), since start.
+    #[serde(skip_serializing_if = "is_zero")]
+    pub ledger_write_errors: u64,
+    /// /proc or file reads abandoned at their deadline, since start.
+    #[serde(skip_serializing_if = "is_zero")]
+    pub reads_abandoned: u64,
+}
+
+fn is_zero(n: &u64) -> bool {
+    *n == 0
 }
 
 #[derive(Debug, Serialize)]
@@ -326,6 +354,12 @@ pub struct Stats {
     pub rss_bytes: Option<u64>,
     #[serde(skip_serializing_if = "Option::is_none")]
     pub uptime_seconds: Option<u64>,
+    /// The longest the event loop spent on one wake-up since start, in milliseconds.
+    #[serde(skip_serializing_if = "Option::is_none")]
+    pub loop_stall_max_ms: Option<u64>,
+    /// Everything lost so far (as in `sensor.loss`).
+    #[serde(skip_serializing_if = "Option::is_none")]
+    pub loss: Option<LossView>,
 }
 
 #[derive(Debug, Serialize)]
@@ -360,9 +394,8 @@ mod tests {
             Some(1),
             LossBody {
                 loss: LossView {
-                    kernel_drops: BTreeMap::new(),
-                    queue_drops: BTreeMap::new(),
                     decode_errors: 2,
+                    ..LossView::default()
                 },
             },
         );

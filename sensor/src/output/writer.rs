@@ -2,10 +2,9 @@
 //! file is reopened on request (SIGHUP, after logrotate moved it) and rotated by size when
 //! configured; both happen between lines, after a flush, so no line is torn or lost.
 use std::{
-    fs::{self, File, OpenOptions},
+    fs::{self, File},
     io::{self, BufWriter, Write as _},
-    os::unix::fs::{DirBuilderExt as _, OpenOptionsExt as _},
-    path::{Path, PathBuf},
+    path::PathBuf,
     sync::{
         atomic::{AtomicBool, Ordering},
         Arc,
@@ -17,6 +16,7 @@ use std::{
 use anyhow::Context as _;
 
 use super::queue::{LineQueue, QueuedLine};
+use crate::files;
 
 /// How long the writer waits for lines before checking for a reopen request.
 const IDLE_WAIT: Duration = Duration::from_millis(200);
@@ -32,31 +32,32 @@ pub struct FileSettings {
 
 struct FileTarget {
     settings: FileSettings,
-    out: BufWriter<File>,
+    out: File,
     size: u64,
+    /// A failed write stopped inside a line: the next write starts a new line first.
+    torn: bool,
 }
 
 impl FileTarget {
     fn open(settings: FileSettings) -> anyhow::Result<Self> {
-        let file = open_append(&settings.path)?;
+        let file = files::open_append(&settings.path)?;
         let size = file.metadata().map(|m| m.len()).unwrap_or(0);
         Ok(Self {
             settings,
-            out: BufWriter::new(file),
+            out: file,
             size,
+            torn: false,
         })
     }
 
     fn reopen(&mut self) -> anyhow::Result<()> {
-        self.out.flush().context("flushing before reopening")?;
-        let file = open_append(&self.settings.path)?;
+        let file = files::open_append(&self.settings.path)?;
         self.size = file.metadata().map(|m| m.len()).unwrap_or(0);
-        self.out = BufWriter::new(file);
+        self.out = file;
         Ok(())
     }
 
     fn rotate(&mut self) -> anyhow::Result<()> {
-        self.out.flush().context("flushing before rotating")?;
         let path = &self.settings.path;
         let backup = |n: u32| PathBuf::from(format!("{}.{n}", path.display()));
         let keep = self.settings.max_backups.max(1);
@@ -68,32 +69,75 @@ impl FileTarget {
         self.reopen()
     }
 
-    fn write(&mut self, bytes: &[u8]) -> anyhow::Result<()> {
-        let limit = self.settings.max_size;
-        if limit > 0 && self.size > 0 && self.size + bytes.len() as u64 > limit {
-            self.rotate()?;
+    /// Writes whole lines, rotating between them; returns the kinds of the lines that did not
+    /// make it (a full disk), so they are counted, and recovers once writes work again.
+    fn write_lines(&mut self, lines: &[QueuedLine]) -> (Vec<&'static str>, Option<anyhow::Error>) {
+        let mut lost = Vec::new();
+        let mut error = None;
+        let mut start = 0;
+        while start < lines.len() {
+            let limit = self.settings.max_size;
+            let mut end = start;
+            let mut bytes = 0u64;
+            while end < lines.len() {
+                let next = lines[end].bytes.len() as u64;
+                if limit > 0 && end > start && self.size + bytes + next > limit {
+                    break;
+                }
+                bytes += next;
+                end += 1;
+            }
+            if limit > 0 && self.size > 0 && self.size + bytes > limit {
+                if let Err(err) = self.rotate() {
+                    error.get_or_insert(err);
+                }
+            }
+            let batch = &lines[start..end];
+            if let Err(err) = self.write_batch(batch, &mut lost) {
+                error.get_or_insert(err);
+            }
+            start = end;
         }
-        self.out.write_all(bytes).context("writing an event line")?;
-        self.size += bytes.len() as u64;
-        Ok(())
+        (lost, error)
     }
-}
 
-/// Creates the directory (0700) when missing and opens the file for appending (0600).
-fn open_append(path: &Path) -> anyhow::Result<File> {
-    if let Some(dir) = path.parent().filter(|d| !d.as_os_str().is_empty() && !d.exists()) {
-        fs::DirBuilder::new()
-            .recursive(true)
-            .mode(0o700)
-            .create(dir)
-            .with_context(|| format!("cannot create output directory {}", dir.display()))?;
+    fn write_batch(&mut self, batch: &[QueuedLine], lost: &mut Vec<&'static str>) -> anyhow::Result<()> {
+        let mut buffer = Vec::with_capacity(batch.iter().map(|l| l.bytes.len()).sum::<usize>() + 1);
+        let prefix = usize::from(self.torn);
+        if self.torn {
+            buffer.push(b'\n');
+        }
+        let mut ends = Vec::with_capacity(batch.len());
+        for line in batch {
+            buffer.extend_from_slice(&line.bytes);
+            ends.push(buffer.len());
+        }
+        let mut written = 0;
+        let result = loop {
+            if written == buffer.len() {
+                break Ok(());
+            }
+            match self.out.write(&buffer[written..]) {
+                Ok(0) => break Err(io::Error::from(io::ErrorKind::WriteZero)),
+                Ok(n) => written += n,
+                Err(err) if err.kind() == io::ErrorKind::Interrupted => {}
+                Err(err) => break Err(err),
+            }
+        };
+        self.size += written as u64;
+        if written >= prefix {
+            self.torn = false;
+        }
+        if result.is_err() {
+            let complete = ends.iter().take_while(|end| **end <= written).count();
+            lost.extend(batch[complete..].iter().map(|l| l.kind));
+            // Stopped inside a line (not at a line end): start the next write afresh.
+            if written > 0 && !ends.contains(&written) && written != prefix {
+                self.torn = true;
+            }
+        }
+        result.context("writing event lines to the output file")
     }
-    OpenOptions::new()
-        .create(true)
-        .append(true)
-        .mode(0o600)
-        .open(path)
-        .with_context(|| format!("cannot open output file {}", path.display()))
 }
 
 /// Where lines go.
@@ -111,24 +155,30 @@ impl Targets {
         })
     }
 
-    fn write(&mut self, line: &QueuedLine) -> anyhow::Result<()> {
+    /// Writes a batch to every target; returns the kinds of lines a target lost, and the first
+    /// error.
+    fn write(&mut self, lines: &[QueuedLine]) -> (Vec<&'static str>, Option<anyhow::Error>) {
+        let mut lost = Vec::new();
+        let mut error = None;
         if let Some(out) = &mut self.stdout {
-            out.write_all(&line.bytes).context("writing to stdout")?;
+            let result = lines
+                .iter()
+                .try_for_each(|line| out.write_all(&line.bytes))
+                .and_then(|()| out.flush());
+            if let Err(err) = result {
+                // What was buffered is gone with the pipe.
+                lost.extend(lines.iter().map(|l| l.kind));
+                error = Some(anyhow::Error::new(err).context("writing to stdout"));
+            }
         }
         if let Some(file) = &mut self.file {
-            file.write(&line.bytes)?;
+            let (file_lost, file_error) = file.write_lines(lines);
+            lost.extend(file_lost);
+            if error.is_none() {
+                error = file_error;
+            }
         }
-        Ok(())
-    }
-
-    fn flush(&mut self) -> anyhow::Result<()> {
-        if let Some(out) = &mut self.stdout {
-            out.flush().context("flushing stdout")?;
-        }
-        if let Some(file) = &mut self.file {
-            file.out.flush().context("flushing the output file")?;
-        }
-        Ok(())
+        (lost, error)
     }
 }
 
@@ -151,11 +201,11 @@ pub fn spawn(
                         }
                     }
                 }
-                let result = lines
-                    .iter()
-                    .try_for_each(|line| targets.write(line))
-                    .and_then(|()| targets.flush());
-                match result {
+                let (lost, error) = targets.write(&lines);
+                for kind in lost {
+                    queue.write_error(kind);
+                }
+                match error.map_or(Ok(()), Err) {
                     Err(err) if !failing => {
                         tracing::error!("event output failing: {err:#}");
                         failing = true;
@@ -174,6 +224,8 @@ pub fn spawn(
 
 #[cfg(test)]
 mod tests {
+    use std::path::Path;
+
     use super::*;
 
     fn line(n: usize) -> QueuedLine {

@@ -7,11 +7,13 @@
 //! Only requests are parsed: the kernel captures what clients write and what daemons read.
 use std::collections::VecDeque;
 
-/// Longest request head accepted before the stream is declared out of sync.
-pub const MAX_HEAD: usize = 64 * 1024;
+/// Longest request head accepted before the stream is declared out of sync: Go's
+/// `http.DefaultMaxHeaderBytes`, which dockerd uses. Bounded by bytes, not by header count.
+pub const MAX_HEAD: usize = 1 << 20;
 /// Body bytes kept per request (enough for a container-create JSON or a small build context).
 pub const MAX_BODY: usize = 64 * 1024;
-const MAX_HEADERS: usize = 64;
+/// Header slots tried first; a head with more is parsed again with room for all it can hold.
+const FEW_HEADERS: usize = 64;
 const H2_PREFACE: &[u8] = b"PRI * HTTP/2.0\r\n\r\nSM\r\n\r\n";
 const METHODS: [&[u8]; 7] = [
     b"GET ",
@@ -34,6 +36,14 @@ pub struct RequestHead {
     /// carried it).
     pub offset: u64,
     pub len: u64,
+    /// The head was completed by a read after the one that finished the previous request:
+    /// on a daemon's side (Go reads the next request only once the handler returned, apart
+    /// from one byte) this means the previous response ended. A pipelined head that arrived
+    /// in the same read as the previous body says nothing.
+    pub after_previous: bool,
+    /// An `application/x-www-form-urlencoded` body, which Go merges into the parameters
+    /// (ahead of the query's): the head is handed out once it is in.
+    pub form: Option<Vec<u8>>,
 }
 
 impl RequestHead {
@@ -94,6 +104,14 @@ pub struct RequestStream {
     wants_body: fn(&RequestHead) -> bool,
     /// The current request's body is kept.
     keeping: bool,
+    /// Bytes of the buffer already searched for the end of a head (no quadratic re-parse of a
+    /// head that grows a byte at a time).
+    scanned: usize,
+    /// Feeds so far, and the feed in which the last request ended.
+    feeds: u64,
+    ended_in_feed: u64,
+    /// A form-encoded request's head, held until its body is in.
+    form_head: Option<RequestHead>,
 }
 
 impl Default for RequestStream {
@@ -110,6 +128,10 @@ impl Default for RequestStream {
             events: Vec::new(),
             wants_body: |_| true,
             keeping: true,
+            scanned: 0,
+            feeds: 0,
+            ended_in_feed: 0,
+            form_head: None,
         }
     }
 }
@@ -126,6 +148,7 @@ impl RequestStream {
 
     /// Feeds captured bytes; returns what they completed.
     pub fn feed(&mut self, bytes: &[u8]) -> Vec<HttpEvent> {
+        self.feeds += 1;
         if self.state == State::Upgraded {
             self.offset += bytes.len() as u64;
             return vec![HttpEvent::Upgraded(bytes.to_vec())];
@@ -192,6 +215,7 @@ impl RequestStream {
     fn consume(&mut self, len: usize) {
         self.buffer.drain(..len);
         self.offset += len as u64;
+        self.scanned = self.scanned.saturating_sub(len);
     }
 
     fn keep_body(&mut self, len: usize) {
@@ -212,6 +236,10 @@ impl RequestStream {
 
     fn report_body(&mut self) {
         let bytes = std::mem::take(&mut self.body);
+        if let Some(mut head) = self.form_head.take() {
+            head.form = Some(bytes.clone());
+            self.events.push(HttpEvent::Head(head));
+        }
         self.events.push(HttpEvent::Body {
             bytes,
             complete: self.body_complete,
@@ -231,6 +259,7 @@ impl RequestStream {
 
     fn body_done(&mut self) {
         self.finish_body();
+        self.ended_in_feed = self.feeds;
         if std::mem::take(&mut self.upgrade_after_body) {
             self.upgrade();
         } else {
@@ -308,34 +337,66 @@ impl RequestStream {
             self.upgrade();
             return false;
         }
-        let mut headers = [httparse::EMPTY_HEADER; MAX_HEADERS];
-        let mut request = httparse::Request::new(&mut headers);
-        match request.parse(bytes) {
-            Ok(httparse::Status::Complete(len)) => {
-                let head = RequestHead {
-                    method: request.method.unwrap_or_default().to_string(),
-                    target: request.path.unwrap_or_default().to_string(),
-                    headers: request
-                        .headers
-                        .iter()
-                        .map(|h| (h.name.to_string(), String::from_utf8_lossy(h.value).into_owned()))
-                        .collect(),
-                    upgrade: false,
-                    offset: self.offset,
-                    len: len as u64,
-                };
-                self.consume(len);
-                self.start_request(head);
-                true
+        // Parse only once the head can be complete: an empty line ends it.
+        let from = self.scanned.saturating_sub(3);
+        let complete = bytes[from..].windows(4).any(|w| w == b"\r\n\r\n")
+            || bytes[from.saturating_sub(1)..].windows(2).any(|w| w == b"\n\n");
+        if !complete {
+            self.scanned = bytes.len();
+            if bytes.len() > MAX_HEAD {
+                self.desync("request head longer than 1 MiB");
+                return true;
             }
-            Ok(httparse::Status::Partial) if bytes.len() <= MAX_HEAD => false,
-            Ok(httparse::Status::Partial) => {
-                self.desync("request head longer than 64 KiB");
-                true
+            // Garbage is recognised at once (checked once per head: the request line must
+            // parse as far as it goes), without waiting for an end that may never come.
+            if from == 0 {
+                let mut none = [httparse::EMPTY_HEADER; 0];
+                let verdict = httparse::Request::new(&mut none).parse(bytes);
+                if matches!(verdict, Err(err) if err != httparse::Error::TooManyHeaders) {
+                    self.desync("malformed request head");
+                    return true;
+                }
             }
-            Err(_) => {
-                self.desync("malformed request head");
-                true
+            return false;
+        }
+        let mut slots = FEW_HEADERS;
+        loop {
+            let mut headers = vec![httparse::EMPTY_HEADER; slots];
+            let mut request = httparse::Request::new(&mut headers);
+            match request.parse(bytes) {
+                Ok(httparse::Status::Complete(len)) => {
+                    let head = RequestHead {
+                        method: request.method.unwrap_or_default().to_string(),
+                        target: request.path.unwrap_or_default().to_string(),
+                        headers: request
+                            .headers
+                            .iter()
+                            .map(|h| (h.name.to_string(), String::from_utf8_lossy(h.value).into_owned()))
+                            .collect(),
+                        upgrade: false,
+                        offset: self.offset,
+                        len: len as u64,
+                        after_previous: self.feeds > self.ended_in_feed,
+                        form: None,
+                    };
+                    self.consume(len);
+                    self.scanned = 0;
+                    self.start_request(head);
+                    return true;
+                }
+                Ok(httparse::Status::Partial) if bytes.len() <= MAX_HEAD => return false,
+                Ok(httparse::Status::Partial) => {
+                    self.desync("request head longer than 1 MiB");
+                    return true;
+                }
+                // Room for as many headers as the head's bytes can hold (each takes 3 or more).
+                Err(httparse::Error::TooManyHeaders) if slots < bytes.len() / 3 + 1 => {
+                    slots = (bytes.len() / 3 + 1).min(MAX_HEAD / 3 + 1);
+                }
+                Err(_) => {
+                    self.desync("malformed request head");
+                    return true;
+                }
             }
         }
     }
@@ -350,8 +411,17 @@ impl RequestStream {
                 .header("connection")
                 .is_some_and(|v| v.to_ascii_lowercase().contains("upgrade"));
         let upgrade = head.upgrade;
-        self.keeping = (self.wants_body)(&head);
-        self.events.push(HttpEvent::Head(head));
+        let form = head.header("content-type").is_some_and(|v| {
+            v.to_ascii_lowercase()
+                .starts_with("application/x-www-form-urlencoded")
+        }) && head.method.eq_ignore_ascii_case("POST")
+            && (chunked || length.as_ref().is_some_and(|l| l.as_ref().is_ok_and(|n| *n > 0)));
+        self.keeping = form || (self.wants_body)(&head);
+        if form {
+            self.form_head = Some(head);
+        } else {
+            self.events.push(HttpEvent::Head(head));
+        }
         self.body.clear();
         self.body_complete = self.keeping;
         self.body_reported = false;
@@ -590,10 +660,50 @@ mod tests {
     }
 
     #[test]
+    fn form_bodies_hold_their_head_and_pipelined_heads_say_so() {
+        let mut stream = RequestStream::default();
+        let wire = b"POST /v1.41/images/create HTTP/1.1\r\nContent-Type: application/x-www-form-urlencoded\r\nContent-Length: 22\r\n\r\nfromImage=alpine&tag=3GET /_ping HTTP/1.1\r\n\r\n";
+        let events = stream.feed(wire);
+        let HttpEvent::Head(head) = &events[0] else {
+            panic!("{events:?}")
+        };
+        assert_eq!(head.form.as_deref(), Some(&b"fromImage=alpine&tag=3"[..]));
+        let pings: Vec<&RequestHead> = events
+            .iter()
+            .filter_map(|e| match e {
+                HttpEvent::Head(h) if h.target == "/_ping" => Some(h),
+                _ => None,
+            })
+            .collect();
+        assert!(!pings[0].after_previous, "pipelined in the same read");
+        let later = stream.feed(b"GET /version HTTP/1.1\r\n\r\n");
+        assert!(matches!(&later[0], HttpEvent::Head(h) if h.after_previous));
+    }
+
+    #[test]
+    fn big_heads_with_many_headers_parse_without_quadratic_work() {
+        let mut head = b"POST /v1.41/build?t=big HTTP/1.1\r\n".to_vec();
+        for i in 0..20_000 {
+            head.extend_from_slice(format!("X-H{i}: v\r\n").as_bytes());
+        }
+        head.extend_from_slice(b"\r\n");
+        assert!(head.len() < MAX_HEAD);
+        let mut stream = RequestStream::default();
+        let started = std::time::Instant::now();
+        let events: Vec<HttpEvent> = head.chunks(7).flat_map(|c| stream.feed(c)).collect();
+        assert_eq!(heads(&events), ["POST /v1.41/build?t=big"]);
+        assert!(
+            started.elapsed() < std::time::Duration::from_secs(2),
+            "{:?}",
+            started.elapsed()
+        );
+    }
+
+    #[test]
     fn endless_head_is_cut_off() {
         let mut stream = RequestStream::default();
         let mut events = stream.feed(b"GET / HTTP/1.1\r\n");
-        for _ in 0..20 {
+        for _ in 0..(MAX_HEAD / 4096 + 4) {
             events.extend(stream.feed(&[b'a'; 4096]));
         }
         assert!(events.iter().any(|e| matches!(e, HttpEvent::Desync(_))));

@@ -1,0 +1,420 @@
+//! Attacks on the sensor itself, by an unprivileged local user the harness creates: a Dockerfile
+//! path that blocks or is swapped for a FIFO, a pull forged to a listener of the user's own, a
+//! fake dockerd faking a registry fetch, a crash right after a pull, a corrupt ledger, an output
+//! path replaced by a symlink. After each: the sensor is alive, the next real build is detected,
+//! and what was refused or lost is reported.
+use std::{
+    path::{Path, PathBuf},
+    process::ExitCode,
+    time::Duration,
+};
+
+use buildwatch_integration_tests::{
+    attacker::Attacker,
+    command::run_command,
+    environment::{Environment, BASE_IMAGE, REGISTRY},
+    runner::{dump_events, prerequisites, run_all, Scenario},
+    sensor::{event::*, Sensor},
+};
+use serde_json::Value;
+
+const TIMEOUT: Duration = Duration::from_secs(60);
+
+struct World {
+    sensor: Sensor,
+    binary: PathBuf,
+    attacker: Attacker,
+    env: Environment,
+}
+
+fn main() -> ExitCode {
+    let binary = match prerequisites("attack", &[("setpriv", "util-linux"), ("useradd", "passwd")]) {
+        Ok(binary) => binary,
+        Err(code) => return code,
+    };
+    let env = Environment::start();
+    let config = sensor_config(&env, &env.dir.join("attack-state"), "");
+    let world = World {
+        sensor: Sensor::start(&binary, &config),
+        binary,
+        attacker: Attacker::create(),
+        env,
+    };
+    let passed = run_all(
+        &world,
+        &[
+            Scenario {
+                name: "a_blocking_dockerfile_path_does_not_stall_the_sensor",
+                run: a_blocking_dockerfile_path_does_not_stall_the_sensor,
+            },
+            Scenario {
+                name: "a_fifo_swapped_in_is_refused_and_unreadable_files_stay_unread",
+                run: a_fifo_swapped_in_is_refused_and_unreadable_files_stay_unread,
+            },
+            Scenario {
+                name: "a_pull_forged_to_the_users_own_listener_excuses_nothing",
+                run: a_pull_forged_to_the_users_own_listener_excuses_nothing,
+            },
+            Scenario {
+                name: "a_fake_dockerd_is_reported_and_its_fetch_ignored",
+                run: a_fake_dockerd_is_reported_and_its_fetch_ignored,
+            },
+            Scenario {
+                name: "sigkill_right_after_a_pull_keeps_the_pull",
+                run: sigkill_right_after_a_pull_keeps_the_pull,
+            },
+            Scenario {
+                name: "a_corrupt_ledger_is_moved_aside",
+                run: a_corrupt_ledger_is_moved_aside,
+            },
+            Scenario {
+                name: "an_output_path_replaced_by_a_symlink_is_not_followed",
+                run: an_output_path_replaced_by_a_symlink_is_not_followed,
+            },
+        ],
+    );
+    dump_events(
+        &world.sensor,
+        &PathBuf::from(env!("CARGO_TARGET_TMPDIR")).join("attack-events.jsonl"),
+    );
+    drop(world);
+    if passed {
+        ExitCode::SUCCESS
+    } else {
+        ExitCode::FAILURE
+    }
+}
+
+fn sensor_config(env: &Environment, state_dir: &Path, extra: &str) -> PathBuf {
+    let path = env.dir.join(format!(
+        "attack-{}.toml",
+        state_dir.file_name().unwrap_or_default().to_string_lossy()
+    ));
+    std::fs::write(
+        &path,
+        format!(
+            "[watch]\nunix_sockets = [\"{}\"]\ntcp_ports = [2375, 2376]\n[detect]\nstate_dir = \"{}\"\ndocker_data_root = \"{}\"\n{extra}",
+            env.socket.display(),
+            state_dir.display(),
+            env.dir.join("data").display()
+        ),
+    )
+    .expect("writing the sensor config");
+    path
+}
+
+/// A remote plain-TCP build of a fresh tag, and its detection: the sensor still works.
+fn next_build_is_detected(sensor: &Sensor, env: &Environment, label: &str) -> Value {
+    let mark = sensor.mark();
+    let context = env.context(
+        &format!("attack-{label}"),
+        &format!("FROM {BASE_IMAGE}\nLABEL attack={label}-{}\n", env.nonce),
+    );
+    let tag = format!("bwattack/{label}:{}", env.nonce);
+    run_command(env.remote_docker().args(["build", "-t", &tag]).arg(&context));
+    let full = format!("docker.io/{tag}");
+    sensor.wait_for(mark, TIMEOUT, &format!("the detection of {tag}"), |e| {
+        kind(e) == "detection"
+            && e["detection"]["rule"] == "build_without_pull"
+            && e["build"]["tags"]
+                .as_array()
+                .is_some_and(|t| t.iter().any(|t| t == full.as_str()))
+    })
+}
+
+fn build_of_tag(sensor: &Sensor, mark: usize, tag: &str) -> Value {
+    sensor.wait_for(mark, TIMEOUT, &format!("the build of {tag}"), |e| {
+        kind(e) == "build"
+            && e["build"]["tags"]
+                .as_array()
+                .is_some_and(|t| t.iter().any(|t| t == tag))
+    })
+}
+
+fn assert_alive(sensor: &Sensor) {
+    assert!(sensor.is_running(), "the sensor died:\n{}", sensor.stderr());
+}
+
+/// `~/podman build -f /sys/kernel/tracing/trace_pipe .`: the file would block a reader forever.
+fn a_blocking_dockerfile_path_does_not_stall_the_sensor(world: &World) {
+    let (sensor, env, attacker) = (&world.sensor, &world.env, &world.attacker);
+    let podman = attacker.tool(Path::new(env!("CARGO_BIN_EXE_bw-attacker")), "podman");
+    let mark = sensor.mark();
+    let started = std::time::Instant::now();
+    let status = attacker
+        .command(&podman)
+        .args([
+            "build",
+            "-f",
+            "/sys/kernel/tracing/trace_pipe",
+            "-t",
+            "blocked:1",
+            ".",
+        ])
+        .status()
+        .expect("running the fake podman");
+    assert!(status.success());
+    let build = sensor.wait_for(mark, TIMEOUT, "the fake podman's build", |e| {
+        kind(e) == "build" && e["build"]["builder"] == "podman"
+    });
+    // The user may not even open it: nothing is read on their behalf that they could not read.
+    let unread = build["build"]["dockerfile_unread"].as_str().unwrap_or_default();
+    assert!(unread.contains("Permission denied"), "{build}");
+    assert!(build["build"]["instructions"].is_null(), "{build}");
+    // Root may open it; the file system is what refuses it then, at once.
+    let mark = sensor.mark();
+    let status = std::process::Command::new(&podman)
+        .args([
+            "build",
+            "-f",
+            "/sys/kernel/tracing/trace_pipe",
+            "-t",
+            "blocked:2",
+            ".",
+        ])
+        .status()
+        .expect("running the fake podman as root");
+    assert!(status.success());
+    let build = sensor.wait_for(mark, TIMEOUT, "root's fake podman build", |e| {
+        kind(e) == "build" && e["build"]["tags"][0] == "docker.io/library/blocked:2"
+    });
+    let unread = build["build"]["dockerfile_unread"].as_str().unwrap_or_default();
+    assert!(unread.contains("tracefs"), "{build}");
+    assert!(started.elapsed() < Duration::from_secs(30));
+    assert_alive(sensor);
+    next_build_is_detected(sensor, env, "blocking");
+}
+
+/// A context whose Dockerfile is swapped for a FIFO again and again while builds read it; and a
+/// Dockerfile only root may read, named by the user: never read for them.
+fn a_fifo_swapped_in_is_refused_and_unreadable_files_stay_unread(world: &World) {
+    let (sensor, env, attacker) = (&world.sensor, &world.env, &world.attacker);
+    let podman = attacker.tool(Path::new(env!("CARGO_BIN_EXE_bw-attacker")), "podman");
+    let context = attacker.home.join("ctx");
+    std::fs::create_dir_all(&context).expect("creating the context");
+    let swapper = std::process::Command::new("sh")
+        .arg("-c")
+        .arg(format!(
+            "cd {} && for i in $(seq 1 400); do rm -f Dockerfile; echo 'FROM alpine' > Dockerfile; rm -f Dockerfile; mkfifo Dockerfile; sleep 0.01; done",
+            context.display()
+        ))
+        .spawn()
+        .expect("starting the swapper");
+    let mark = sensor.mark();
+    for _ in 0..4 {
+        let _ = attacker
+            .command(&podman)
+            .args(["build", "-t", "swapped:1", "ctx"])
+            .status();
+    }
+    let mut swapper = swapper;
+    let _ = swapper.wait();
+    let builds = sensor.all(mark, |e| kind(e) == "build" && e["build"]["builder"] == "podman");
+    assert!(!builds.is_empty(), "no podman build seen");
+    for build in &builds {
+        let unread = build["build"]["dockerfile_unread"].as_str().unwrap_or_default();
+        assert!(
+            !build["build"]["instructions"].is_null()
+                || unread.contains("FIFO")
+                || unread.contains("No such file"),
+            "{build}"
+        );
+    }
+    // A root-only Dockerfile named by the user is not read on their behalf.
+    let secret = env.dir.join("root-only");
+    std::fs::create_dir_all(&secret).expect("mkdir");
+    std::fs::write(
+        secret.join("Dockerfile"),
+        "FROM secret-base-image\nRUN secret-command\n",
+    )
+    .expect("write");
+    run_command(std::process::Command::new("chmod").args(["0700"]).arg(&secret));
+    let mark = sensor.mark();
+    let _ = attacker
+        .command(&podman)
+        .args(["build", "-f"])
+        .arg(secret.join("Dockerfile"))
+        .args(["-t", "secret:1", "."])
+        .status();
+    let build = sensor.wait_for(mark, TIMEOUT, "the build naming a root-only file", |e| {
+        kind(e) == "build" && e["build"]["tags"][0] == "docker.io/library/secret:1"
+    });
+    assert!(!build.to_string().contains("secret-command"), "{build}");
+    assert!(
+        build["build"]["dockerfile_unread"]
+            .as_str()
+            .unwrap_or_default()
+            .contains("Permission denied"),
+        "{build}"
+    );
+    assert_alive(sensor);
+    next_build_is_detected(sensor, env, "fifo");
+}
+
+/// The user listens on 127.0.0.1:2376, connects and writes a pull of `advforged:1`. Root's next
+/// build of that name must still be flagged.
+fn a_pull_forged_to_the_users_own_listener_excuses_nothing(world: &World) {
+    let (sensor, env, attacker) = (&world.sensor, &world.env, &world.attacker);
+    let tool = attacker.tool(Path::new(env!("CARGO_BIN_EXE_bw-attacker")), "bw-attacker");
+    let name = format!("advforged{}", env.nonce);
+    let mark = sensor.mark();
+    let status = attacker
+        .command(&tool)
+        .args(["forge-pull", "2376", &format!("{name}:1")])
+        .status()
+        .expect("running the forger");
+    assert!(status.success());
+    std::thread::sleep(Duration::from_millis(800));
+    let forged = sensor.all(mark, |e| {
+        kind(e) == "docker.operation" && e["operation"]["type"] == "pull"
+    });
+    for pull in &forged {
+        assert_eq!(pull["operation"]["confirmed"], false, "{pull}");
+    }
+    let context = env.context("attack-forged", &format!("FROM {BASE_IMAGE}\nLABEL forged=1\n"));
+    let mark = sensor.mark();
+    run_command(
+        env.docker()
+            .args(["build", "-t", &format!("{name}:1")])
+            .arg(&context),
+    );
+    let tag = format!("docker.io/library/{name}:1");
+    let build = build_of_tag(sensor, mark, &tag);
+    assert!(
+        !build["build"]["detection_id"].is_null(),
+        "the forged pull excused the build: {build}"
+    );
+    assert_alive(sensor);
+}
+
+/// A copy of the tool named dockerd listens and "fetches" a manifest from its own registry.
+fn a_fake_dockerd_is_reported_and_its_fetch_ignored(world: &World) {
+    let (sensor, env, attacker) = (&world.sensor, &world.env, &world.attacker);
+    let fake = attacker.tool(Path::new(env!("CARGO_BIN_EXE_bw-attacker")), "dockerd");
+    let repository = format!("advfake{}", env.nonce);
+    let mark = sensor.mark();
+    let status = attacker
+        .command(&fake)
+        .arg(&repository)
+        .status()
+        .expect("running the fake dockerd");
+    assert!(status.success());
+    let found = sensor.wait_for(mark, TIMEOUT, "daemon_impersonation", |e| {
+        kind(e) == "detection" && e["detection"]["rule"] == "daemon_impersonation"
+    });
+    assert_eq!(found["detection"]["attack"]["technique"], "T1036.005");
+    assert!(
+        found["detection"]["summary"]
+            .as_str()
+            .unwrap_or_default()
+            .contains(&fake.display().to_string()),
+        "{found}"
+    );
+    // Its "registry" connection was never tracked as a daemon's.
+    let outbound = sensor.all(mark, |e| {
+        role(e) == "daemon_outbound" && e["process"]["pid"] == found["api"]["client"]["pid"]
+    });
+    assert!(outbound.is_empty(), "{outbound:?}");
+    let context = env.context("attack-fake", &format!("FROM {BASE_IMAGE}\nLABEL fake=1\n"));
+    let tag = format!("{REGISTRY}/{repository}:1");
+    let mark = sensor.mark();
+    run_command(env.docker().args(["build", "-t", &tag]).arg(&context));
+    let build = build_of_tag(sensor, mark, &tag);
+    assert!(
+        !build["build"]["detection_id"].is_null(),
+        "the fake fetch excused the build: {build}"
+    );
+    assert_alive(sensor);
+}
+
+/// A pull, a second and a half, SIGKILL, a restart: the pull is remembered.
+fn sigkill_right_after_a_pull_keeps_the_pull(world: &World) {
+    let env = &world.env;
+    let state = env.dir.join("sigkill-state");
+    let config = sensor_config(env, &state, "");
+    let tag = format!("{REGISTRY}/bwbase:sigkill-{}", env.nonce);
+    {
+        let first = Sensor::start(&world.binary, &config);
+        let mark = first.mark();
+        run_command(env.docker().args(["pull", BASE_IMAGE]));
+        first.wait_for(mark, TIMEOUT, "the pull", |e| {
+            kind(e) == "docker.operation"
+                && e["operation"]["type"] == "pull"
+                && e["operation"]["confirmed"] == true
+        });
+        std::thread::sleep(Duration::from_millis(1500));
+        first.kill();
+    }
+    let second = Sensor::start(&world.binary, &config);
+    let context = env.context(
+        "attack-sigkill",
+        &format!("FROM {BASE_IMAGE}\nLABEL sigkill={}\n", env.nonce),
+    );
+    let mark = second.mark();
+    run_command(env.docker().args(["build", "-t", &tag]).arg(&context));
+    let build = build_of_tag(&second, mark, &tag);
+    assert!(
+        build["build"]["detection_id"].is_null(),
+        "the pull was lost with the crash: {build}"
+    );
+    next_build_is_detected(&second, env, "sigkill");
+    assert_alive(&second);
+}
+
+/// A ledger file of garbage: the sensor starts anyway, says so, and flags the next build with
+/// the reset among its reasons.
+fn a_corrupt_ledger_is_moved_aside(world: &World) {
+    let env = &world.env;
+    let state = env.dir.join("corrupt-state");
+    std::fs::create_dir_all(&state).expect("mkdir");
+    std::fs::write(state.join("ledger.json"), b"{\"version\":2,\"records\":[{\"trunc").expect("write");
+    let config = sensor_config(env, &state, "");
+    let sensor = Sensor::start(&world.binary, &config);
+    let warning = sensor.wait_for(0, TIMEOUT, "sensor.warning", |e| kind(e) == "sensor.warning");
+    let moved = warning["moved_to"].as_str().unwrap_or_default().to_string();
+    assert!(moved.contains("ledger.json.corrupt-"), "{warning}");
+    assert!(Path::new(&moved).is_file());
+    let found = next_build_is_detected(&sensor, env, "corrupt");
+    assert!(
+        found["detection"]["reasons"]
+            .to_string()
+            .contains("ledger was reset"),
+        "{found}"
+    );
+    assert_alive(&sensor);
+}
+
+/// The output file is replaced by a symlink to a file root owns, then SIGHUP reopens it: the
+/// symlink is not followed, the failure is reported, events keep flowing to stdout.
+fn an_output_path_replaced_by_a_symlink_is_not_followed(world: &World) {
+    let env = &world.env;
+    let dir = env.dir.join("symlink-out");
+    std::fs::create_dir_all(&dir).expect("mkdir");
+    let output = dir.join("events.jsonl");
+    let victim = env.dir.join("victim");
+    std::fs::write(&victim, "root's file\n").expect("write");
+    let config = sensor_config(
+        env,
+        &env.dir.join("symlink-state"),
+        &format!("[output]\npath = \"{}\"\nstdout = true\n", output.display()),
+    );
+    let sensor = Sensor::start(&world.binary, &config);
+    std::fs::remove_file(&output).expect("rm");
+    std::os::unix::fs::symlink(&victim, &output).expect("symlink");
+    sensor.signal(libc::SIGHUP);
+    std::thread::sleep(Duration::from_millis(500));
+    next_build_is_detected(&sensor, env, "symlink");
+    assert_eq!(std::fs::read_to_string(&victim).expect("read"), "root's file\n");
+    assert!(sensor.stderr().contains("symbolic link"), "{}", sensor.stderr());
+    assert_alive(&sensor);
+    // A symlinked output path at start is a one-line refusal.
+    let refused = std::process::Command::new(&world.binary)
+        .args(["run", "--config"])
+        .arg(&config)
+        .output()
+        .expect("running buildwatch");
+    assert!(!refused.status.success());
+    let stderr = String::from_utf8_lossy(&refused.stderr);
+    assert_eq!(stderr.trim().lines().count(), 1, "{stderr}");
+    assert!(stderr.contains("symbolic link"), "{stderr}");
+}
