@@ -149,12 +149,14 @@ impl Daemons {
 
     /// Re-checks candidates that are due; returns the tgids that became trusted.
     pub fn recheck(&mut self, now: u64) -> Vec<u32> {
-        let due: Vec<u32> = self
+        // In tgid order, so a replay asks the host the same questions in the same order.
+        let mut due: Vec<u32> = self
             .candidates
             .iter()
             .filter(|(_, c)| now >= c.next_check_ns)
             .map(|(tgid, _)| *tgid)
             .collect();
+        due.sort_unstable();
         let mut trusted = Vec::new();
         for tgid in due {
             let identity = self.host.daemon_identity(tgid);

@@ -59,7 +59,10 @@ impl Engine {
 
     /// Marks every already-running daemon (after the process table was seeded).
     fn discover_daemons(&mut self, now: u64) {
-        let found: Vec<u32> = self.processes.iter().map(|p| p.pid).collect();
+        // In pid order: the host's answers are recorded in the order they are asked, and a
+        // replay must ask in the same order (the table's own order is a hash map's).
+        let mut found: Vec<u32> = self.processes.iter().map(|p| p.pid).collect();
+        found.sort_unstable();
         for pid in found {
             self.check_daemon(pid, now, None);
         }
