@@ -19,8 +19,40 @@ pub const EXEC_PATH_LEN: usize = 256;
 pub const UNIX_PATH_LEN: usize = 108;
 /// iovec segments of one `readv`/`writev`/`recvmsg`/`sendmsg` that the kernel copies.
 pub const IOV_MAX_SEGMENTS: usize = 4;
-/// Slots in the per-kind drop counter array; every [`EventKind`] value is below this.
-pub const LOSS_SLOTS: u32 = 32;
+/// Slots in the per-kind drop counter array: `kind` for the daemon ring, `kind +
+/// CLIENT_LOSS_OFFSET` for the client ring; every [`EventKind`] value is below the offset.
+pub const LOSS_SLOTS: u32 = 64;
+pub const CLIENT_LOSS_OFFSET: u32 = 32;
+
+/// Entries of the socket tracking table. Client-side entries may take at most
+/// [`TRACKED_CLIENT_LIMIT`] of them, so a flood of client connections never leaves a daemon's
+/// connection untracked; nothing is ever evicted.
+pub const TRACKED_CAPACITY: u32 = 32768;
+pub const TRACKED_CLIENT_LIMIT: u32 = 16384;
+/// Client connections tracked per process (their fds are listed so the process's exit, exec,
+/// dup2 or close_range can drop them).
+pub const CLIENT_FDS_PER_PROCESS: usize = 16;
+
+/// Indexes of the table-full counters (`TABLE_FULL`), and their names in `sensor.loss`.
+pub const TABLE_FULL_NAMES: [&str; 6] = [
+    "tracked_daemon",
+    "tracked_client",
+    "client_fds_per_process",
+    "daemons",
+    "daemon_descendants",
+    "pending",
+];
+pub const TABLE_TRACKED_DAEMON: u32 = 0;
+pub const TABLE_TRACKED_CLIENT: u32 = 1;
+pub const TABLE_CLIENT_FDS: u32 = 2;
+pub const TABLE_DAEMONS: u32 = 3;
+pub const TABLE_DESCENDANTS: u32 = 4;
+pub const TABLE_PENDING: u32 = 5;
+
+/// Indexes of `TRACKED_COUNTS` (entries in use per side) and `BUDGET_SKIPPED` (bytes not
+/// captured because a connection spent its budget, per side).
+pub const SIDE_DAEMON: u32 = 0;
+pub const SIDE_CLIENT: u32 = 1;
 
 /// What a record is. Values are grouped by family: 1.. process, 16.. socket.
 #[repr(u32)]
@@ -63,6 +95,20 @@ impl EventKind {
             EventKind::SocketConnect | EventKind::SocketAccept => core::mem::size_of::<SocketEvent>(),
             EventKind::SocketData => core::mem::size_of::<DataEvent>(),
             EventKind::SocketClose => core::mem::size_of::<CloseEvent>(),
+        }
+    }
+
+    /// The name of drops on the client ring.
+    pub const fn client_name(self) -> &'static str {
+        match self {
+            EventKind::ProcessFork => "client:process.fork",
+            EventKind::ProcessExec => "client:process.exec",
+            EventKind::ProcessExit => "client:process.exit",
+            EventKind::ProcessArgv => "client:process.argv",
+            EventKind::SocketConnect => "client:socket.connect",
+            EventKind::SocketAccept => "client:socket.accept",
+            EventKind::SocketData => "client:socket.data",
+            EventKind::SocketClose => "client:socket.close",
         }
     }
 
@@ -197,8 +243,49 @@ pub struct TrackedSocket {
     pub conn_id: u64,
     pub role: u8,
     pub capture_mask: u8,
-    pub _pad: [u8; 6],
+    pub _pad: [u8; 2],
+    /// Ring bytes this connection may still use (a token bucket refilled at its side's rate).
+    pub budget: u32,
+    /// When `budget` was last refilled (boot ns).
+    pub budget_ns: u64,
+    /// Bytes moved but not captured since the last record (budget spent): the next record
+    /// carries them, so stream positions stay exact.
+    pub skipped: u64,
     pub peer: SockAddr,
+}
+
+impl SocketRole {
+    /// Which side of the API a role is on: the daemon's (trusted) or a client's (hostile).
+    pub const fn side(self) -> u32 {
+        match self {
+            SocketRole::DaemonAccepted | SocketRole::DaemonOutbound => SIDE_DAEMON,
+            SocketRole::Client | SocketRole::BuildStep => SIDE_CLIENT,
+        }
+    }
+}
+
+/// Ring bytes a connection may use per second, and at most in a burst, per side.
+pub const DAEMON_BUDGET_PER_SECOND: u32 = 4 << 20;
+pub const DAEMON_BUDGET_BURST: u32 = 8 << 20;
+pub const CLIENT_BUDGET_PER_SECOND: u32 = 256 << 10;
+pub const CLIENT_BUDGET_BURST: u32 = 1 << 20;
+
+/// The client connections of one process (fds, -1 when free).
+#[repr(C)]
+#[derive(Clone, Copy, Debug)]
+pub struct ClientFds {
+    pub fds: [i32; CLIENT_FDS_PER_PROCESS],
+}
+
+/// Key of the daemon listener table: a TCP address a trusted daemon listens on (IPv4 in the
+/// first four bytes), port in host order.
+#[repr(C)]
+#[derive(Clone, Copy, Debug, PartialEq, Eq)]
+pub struct ListenerKey {
+    pub addr: [u8; 16],
+    pub family: u16,
+    pub port: u16,
+    pub _pad: u32,
 }
 
 /// Key of the watched unix socket path map: the path, NUL-padded.
@@ -293,6 +380,9 @@ pub struct DataEvent {
     /// iovec index for vectored calls, 0 otherwise.
     pub segment: u8,
     pub _pad: u8,
+    /// Bytes this connection moved in this direction before this record and that no record
+    /// carried (its byte budget was spent).
+    pub skipped_before: u64,
     pub peer: SockAddr,
     pub data: [u8; CAPTURE_MAX],
 }
@@ -343,6 +433,8 @@ mod pod {
     unsafe impl aya::Pod for TrackedSocket {}
     unsafe impl aya::Pod for UnixPathKey {}
     unsafe impl aya::Pod for SockAddr {}
+    unsafe impl aya::Pod for ListenerKey {}
+    unsafe impl aya::Pod for ClientFds {}
 }
 
 const _: () = {

@@ -2,19 +2,22 @@
 //! do exactly one map lookup on an untracked fd and return. For tracked fds the arguments are
 //! saved and the bytes are copied at exit, when the syscall's return value says how many really
 //! moved (non-blocking sockets write short, and the retry must not duplicate bytes).
+use aya_ebpf::helpers::generated::bpf_ktime_get_boot_ns;
 use aya_ebpf::{
     helpers::{bpf_get_current_pid_tgid, bpf_probe_read_user, bpf_probe_read_user_buf},
     macros::tracepoint,
     programs::TracePointContext,
 };
 use sensor_common::{
-    DataEvent, Direction, EventKind, FdKey, PendingIo, TrackedSocket, CAPTURE_MAX, IOV_MAX_SEGMENTS,
+    DataEvent, Direction, EventKind, FdKey, PendingIo, SocketRole, TrackedSocket, CAPTURE_MAX,
+    CLIENT_BUDGET_BURST, CLIENT_BUDGET_PER_SECOND, DAEMON_BUDGET_BURST, DAEMON_BUDGET_PER_SECOND,
+    IOV_MAX_SEGMENTS, SIDE_CLIENT, TABLE_PENDING,
 };
 
 use crate::{
-    event::{fill_header, reserve},
+    event::{fill_header, reserve_on},
     maps,
-    maps::{CAPTURE_BYTES, PENDING_IO, TRACKED},
+    maps::{table_full, BUDGET_SKIPPED, CAPTURE_BYTES, PENDING_IO, TRACKED},
     syscall,
 };
 
@@ -101,7 +104,10 @@ fn try_enter_io(ctx: &TracePointContext, direction: Direction, buffer: Buffer) -
         buf,
         iov_count,
     };
-    PENDING_IO.insert(pid_tgid, pending, 0).map_err(i64::from)
+    if PENDING_IO.insert(pid_tgid, pending, 0).is_err() {
+        table_full(TABLE_PENDING);
+    }
+    Ok(())
 }
 
 /// Attached to the exit of every read-like and write-like syscall.
@@ -127,11 +133,11 @@ fn try_exit_io(ctx: &TracePointContext) -> Result<(), i64> {
         tgid: (pid_tgid >> 32) as u32,
         fd: pending.fd,
     };
-    let Some(tracked) = TRACKED.get_ptr(key) else {
+    let Some(tracked) = TRACKED.get_ptr_mut(key) else {
         return Ok(());
     };
     // SAFETY: map value pointer valid for this program run.
-    let tracked = unsafe { &*tracked };
+    let tracked = unsafe { &mut *tracked };
     if pending.vectored == 0 {
         emit_data(tracked, &pending, pending.buf as *const u8, moved as u64, 0, true);
         return Ok(());
@@ -174,16 +180,30 @@ fn try_exit_io(ctx: &TracePointContext) -> Result<(), i64> {
     Ok(())
 }
 
+/// Writes one data record, unless the connection spent its byte budget or the ring has no
+/// room: then the bytes are added to the connection's skipped count, which the next record
+/// carries, so the agent knows exactly how much it did not see.
 #[inline(always)]
 fn emit_data(
-    tracked: &TrackedSocket,
+    tracked: &mut TrackedSocket,
     pending: &PendingIo,
     src: *const u8,
     len: u64,
     segment: u8,
     capture: bool,
 ) {
-    let Some(mut entry) = reserve::<DataEvent>(EventKind::SocketData) else {
+    let role = SocketRole::from_u8(tracked.role).unwrap_or(SocketRole::Client);
+    let side = role.side();
+    if !spend_budget(tracked, side) {
+        tracked.skipped += len;
+        if let Some(skipped) = BUDGET_SKIPPED.get_ptr_mut(side) {
+            // SAFETY: per-CPU slot, no concurrent writer on this CPU.
+            unsafe { *skipped += len };
+        }
+        return;
+    }
+    let Some(mut entry) = reserve_on::<DataEvent>(side, EventKind::SocketData, true) else {
+        tracked.skipped += len;
         return;
     };
     // SAFETY: the reserved record is ours until submit.
@@ -196,6 +216,8 @@ fn emit_data(
     event.direction = pending.direction;
     event.segment = segment;
     event._pad = 0;
+    event.skipped_before = tracked.skipped;
+    tracked.skipped = 0;
     event.peer = tracked.peer;
     let limit = core::cmp::min(maps::load(&CAPTURE_BYTES) as usize, CAPTURE_MAX);
     let captured = if capture {
@@ -207,4 +229,28 @@ fn emit_data(
     let ok = captured > 0 && unsafe { bpf_probe_read_user_buf(src, &mut event.data[..captured]) }.is_ok();
     event.captured_len = if ok { captured as u32 } else { 0 };
     entry.submit(0);
+}
+
+/// Takes one record's worth of ring from the connection's token bucket (refilled at its side's
+/// rate since the last record); false when it is spent.
+#[inline(always)]
+fn spend_budget(tracked: &mut TrackedSocket, side: u32) -> bool {
+    let (rate, burst) = if side == SIDE_CLIENT {
+        (CLIENT_BUDGET_PER_SECOND, CLIENT_BUDGET_BURST)
+    } else {
+        (DAEMON_BUDGET_PER_SECOND, DAEMON_BUDGET_BURST)
+    };
+    // SAFETY: helper without arguments.
+    let now = unsafe { bpf_ktime_get_boot_ns() };
+    let elapsed = core::cmp::min(now.saturating_sub(tracked.budget_ns), 10_000_000_000);
+    let refill = elapsed * u64::from(rate) / 1_000_000_000;
+    let budget = core::cmp::min(u64::from(tracked.budget) + refill, u64::from(burst));
+    tracked.budget_ns = now;
+    let cost = core::mem::size_of::<DataEvent>() as u64;
+    if budget < cost {
+        tracked.budget = budget as u32;
+        return false;
+    }
+    tracked.budget = (budget - cost) as u32;
+    true
 }

@@ -6,21 +6,53 @@ use aya_ebpf::{
     },
     maps::ring_buf::RingBufEntry,
 };
-use sensor_common::{EventHeader, EventKind};
+use sensor_common::{EventHeader, EventKind, CLIENT_LOSS_OFFSET, SIDE_CLIENT};
 
-use crate::maps::{self, EVENTS, LOSSES, SELF_TGID};
+use crate::maps::{self, CLIENT_EVENTS, EVENTS, LOSSES, SELF_TGID};
 
-/// Reserves a record of type `T` for `kind`, counting the loss when the buffer is full.
+/// `bpf_ringbuf_query` flags.
+const BPF_RB_AVAIL_DATA: u64 = 0;
+const BPF_RB_RING_SIZE: u64 = 1;
+
+/// Reserves a record of type `T` for `kind` on the daemon ring, counting the loss when it is
+/// full.
 #[inline(always)]
 pub fn reserve<T: 'static>(kind: EventKind) -> Option<RingBufEntry<T>> {
     let entry = EVENTS.reserve::<T>(0);
     if entry.is_none() {
-        if let Some(count) = LOSSES.get_ptr_mut(kind as u32) {
-            // SAFETY: per-CPU slot, no concurrent writer on this CPU.
-            unsafe { *count += 1 };
-        }
+        count_loss(kind as u32);
     }
     entry
+}
+
+/// Reserves a record on the ring of `side`. Data records keep the last quarter of the daemon
+/// ring free, so process and connection events still get through a flood of data.
+#[inline(always)]
+pub fn reserve_on<T: 'static>(side: u32, kind: EventKind, data: bool) -> Option<RingBufEntry<T>> {
+    if side == SIDE_CLIENT {
+        let entry = CLIENT_EVENTS.reserve::<T>(0);
+        if entry.is_none() {
+            count_loss(kind as u32 + CLIENT_LOSS_OFFSET);
+        }
+        return entry;
+    }
+    if data {
+        let used = EVENTS.query(BPF_RB_AVAIL_DATA);
+        let size = EVENTS.query(BPF_RB_RING_SIZE);
+        if used > size / 4 * 3 {
+            count_loss(kind as u32);
+            return None;
+        }
+    }
+    reserve::<T>(kind)
+}
+
+#[inline(always)]
+fn count_loss(slot: u32) {
+    if let Some(count) = LOSSES.get_ptr_mut(slot) {
+        // SAFETY: per-CPU slot, no concurrent writer on this CPU.
+        unsafe { *count += 1 };
+    }
 }
 
 #[inline(always)]

@@ -3,19 +3,51 @@ use aya_ebpf::{
     macros::map,
     maps::{Array, HashMap, LruHashMap, PerCpuArray, RingBuf},
 };
-use sensor_common::{FdKey, PendingIo, PendingSocket, TrackedSocket, UnixPathKey, LOSS_SLOTS};
+use sensor_common::{
+    ClientFds, FdKey, ListenerKey, PendingIo, PendingSocket, TrackedSocket, UnixPathKey, LOSS_SLOTS,
+    TABLE_FULL_NAMES, TRACKED_CAPACITY,
+};
 
-/// All events, in order per CPU.
+/// Process events and the daemons' side (what they read, their own connections): the trusted
+/// view, which no client can crowd out.
 #[map]
 pub static EVENTS: RingBuf = RingBuf::with_byte_size(16 * 1024 * 1024, 0);
 
-/// Failed ring buffer reserves, indexed by `EventKind`.
+/// Client-side data and connections (anyone's to shape), apart from `EVENTS`.
+#[map]
+pub static CLIENT_EVENTS: RingBuf = RingBuf::with_byte_size(8 * 1024 * 1024, 0);
+
+/// Failed ring buffer reserves, indexed by `EventKind` (+ `CLIENT_LOSS_OFFSET` on the client
+/// ring).
 #[map]
 pub static LOSSES: PerCpuArray<u64> = PerCpuArray::with_max_entries(LOSS_SLOTS, 0);
 
-/// Sockets whose bytes are captured, keyed by (tgid, fd).
+/// Inserts a full table refused, by `TABLE_*` index.
 #[map]
-pub static TRACKED: LruHashMap<FdKey, TrackedSocket> = LruHashMap::with_max_entries(16384, 0);
+pub static TABLE_FULL: PerCpuArray<u64> = PerCpuArray::with_max_entries(TABLE_FULL_NAMES.len() as u32, 0);
+
+/// Bytes not captured because a connection spent its budget, by side.
+#[map]
+pub static BUDGET_SKIPPED: PerCpuArray<u64> = PerCpuArray::with_max_entries(2, 0);
+
+/// Entries of `TRACKED` in use, by side (atomic counters).
+#[map]
+pub static TRACKED_COUNTS: Array<u64> = Array::with_max_entries(2, 0);
+
+/// Sockets whose bytes are captured, keyed by (tgid, fd). Not an LRU: nothing a client does can
+/// evict an entry; client entries are capped (`TRACKED_CLIENT_LIMIT`) and removed on close,
+/// dup2/dup3 over them, close_range, exec and exit.
+#[map]
+pub static TRACKED: HashMap<FdKey, TrackedSocket> = HashMap::with_max_entries(TRACKED_CAPACITY, 0);
+
+/// The client connections of each process with any, so its exit or exec drops them.
+#[map]
+pub static CLIENT_FDS: HashMap<u32, ClientFds> = HashMap::with_max_entries(8192, 0);
+
+/// TCP addresses trusted daemons listen on (filled by the agent): a client connect to one of
+/// them is tracked.
+#[map]
+pub static DAEMON_LISTENERS: HashMap<ListenerKey, u8> = HashMap::with_max_entries(1024, 0);
 
 /// Read/write calls on tracked sockets between entry and exit, keyed by pid_tgid.
 #[map]
@@ -33,7 +65,8 @@ pub static CLONE_FLAGS: LruHashMap<u64, u64> = LruHashMap::with_max_entries(4096
 #[map]
 pub static WATCHED_UNIX_PATHS: HashMap<UnixPathKey, u8> = HashMap::with_max_entries(64, 0);
 
-/// TCP ports of watched APIs (filled by the agent from its config).
+/// TCP ports of remote APIs whose clients on this host are followed to any address
+/// (`watch.remote_tcp_ports`, empty by default).
 #[map]
 pub static WATCHED_TCP_PORTS: HashMap<u16, u8> = HashMap::with_max_entries(64, 0);
 
@@ -43,7 +76,7 @@ pub static DAEMONS: HashMap<u32, u8> = HashMap::with_max_entries(4096, 0);
 
 /// Processes forked, at any depth, from a watched daemon (container runtimes, build steps).
 #[map]
-pub static DAEMON_DESCENDANTS: LruHashMap<u32, u8> = LruHashMap::with_max_entries(16384, 0);
+pub static DAEMON_DESCENDANTS: LruHashMap<u32, u8> = LruHashMap::with_max_entries(65536, 0);
 
 /// Non-zero while the agent has a build open: then connects of daemon descendants (build steps)
 /// are tracked. Outside builds, containers' connections cost one array lookup.
@@ -55,6 +88,17 @@ pub static BUILD_GATE: Array<u32> = Array::with_max_entries(1, 0);
 pub static SCRATCH_PENDING: PerCpuArray<PendingSocket> = PerCpuArray::with_max_entries(1, 0);
 #[map]
 pub static SCRATCH_TRACKED: PerCpuArray<TrackedSocket> = PerCpuArray::with_max_entries(1, 0);
+#[map]
+pub static SCRATCH_LISTENER: PerCpuArray<ListenerKey> = PerCpuArray::with_max_entries(1, 0);
+
+/// Counts a refused insert into table `index`.
+#[inline(always)]
+pub fn table_full(index: u32) {
+    if let Some(count) = TABLE_FULL.get_ptr_mut(index) {
+        // SAFETY: per-CPU slot, no concurrent writer on this CPU.
+        unsafe { *count += 1 };
+    }
+}
 
 /// The agent's own tgid: never traced.
 #[unsafe(no_mangle)]

@@ -77,8 +77,10 @@ fn try_fork(ctx: &TracePointContext) -> Result<(), i64> {
     let child_pid: i32 =
         unsafe { ctx.read_at(maps::load(&FORK_CHILD_PID_OFFSET) as usize) }.map_err(i64::from)?;
     let parent = current_tgid();
-    if DAEMONS.get_ptr(parent).is_some() || DAEMON_DESCENDANTS.get_ptr(parent).is_some() {
-        let _ = DAEMON_DESCENDANTS.insert(child_pid as u32, 1, 0);
+    if (DAEMONS.get_ptr(parent).is_some() || DAEMON_DESCENDANTS.get_ptr(parent).is_some())
+        && DAEMON_DESCENDANTS.insert(child_pid as u32, 1, 0).is_err()
+    {
+        crate::maps::table_full(sensor_common::TABLE_DESCENDANTS);
     }
     let Some(mut entry) = reserve::<ForkEvent>(EventKind::ProcessFork) else {
         return Ok(());
@@ -102,6 +104,8 @@ fn try_exec(ctx: &TracePointContext) -> Result<(), i64> {
     if is_self(current_tgid()) {
         return Ok(());
     }
+    // Its close-on-exec sockets closed without a close(): forget its client connections.
+    crate::socket::forget_client_fds(current_tgid());
     // SAFETY: offsets read from this kernel's tracepoint format; `filename` is a __data_loc
     // (offset in the low 16 bits, length in the high 16 bits, relative to the record).
     let filename_loc: u32 =
@@ -148,6 +152,9 @@ fn try_exit(ctx: &TracePointContext) -> Result<(), i64> {
         return Ok(());
     }
     let _ = DAEMON_DESCENDANTS.remove(tgid);
+    // A daemon that exits leaves the table at once; a restarted one is added again.
+    let _ = DAEMONS.remove(tgid);
+    crate::socket::forget_client_fds(tgid);
     let Some(mut entry) = reserve::<ExitEvent>(EventKind::ProcessExit) else {
         return Ok(());
     };

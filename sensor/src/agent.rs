@@ -2,7 +2,6 @@
 //! SIGINT/SIGTERM. Lines go through a bounded queue to a writer thread, so a slow sink never
 //! holds up the kernel reader.
 use std::{
-    collections::BTreeMap,
     path::PathBuf,
     rc::Rc,
     sync::{atomic::AtomicBool, Arc},
@@ -20,7 +19,7 @@ use crate::{
     config::Config,
     connections::ConnectionTable,
     daemons::Daemons,
-    decode::decode,
+    decode::{decode, RawEvent},
     detect::{allow::Allowlist, ledger::Ledger, Detector, Settings},
     docker::store,
     engine::Engine,
@@ -40,6 +39,8 @@ use crate::{
 };
 
 const LOSS_CHECK_INTERVAL: Duration = Duration::from_secs(1);
+/// Every this many loss checks, the kernel's tracked-socket counts are corrected from the table.
+const RECOUNT_EVERY: u64 = 30;
 /// How often pending correlation (request halves, bodies) is checked against the clock; keeps
 /// detections well within a second of their request.
 const CORRELATION_TICK: Duration = Duration::from_millis(100);
@@ -114,7 +115,7 @@ pub async fn run(options: RunOptions) -> anyhow::Result<()> {
     let (ledger, ledger_warning) = Ledger::open(&config.detect.state_dir, config.detect.ledger_max_records)?;
     let allow = Allowlist::compile(&config.allow)?;
     let mut kernel = KernelSensor::load(&config, &tracefs)?;
-    let ring = kernel.take_events()?;
+    let rings = kernel.take_rings()?;
     let losses = kernel.take_loss_counters()?;
     let daemon_map = kernel.take_daemon_map()?;
     let mut tracked = kernel.take_tracked_sockets()?;
@@ -236,7 +237,7 @@ pub async fn run(options: RunOptions) -> anyhow::Result<()> {
         started,
         signals,
     };
-    let stall_max = read_events(ring, loop_state, &mut inputs, &mut sink).await?;
+    let stall_max = read_events(rings, loop_state, &mut inputs, &mut sink, &mut tracked).await?;
     let _ = notify("STOPPING=1");
     inputs.apply(Input::Finish(procfs::boot_time_ns()), &mut sink)?;
     inputs.flush()?;
@@ -285,16 +286,22 @@ impl Signals {
     }
 }
 
-/// Reads events until SIGINT/SIGTERM; returns the longest stall of the loop.
+/// Reads events until SIGINT/SIGTERM; returns the longest stall of the loop. The daemon ring
+/// (process events, the daemons' side) is polled first whenever both have records, so a client
+/// flood never delays the trusted view.
 async fn read_events(
-    ring: RingBuf<MapData>,
+    (ring, client_ring): (RingBuf<MapData>, RingBuf<MapData>),
     mut state: Loop<'_>,
     inputs: &mut Inputs,
     sink: &mut Sink,
+    tracked: &mut TrackedSockets,
 ) -> anyhow::Result<Duration> {
-    // SAFETY: the ring buffer owns its fd, which stays open for as long as the AsyncFd owns it.
+    // SAFETY: each ring buffer owns its fd, which stays open for as long as the AsyncFd owns it.
     let mut ring = unsafe { AsyncFd::register_with_interest(ring, Interest::READABLE) }
         .map_err(|err| anyhow::anyhow!("cannot poll the ring buffer: {err}"))?;
+    // SAFETY: as above.
+    let mut client_ring = unsafe { AsyncFd::register_with_interest(client_ring, Interest::READABLE) }
+        .map_err(|err| anyhow::anyhow!("cannot poll the client ring buffer: {err}"))?;
     let mut loss_check = tokio::time::interval(LOSS_CHECK_INTERVAL);
     let mut correlation_tick = tokio::time::interval(CORRELATION_TICK);
     // An interval of zero turns health lines off.
@@ -308,15 +315,23 @@ async fn read_events(
     let watchdog_period = watchdog_interval();
     let mut watchdog = tokio::time::interval(watchdog_period.unwrap_or(Duration::from_secs(3600)));
     let mut stall_max = Duration::ZERO;
+    let mut recount_ticks: u64 = 0;
     loop {
-        let woke = Instant::now();
         tokio::select! {
+            biased;
             guard = ring.readable_mut() => {
                 let mut guard = guard.context("polling the ring buffer")?;
-                drain(guard.get_inner_mut(), inputs, sink)?;
+                drain(guard.get_inner_mut(), inputs, sink, tracked)?;
                 guard.clear_ready();
             }
-            _ = correlation_tick.tick() => {
+            guard = client_ring.readable_mut() => {
+                let mut guard = guard.context("polling the client ring buffer")?;
+                drain(guard.get_inner_mut(), inputs, sink, tracked)?;
+                guard.clear_ready();
+            }
+            scheduled = correlation_tick.tick() => {
+                // A tick that fires late measures how long the loop was busy elsewhere.
+                stall_max = stall_max.max(scheduled.elapsed());
                 let now = procfs::boot_time_ns();
                 if inputs.engine.has_timed_work(now) {
                     inputs.apply(Input::Tick(now), sink)?;
@@ -330,6 +345,10 @@ async fn read_events(
             _ = loss_check.tick() => {
                 let loss = gather_loss(&inputs.engine, state.losses, state.queue);
                 inputs.engine.report_loss(loss, sink)?;
+                recount_ticks += 1;
+                if recount_ticks % RECOUNT_EVERY == 0 {
+                    tracked.recount();
+                }
             }
             _ = health.tick(), if !state.health_interval.is_zero() => {
                 let body = HealthBody {
@@ -350,10 +369,10 @@ async fn read_events(
             _ = state.signals.interrupt.recv() => break,
             _ = state.signals.terminate.recv() => break,
         }
-        stall_max = stall_max.max(woke.elapsed());
     }
     // Whatever the kernel wrote before the signal is still reported.
-    drain(ring.get_mut(), inputs, sink)?;
+    drain(ring.get_mut(), inputs, sink, tracked)?;
+    drain(client_ring.get_mut(), inputs, sink, tracked)?;
     Ok(stall_max)
 }
 
@@ -374,7 +393,9 @@ fn watchdog_interval() -> Option<Duration> {
 fn gather_loss(engine: &Engine, losses: &LossCounters, queue: &LineQueue) -> LossView {
     let queue = queue.stats();
     LossView {
-        kernel_drops: kernel_drops(losses),
+        kernel_drops: losses.ring_drops(),
+        table_full: losses.tables_full(),
+        budget_skipped_bytes: losses.budget_skipped(),
         queue_drops: queue.drops,
         output_errors: queue.write_errors,
         ledger_write_errors: engine.detector.ledger_write_errors(),
@@ -429,12 +450,26 @@ fn adopt_existing_connections(
     Ok(())
 }
 
-fn drain(ring: &mut RingBuf<MapData>, inputs: &mut Inputs, sink: &mut Sink) -> anyhow::Result<()> {
+fn drain(
+    ring: &mut RingBuf<MapData>,
+    inputs: &mut Inputs,
+    sink: &mut Sink,
+    tracked: &mut TrackedSockets,
+) -> anyhow::Result<()> {
     while let Some(record) = ring.next() {
         match decode(&record) {
             Ok(event) => {
                 drop(record);
+                let exited = match &event {
+                    RawEvent::Exit { header } => Some(header.tgid),
+                    _ => None,
+                };
+                let was_daemon = exited.is_some_and(|tgid| inputs.engine.daemons.get(tgid).is_some());
                 inputs.apply(Input::Event(event), sink)?;
+                if let (Some(tgid), true) = (exited, was_daemon) {
+                    // Its accepted connections closed with it, without a close() to see.
+                    tracked.forget(tgid);
+                }
             }
             Err(err) => {
                 inputs.engine.decode_error();
@@ -443,14 +478,6 @@ fn drain(ring: &mut RingBuf<MapData>, inputs: &mut Inputs, sink: &mut Sink) -> a
         }
     }
     Ok(())
-}
-
-fn kernel_drops(losses: &LossCounters) -> BTreeMap<&'static str, u64> {
-    losses
-        .read()
-        .into_iter()
-        .map(|(kind, count)| (kind.name(), count))
-        .collect()
 }
 
 fn spawn_kernel_logger(kernel: &mut KernelSensor) {

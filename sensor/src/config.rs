@@ -104,8 +104,12 @@ pub struct Allow {
 pub struct Watch {
     /// Unix socket paths of container APIs; a connect() to one makes the socket tracked.
     pub unix_sockets: Vec<PathBuf>,
-    /// TCP ports of container APIs, any address.
+    /// TCP ports of container APIs: a daemon listening on one serves the API, and a client
+    /// connect to the address a trusted daemon listens on is tracked.
     pub tcp_ports: Vec<u16>,
+    /// Ports of remote APIs whose clients on this host are followed to any address (empty by
+    /// default: a connect to an arbitrary address is anyone's to make).
+    pub remote_tcp_ports: Vec<u16>,
     /// Daemon names (comm or executable basename). A process taking one of these names is a
     /// daemon only when its executable is one of `daemon_binaries` and it listens on a watched
     /// socket or port; otherwise it is reported as `daemon_impersonation`.
@@ -172,8 +176,12 @@ impl Output {
 pub struct Kernel {
     /// Forward aya-log diagnostics from the kernel programs to stderr.
     pub log: bool,
-    /// Size of the event ring buffer in bytes: a power of two, at least one page.
+    /// Size of the ring buffer of process events and the daemons' side in bytes: a power of
+    /// two, at least one page.
     pub ring_buffer_bytes: u32,
+    /// Size of the ring buffer of client-side data (anyone's to shape, so apart from the
+    /// daemons' view): a power of two, at least one page.
+    pub client_ring_buffer_bytes: u32,
 }
 
 impl Default for Kernel {
@@ -181,6 +189,7 @@ impl Default for Kernel {
         Self {
             log: false,
             ring_buffer_bytes: DEFAULT_RING_BUFFER_BYTES,
+            client_ring_buffer_bytes: DEFAULT_RING_BUFFER_BYTES / 2,
         }
     }
 }
@@ -199,6 +208,7 @@ impl Default for Watch {
             .map(PathBuf::from)
             .collect(),
             tcp_ports: vec![2375, 2376],
+            remote_tcp_ports: Vec::new(),
             daemons: ["dockerd", "podman", "buildkitd", "containerd"]
                 .map(String::from)
                 .to_vec(),
@@ -274,9 +284,13 @@ impl Config {
                 );
             }
         }
-        let ring = self.kernel.ring_buffer_bytes;
-        if ring < PAGE_SIZE || !ring.is_power_of_two() {
-            bail!("kernel.ring_buffer_bytes must be a power of two of at least {PAGE_SIZE}, not {ring}");
+        for (key, ring) in [
+            ("ring_buffer_bytes", self.kernel.ring_buffer_bytes),
+            ("client_ring_buffer_bytes", self.kernel.client_ring_buffer_bytes),
+        ] {
+            if ring < PAGE_SIZE || !ring.is_power_of_two() {
+                bail!("kernel.{key} must be a power of two of at least {PAGE_SIZE}, not {ring}");
+            }
         }
         if self.output.max_size > 0 && self.output.path.is_none() {
             bail!("output.max_size rotates the output file: set output.path too");

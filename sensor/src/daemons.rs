@@ -16,16 +16,27 @@ use crate::{host::SharedHost, kernel::DaemonMap};
 const CANDIDATE_WINDOW_NS: u64 = 300_000_000_000;
 /// How often a candidate is re-checked.
 const RECHECK_NS: u64 = 1_000_000_000;
+/// How often a trusted daemon's identity and listeners are checked again: often while it starts
+/// (dockerd opens its TCP listener some 15 s after its unix socket), then now and then.
+const REFRESH_NS: u64 = 5_000_000_000;
+const SETTLED_REFRESH_NS: u64 = 60_000_000_000;
 const MAX_CANDIDATES: usize = 256;
 const MAX_REPORTED: usize = 4096;
 
 /// What the host says about a process claiming to be a daemon.
 #[derive(Debug, Clone, Default, PartialEq, Eq, Serialize, Deserialize)]
 pub struct DaemonIdentity {
+    /// The host answered (a /proc read past its deadline is no answer: nothing changes then).
+    #[serde(default)]
+    pub answered: bool,
     /// Its executable is one of the configured daemon binaries (same device and inode).
     pub known_binary: bool,
     /// Watched endpoints it listens on (`unix:/run/docker.sock`, `tcp:2375`).
     pub serves: Vec<String>,
+    /// The TCP addresses of its listeners on watched ports (a wildcard listener as every local
+    /// address of its network namespace): client connects to these are followed.
+    #[serde(default)]
+    pub tcp_listeners: Vec<(std::net::IpAddr, u16)>,
 }
 
 /// A trusted daemon.
@@ -34,6 +45,8 @@ pub struct Daemon {
     pub name: String,
     /// The image store its provenance is kept under (`docker:/var/lib/docker`).
     pub store: String,
+    trusted_ns: u64,
+    next_refresh_ns: u64,
 }
 
 /// What an exec or a re-check concluded about a process.
@@ -96,7 +109,7 @@ impl Daemons {
             return Verdict::None;
         };
         let identity = self.host.daemon_identity(tgid);
-        if !identity.known_binary {
+        if identity.answered && !identity.known_binary {
             if self.reported.len() >= MAX_REPORTED {
                 self.reported.clear();
             }
@@ -108,7 +121,7 @@ impl Daemons {
         }
         let store = store_of(&name, process.argv, process.uid);
         if !identity.serves.is_empty() {
-            self.trust(tgid, name, store);
+            self.trust(tgid, name, store, &identity, now);
             return Verdict::Trusted;
         }
         if self.candidates.len() < MAX_CANDIDATES {
@@ -127,24 +140,34 @@ impl Daemons {
 
     /// Trusts a daemon-less builder running from a verified binary (a `podman build`): its own
     /// registry traffic is then followed like a daemon's. `store` is where its images go.
-    pub fn trust_builder(&mut self, tgid: u32, name: &str, store: String) {
-        if self.host.daemon_identity(tgid).known_binary {
-            self.trust(tgid, name.to_string(), store);
+    pub fn trust_builder(&mut self, tgid: u32, name: &str, store: String, now: u64) {
+        let identity = self.host.daemon_identity(tgid);
+        if identity.answered && identity.known_binary {
+            self.trust(tgid, name.to_string(), store, &identity, now);
         }
     }
 
-    fn trust(&mut self, tgid: u32, name: String, store: String) {
+    fn trust(&mut self, tgid: u32, name: String, store: String, identity: &DaemonIdentity, now: u64) {
         self.candidates.remove(&tgid);
-        if self.trusted.insert(tgid, Daemon { name, store }).is_none() {
-            if let Some(map) = &mut self.map {
+        let daemon = Daemon {
+            name,
+            store,
+            trusted_ns: now,
+            next_refresh_ns: now + REFRESH_NS,
+        };
+        let added = self.trusted.insert(tgid, daemon).is_none();
+        if let Some(map) = &mut self.map {
+            if added {
                 map.insert(tgid);
             }
+            map.listen(tgid, &identity.tcp_listeners);
         }
     }
 
-    /// Whether a candidate is due for a re-check at `now`.
-    pub fn has_due_candidates(&self, now: u64) -> bool {
+    /// Whether a candidate or a trusted daemon is due for a check at `now`.
+    pub fn has_due_checks(&self, now: u64) -> bool {
         self.candidates.values().any(|c| now >= c.next_check_ns)
+            || self.trusted.values().any(|d| now >= d.next_refresh_ns)
     }
 
     /// Re-checks candidates that are due; returns the tgids that became trusted.
@@ -165,12 +188,38 @@ impl Daemons {
             };
             if identity.known_binary && !identity.serves.is_empty() {
                 let (name, store) = (candidate.name.clone(), candidate.store.clone());
-                self.trust(tgid, name, store);
+                self.trust(tgid, name, store, &identity, now);
                 trusted.push(tgid);
-            } else if !identity.known_binary || now >= candidate.until_ns {
+            } else if identity.answered && !identity.known_binary || now >= candidate.until_ns {
                 self.candidates.remove(&tgid);
             } else {
                 candidate.next_check_ns = now + RECHECK_NS;
+            }
+        }
+        let mut refresh: Vec<u32> = self
+            .trusted
+            .iter()
+            .filter(|(_, d)| now >= d.next_refresh_ns)
+            .map(|(tgid, _)| *tgid)
+            .collect();
+        refresh.sort_unstable();
+        for tgid in refresh {
+            let identity = self.host.daemon_identity(tgid);
+            if let Some(daemon) = self.trusted.get_mut(&tgid) {
+                let settled = now.saturating_sub(daemon.trusted_ns) > CANDIDATE_WINDOW_NS;
+                daemon.next_refresh_ns = now + if settled { SETTLED_REFRESH_NS } else { REFRESH_NS };
+            }
+            // No answer (a busy /proc) changes nothing; a process that is no longer a daemon
+            // binary (it exec'd, or exited and the pid was reused) loses its trust.
+            if !identity.answered {
+                continue;
+            }
+            if !identity.known_binary {
+                self.untrust(tgid);
+                continue;
+            }
+            if let Some(map) = &mut self.map {
+                map.listen(tgid, &identity.tcp_listeners);
             }
         }
         trusted
@@ -265,22 +314,28 @@ mod tests {
             (
                 10,
                 DaemonIdentity {
+                    answered: true,
                     known_binary: true,
                     serves: vec!["unix:/run/docker.sock".into()],
+                    ..Default::default()
                 },
             ),
             (
                 11,
                 DaemonIdentity {
+                    answered: true,
                     known_binary: false,
                     serves: vec!["tcp:2375".into()],
+                    ..Default::default()
                 },
             ),
             (
                 12,
                 DaemonIdentity {
+                    answered: true,
                     known_binary: true,
                     serves: vec![],
+                    ..Default::default()
                 },
             ),
         ]));
@@ -316,8 +371,10 @@ mod tests {
         host.identities.borrow_mut().insert(
             12,
             DaemonIdentity {
+                answered: true,
                 known_binary: true,
                 serves: vec!["tcp:2375".into()],
+                ..Default::default()
             },
         );
         assert!(daemons.recheck(RECHECK_NS / 2).is_empty(), "not due yet");

@@ -113,6 +113,10 @@ pub struct SocketData {
     pub segment: u8,
     /// Bytes the syscall moved in this segment.
     pub total_len: u32,
+    /// Bytes the connection moved in this direction before this record that no record carried
+    /// (its budget was spent, or the ring had no room): a hole to skip before these bytes.
+    #[serde(default, skip_serializing_if = "is_zero")]
+    pub skipped_before: u64,
     pub peer: Endpoint,
     /// The captured prefix (at most the capture size).
     #[serde(with = "base64_bytes")]
@@ -292,6 +296,7 @@ pub fn decode(record: &[u8]) -> Result<RawEvent, DecodeError> {
                     direction,
                     segment: raw.segment,
                     total_len: raw.total_len,
+                    skipped_before: raw.skipped_before,
                     peer: endpoint(&raw.peer),
                     bytes: raw.data[..captured].to_vec(),
                     redacted: false,
@@ -448,6 +453,7 @@ mod tests {
             direction: Direction::Recv as u8,
             segment: 0,
             _pad: 0,
+            skipped_before: 0,
             peer,
             data,
         }
@@ -588,4 +594,8 @@ mod tests {
         raw.port = 2375;
         assert_eq!(endpoint(&raw).to_string(), "[::1]:2375");
     }
+}
+
+fn is_zero(n: &u64) -> bool {
+    *n == 0
 }

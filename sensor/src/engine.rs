@@ -101,6 +101,9 @@ impl Engine {
     pub fn prepare(&mut self, mut input: Input) -> Input {
         match &mut input {
             Input::Event(RawEvent::Data { data, .. }) => {
+                if data.skipped_before > 0 {
+                    self.redactor.gap(data.conn_id, data.direction);
+                }
                 data.redacted = self
                     .redactor
                     .redact(data.conn_id, data.direction, &mut data.bytes);
@@ -137,7 +140,7 @@ impl Engine {
     /// Whether a clock tick could change anything now (a request waits for its other half or
     /// its body, or a build is open). Ticks that cannot are not recorded.
     pub fn has_timed_work(&self, now: u64) -> bool {
-        self.detector.has_timed_work() || self.daemons.has_due_candidates(now)
+        self.detector.has_timed_work() || self.daemons.has_due_checks(now)
     }
 
     /// Handles one kernel event: its own line, then whatever correlation concluded from it.
@@ -224,7 +227,7 @@ impl Engine {
                 if let Some(builder) = self.detector.on_exec(&header, &id, &view) {
                     // A daemon-less builder's own registry traffic is followed like a daemon's.
                     self.daemons
-                        .trust_builder(header.tgid, &builder.name, builder.store);
+                        .trust_builder(header.tgid, &builder.name, builder.store, header.boot_ns);
                 }
                 Ok(())
             }
@@ -412,7 +415,8 @@ impl Engine {
                 data.bytes.len() as u32,
                 &data.bytes,
                 data.redacted,
-            ),
+            )
+            .after_skipping(data.skipped_before),
         };
         let id = self.write(sink, "socket.data", &header, body)?;
         let daemon_store = match data.role {
@@ -423,6 +427,7 @@ impl Engine {
         };
         self.detector.on_data(DataInput {
             daemon_store: daemon_store.as_deref(),
+            skipped_before: data.skipped_before,
             header: &header,
             line_id: &id,
             conn_id: data.conn_id,
@@ -503,8 +508,10 @@ mod tests {
         scripted.identities.borrow_mut().insert(
             11,
             crate::daemons::DaemonIdentity {
+                answered: true,
                 known_binary: true,
                 serves: vec!["tcp:2375".into()],
+                ..Default::default()
             },
         );
         let host: crate::host::SharedHost = scripted;
@@ -592,6 +599,7 @@ mod tests {
             direction: Dir::Recv,
             segment: 0,
             total_len: request.len() as u32,
+            skipped_before: 0,
             peer,
             bytes: request.to_vec(),
             redacted: false,

@@ -134,7 +134,10 @@ pub fn daemon_identity(
             .any(|binary| fs::metadata(binary).is_ok_and(|b| b.dev() == exe.dev() && b.ino() == exe.ino()))
     });
     if !known_binary {
-        return crate::daemons::DaemonIdentity::default();
+        return crate::daemons::DaemonIdentity {
+            answered: true,
+            ..Default::default()
+        };
     }
     let owned: std::collections::HashSet<u64> = socket_fds(root, tgid)
         .into_iter()
@@ -161,7 +164,78 @@ pub fn daemon_identity(
     );
     serves.sort();
     serves.dedup();
-    crate::daemons::DaemonIdentity { known_binary, serves }
+    let mut tcp_listeners: Vec<(IpAddr, u16)> = Vec::new();
+    for socket in tables
+        .tcp
+        .iter()
+        .filter(|s| s.state == TcpState::Listen && owned.contains(&s.inode))
+    {
+        let Endpoint::Tcp(ip, port) = socket.local else {
+            continue;
+        };
+        if !policy.tcp_ports.contains(&port) {
+            continue;
+        }
+        if ip.is_unspecified() {
+            tcp_listeners.extend(local_addresses(root, tgid).into_iter().map(|local| (local, port)));
+        } else {
+            tcp_listeners.push((ip, port));
+        }
+    }
+    tcp_listeners.sort();
+    tcp_listeners.dedup();
+    crate::daemons::DaemonIdentity {
+        answered: true,
+        known_binary,
+        serves,
+        tcp_listeners,
+    }
+}
+
+/// The local addresses of a process's network namespace: `LOCAL` host routes of
+/// /proc/PID/net/fib_trie (IPv4) and /proc/PID/net/if_inet6.
+pub fn local_addresses(root: &Path, tgid: u32) -> Vec<IpAddr> {
+    let net = root.join(tgid.to_string()).join("net");
+    let mut found = parse_fib_trie_locals(&fs::read_to_string(net.join("fib_trie")).unwrap_or_default());
+    found.extend(parse_if_inet6(
+        &fs::read_to_string(net.join("if_inet6")).unwrap_or_default(),
+    ));
+    found.sort();
+    found.dedup();
+    found
+}
+
+/// `|-- 10.0.0.1` followed by `/32 host LOCAL`: a local IPv4 address (of loopback, 127.0.0.1
+/// only).
+pub fn parse_fib_trie_locals(text: &str) -> Vec<IpAddr> {
+    let mut found = Vec::new();
+    let mut last: Option<Ipv4Addr> = None;
+    for line in text.lines() {
+        let trimmed = line.trim_start_matches([' ', '|', '-', '+']).trim();
+        if let Ok(ip) = trimmed.parse::<Ipv4Addr>() {
+            last = Some(ip);
+        } else if trimmed.starts_with("/32 host LOCAL") {
+            if let Some(ip) = last.filter(|ip| !ip.is_loopback() || *ip == Ipv4Addr::LOCALHOST) {
+                if !found.contains(&IpAddr::V4(ip)) {
+                    found.push(IpAddr::V4(ip));
+                }
+            }
+        }
+    }
+    found
+}
+
+/// /proc/net/if_inet6: the address (32 hex digits) is the first field of each line.
+pub fn parse_if_inet6(text: &str) -> Vec<IpAddr> {
+    text.lines()
+        .filter_map(|line| {
+            let hex = line.split_whitespace().next()?;
+            let bytes: Option<Vec<u8>> = (0..16)
+                .map(|i| u8::from_str_radix(hex.get(i * 2..i * 2 + 2)?, 16).ok())
+                .collect();
+            Some(IpAddr::V6(Ipv6Addr::from(<[u8; 16]>::try_from(bytes?).ok()?)))
+        })
+        .collect()
 }
 
 /// One line of /proc/net/unix.
@@ -369,6 +443,20 @@ mod tests {
             assert_eq!(container_id_from_cgroup(&text).as_deref(), Some(id), "{text}");
         }
         assert_eq!(container_id_from_cgroup("0::/user.slice/session-1.scope\n"), None);
+    }
+
+    #[test]
+    fn local_addresses_of_a_namespace() {
+        let fib = "Main:\n  +-- 0.0.0.0/0 3 0 5\n     |-- 10.253.4.0\n        /24 link UNICAST\n     |-- 10.253.4.1\n        /32 host LOCAL\nLocal:\n  +-- 127.0.0.0/8 2 0 2\n     |-- 127.0.0.1\n        /32 host LOCAL\n     |-- 127.255.255.255\n        /32 link BROADCAST\n     |-- 10.253.4.1\n        /32 host LOCAL\n";
+        assert_eq!(
+            parse_fib_trie_locals(fib),
+            [
+                IpAddr::V4(Ipv4Addr::new(10, 253, 4, 1)),
+                IpAddr::V4(Ipv4Addr::LOCALHOST)
+            ]
+        );
+        let inet6 = "00000000000000000000000000000001 01 80 10 80       lo\n";
+        assert_eq!(parse_if_inet6(inet6), [IpAddr::V6(Ipv6Addr::LOCALHOST)]);
     }
 
     #[test]

@@ -60,6 +60,21 @@ impl Attacker {
     /// A command run as this user (`setpriv`: its uid, gid and groups; no capabilities).
     pub fn command(&self, program: &Path) -> Command {
         let mut command = Command::new("setpriv");
+        self.drop_privileges(&mut command, program);
+        command
+    }
+
+    /// The same, inside network namespace `netns` (a "remote" host).
+    pub fn command_in(&self, netns: &str, program: &Path) -> Command {
+        let mut command = Command::new("nsenter");
+        command
+            .arg(format!("--net=/var/run/netns/{netns}"))
+            .arg("setpriv");
+        self.drop_privileges(&mut command, program);
+        command
+    }
+
+    fn drop_privileges(&self, command: &mut Command, program: &Path) {
         command
             .arg(format!("--reuid={}", self.uid))
             .arg(format!("--regid={}", self.gid))
@@ -67,7 +82,6 @@ impl Attacker {
             .arg("--reset-env")
             .arg(program)
             .current_dir(&self.home);
-        command
     }
 }
 

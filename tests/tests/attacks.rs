@@ -4,6 +4,8 @@
 //! path replaced by a symlink. After each: the sensor is alive, the next real build is detected,
 //! and what was refused or lost is reported.
 use std::{
+    io::{Read as _, Write as _},
+    os::unix::net::UnixStream,
     path::{Path, PathBuf},
     process::ExitCode,
     time::Duration,
@@ -58,6 +60,18 @@ fn main() -> ExitCode {
             Scenario {
                 name: "a_fake_dockerd_is_reported_and_its_fetch_ignored",
                 run: a_fake_dockerd_is_reported_and_its_fetch_ignored,
+            },
+            Scenario {
+                name: "twenty_thousand_connects_do_not_evict_an_idle_api_connection",
+                run: twenty_thousand_connects_do_not_evict_an_idle_api_connection,
+            },
+            Scenario {
+                name: "a_one_byte_write_flood_costs_the_daemons_view_nothing",
+                run: a_one_byte_write_flood_costs_the_daemons_view_nothing,
+            },
+            Scenario {
+                name: "a_full_output_file_system_is_counted_and_recovered",
+                run: a_full_output_file_system_is_counted_and_recovered,
             },
             Scenario {
                 name: "sigkill_right_after_a_pull_keeps_the_pull",
@@ -417,4 +431,163 @@ fn an_output_path_replaced_by_a_symlink_is_not_followed(world: &World) {
     let stderr = String::from_utf8_lossy(&refused.stderr);
     assert_eq!(stderr.trim().lines().count(), 1, "{stderr}");
     assert!(stderr.contains("symbolic link"), "{stderr}");
+}
+
+/// The last `sensor.loss` line since `mark`, or `None`.
+fn last_loss(sensor: &Sensor, mark: usize) -> Option<Value> {
+    sensor.all(mark, |e| kind(e) == "sensor.loss").pop()
+}
+
+/// A client that connected to the API and went quiet keeps its tracking while an unprivileged
+/// user makes 20,000 connections (20 processes that leave them open and exit); its next request,
+/// a build, is seen and flagged.
+fn twenty_thousand_connects_do_not_evict_an_idle_api_connection(world: &World) {
+    let (sensor, env, attacker) = (&world.sensor, &world.env, &world.attacker);
+    let mut idle = UnixStream::connect(&env.socket).expect("connecting to the daemon");
+    idle.set_read_timeout(Some(Duration::from_secs(120)))
+        .expect("timeout");
+    idle.write_all(b"GET /_ping HTTP/1.1\r\nHost: docker\r\n\r\n")
+        .expect("ping");
+    let mut answer = [0u8; 1024];
+    let n = idle.read(&mut answer).expect("the ping's answer");
+    assert!(String::from_utf8_lossy(&answer[..n]).contains("200 OK"));
+    let tool = attacker.tool(Path::new(env!("CARGO_BIN_EXE_bw-attacker")), "bw-attacker");
+    let mark = sensor.mark();
+    let status = attacker
+        .command_in(&env.remote_ns, &tool)
+        .args(["connect-flood", &format!("{}:2375", env.daemon_ip), "20000", "20"])
+        .status()
+        .expect("running the flood");
+    assert!(status.success());
+    // The idle connection's next request: a build of a fresh name.
+    let context = env.context(
+        "attack-idle",
+        &format!("FROM {BASE_IMAGE}\nLABEL idle={}\n", env.nonce),
+    );
+    let tar = run_command(
+        std::process::Command::new("tar")
+            .arg("-C")
+            .arg(&context)
+            .args(["-c", "."]),
+    );
+    let tag = format!("bwattack/idle:{}", env.nonce);
+    let head = format!(
+        "POST /v1.41/build?t={} HTTP/1.1\r\nHost: docker\r\nContent-Type: application/x-tar\r\nContent-Length: {}\r\n\r\n",
+        tag.replace('/', "%2F").replace(':', "%3A"),
+        tar.len()
+    );
+    idle.write_all(head.as_bytes()).expect("the build's head");
+    idle.write_all(tar.as_bytes()).expect("the build's context");
+    let full = format!("docker.io/{tag}");
+    let found = sensor.wait_for(mark, TIMEOUT, "the idle connection's build", |e| {
+        kind(e) == "detection"
+            && e["detection"]["rule"] == "build_without_pull"
+            && e["build"]["tags"]
+                .as_array()
+                .is_some_and(|t| t.iter().any(|t| t == full.as_str()))
+    });
+    assert_eq!(found["build"]["transport"], "unix", "{found}");
+    drop(idle);
+    assert_alive(sensor);
+    // What the flood could not get tracked is reported, not silent.
+    let loss = sensor.wait_for(mark, TIMEOUT, "sensor.loss naming a full table", |e| {
+        kind(e) == "sensor.loss" && e["loss"]["table_full"].is_object()
+    });
+    assert!(
+        loss["loss"]["table_full"]["client_fds_per_process"]
+            .as_u64()
+            .unwrap_or_default()
+            > 0,
+        "{loss}"
+    );
+    assert!(loss["loss"]["table_full"]["tracked_daemon"].is_null(), "{loss}");
+    next_build_is_detected(sensor, env, "after-connects");
+}
+
+/// Four connections writing one byte per write during a remote build: the client ring and the
+/// budgets take it; the daemon ring loses no record and the build is detected with its
+/// Dockerfile.
+fn a_one_byte_write_flood_costs_the_daemons_view_nothing(world: &World) {
+    let (sensor, env, attacker) = (&world.sensor, &world.env, &world.attacker);
+    let tool = attacker.tool(Path::new(env!("CARGO_BIN_EXE_bw-attacker")), "bw-attacker");
+    let mark = sensor.mark();
+    let flood = attacker
+        .command_in(&env.remote_ns, &tool)
+        .args(["byte-flood", &format!("{}:2375", env.daemon_ip), "4", "8"])
+        .spawn()
+        .expect("starting the flood");
+    std::thread::sleep(Duration::from_secs(2));
+    let found = next_build_is_detected(sensor, env, "flood");
+    assert!(!found["build"]["instructions"].is_null(), "{found}");
+    let mut flood = flood;
+    let _ = flood.wait();
+    std::thread::sleep(Duration::from_millis(1500));
+    assert_alive(sensor);
+    let loss = last_loss(sensor, mark).expect("the flood's cost is reported");
+    let drops = loss["loss"]["kernel_drops"]
+        .as_object()
+        .cloned()
+        .unwrap_or_default();
+    assert!(
+        drops.keys().all(|k| k.starts_with("client:")),
+        "the daemon ring lost records: {loss}"
+    );
+    let skipped = &loss["loss"]["budget_skipped_bytes"];
+    assert!(
+        skipped["client"].as_u64().unwrap_or_default() > 0 || !drops.is_empty(),
+        "{loss}"
+    );
+}
+
+/// The output file's file system fills up: lost lines are counted, the sensor runs on, and once
+/// space returns lines reach the file again, whole.
+fn a_full_output_file_system_is_counted_and_recovered(world: &World) {
+    let env = &world.env;
+    let mount = env.dir.join("small-fs");
+    std::fs::create_dir_all(&mount).expect("mkdir");
+    run_command(
+        std::process::Command::new("mount")
+            .args(["-t", "tmpfs", "-o", "size=256k,mode=0700", "tmpfs"])
+            .arg(&mount),
+    );
+    let filler = mount.join("filler");
+    std::fs::write(&filler, vec![0u8; 160 * 1024]).expect("filler");
+    let output = mount.join("events.jsonl");
+    let config = sensor_config(
+        env,
+        &env.dir.join("fullfs-state"),
+        &format!("[output]\npath = \"{}\"\nstdout = true\n", output.display()),
+    );
+    let sensor = Sensor::start(&world.binary, &config);
+    let mark = sensor.mark();
+    // Plenty of events: short processes.
+    for _ in 0..400 {
+        let _ = std::process::Command::new("true").status();
+    }
+    let loss = sensor.wait_for(mark, TIMEOUT, "output errors in sensor.loss", |e| {
+        kind(e) == "sensor.loss" && e["loss"]["output_errors"].is_object()
+    });
+    assert!(
+        loss["loss"]["output_errors"]
+            .as_object()
+            .is_some_and(|o| !o.is_empty()),
+        "{loss}"
+    );
+    assert_alive(&sensor);
+    std::fs::remove_file(&filler).expect("freeing space");
+    let size_before = std::fs::metadata(&output).map(|m| m.len()).unwrap_or(0);
+    next_build_is_detected(&sensor, env, "fullfs");
+    std::thread::sleep(Duration::from_millis(800));
+    let text = std::fs::read_to_string(&output).expect("reading the output");
+    assert!(
+        text.len() as u64 > size_before,
+        "nothing written after space came back"
+    );
+    let last = text.lines().last().expect("a line");
+    serde_json::from_str::<Value>(last).expect("whole lines after recovery");
+    drop(sensor);
+    let _ = std::process::Command::new("umount")
+        .arg("-l")
+        .arg(&mount)
+        .status();
 }

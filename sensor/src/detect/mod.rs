@@ -134,6 +134,9 @@ pub struct DataInput<'a> {
     pub process: ProcessView,
     /// The image store of the trusted daemon on this connection's daemon side.
     pub daemon_store: Option<&'a str>,
+    /// Bytes this direction moved before these that the kernel did not capture (budget spent,
+    /// ring full): skipped exactly, so parsing resynchronises.
+    pub skipped_before: u64,
 }
 
 #[derive(Debug, Default, Clone, Serialize)]

@@ -240,6 +240,7 @@ impl Harness {
                     process: side.process.clone(),
                     daemon_store: matches!(side.role, Role::DaemonAccepted | Role::DaemonOutbound)
                         .then_some(STORE),
+                    skipped_before: 0,
                 });
                 self.collect();
             }
@@ -831,6 +832,7 @@ fn a_step_resolving_a_host_is_egress_named_by_its_question() {
             total_len: bytes.len() as u32,
             process: step.clone(),
             daemon_store: None,
+            skipped_before: 0,
         });
     }
     h.collect();
@@ -982,6 +984,7 @@ fn malformed_streams_never_panic() {
             total_len: len + round % 3 * 1000,
             process: side.process.clone(),
             daemon_store: Some(STORE),
+            skipped_before: 0,
         });
     }
     h.detector.flush(h.now);

@@ -76,6 +76,7 @@ impl Detector {
             self.streams.clear();
         }
         let stream = self.streams.entry(key).or_insert_with(Stream::new);
+        stream.offset += input.skipped_before;
         let start = stream.offset;
         stream.offset += u64::from(input.total_len.max(input.bytes.len() as u32));
         stream
@@ -100,7 +101,8 @@ impl Detector {
             self.outbound_tls(&input);
             return;
         }
-        let mut events = stream.http.feed(input.bytes);
+        let mut events = stream.http.gap(input.skipped_before);
+        events.extend(stream.http.feed(input.bytes));
         let missing = u64::from(input.total_len).saturating_sub(input.bytes.len() as u64);
         events.extend(stream.http.gap(missing));
         for event in events {

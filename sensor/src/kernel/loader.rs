@@ -8,10 +8,13 @@ use aya::{
     programs::TracePoint,
     Ebpf, EbpfLoader,
 };
+use std::collections::BTreeMap;
+
 use sensor_common::{
-    EventKind, FdKey, SocketRole, TrackedSocket, UnixPathKey, BUILD_GATE_OPEN, GLOBAL_CAPTURE_BYTES,
-    GLOBAL_EXEC_FILENAME_OFFSET, GLOBAL_EXEC_OLD_PID_OFFSET, GLOBAL_EXIT_GROUP_DEAD_OFFSET,
-    GLOBAL_FORK_CHILD_PID_OFFSET, GLOBAL_SELF_TGID, LOSS_SLOTS, UNIX_PATH_LEN,
+    EventKind, FdKey, ListenerKey, SocketRole, TrackedSocket, UnixPathKey, BUILD_GATE_OPEN,
+    CLIENT_LOSS_OFFSET, GLOBAL_CAPTURE_BYTES, GLOBAL_EXEC_FILENAME_OFFSET, GLOBAL_EXEC_OLD_PID_OFFSET,
+    GLOBAL_EXIT_GROUP_DEAD_OFFSET, GLOBAL_FORK_CHILD_PID_OFFSET, GLOBAL_SELF_TGID, SIDE_CLIENT, SIDE_DAEMON,
+    TABLE_FULL_NAMES, UNIX_PATH_LEN,
 };
 
 use super::tracefs;
@@ -62,6 +65,14 @@ const PROBES: &[Probe] = &[
     probe("sys_enter_accept", "syscalls", "sys_enter_accept", false),
     probe("sys_exit_accept", "syscalls", "sys_exit_accept", false),
     probe("sys_enter_close", "syscalls", "sys_enter_close", true),
+    probe("sys_enter_dup", "syscalls", "sys_enter_dup2", false),
+    probe("sys_enter_dup", "syscalls", "sys_enter_dup3", true),
+    probe(
+        "sys_enter_close_range",
+        "syscalls",
+        "sys_enter_close_range",
+        false,
+    ),
     // Data capture.
     probe("sys_enter_send", "syscalls", "sys_enter_write", true),
     probe("sys_enter_send", "syscalls", "sys_enter_sendto", true),
@@ -121,6 +132,7 @@ impl KernelSensor {
             .override_global(GLOBAL_EXIT_GROUP_DEAD_OFFSET, &exit_group_dead, true)
             .override_global(aya_log::LEVEL, &log_level, false)
             .map_max_entries("EVENTS", config.kernel.ring_buffer_bytes)
+            .map_max_entries("CLIENT_EVENTS", config.kernel.client_ring_buffer_bytes)
             .load(EBPF_OBJECT)
             .map_err(|err| anyhow!("loading the eBPF object failed: {err} (buildwatch needs Linux >= 5.8 with BPF ring buffer support, and root)"))?;
 
@@ -194,7 +206,7 @@ impl KernelSensor {
                 .with_context(|| format!("watching {}", path.display()))?;
         }
         let mut ports: HashMap<_, u16, u8> = HashMap::try_from(self.map_mut("WATCHED_TCP_PORTS")?)?;
-        for port in &config.watch.tcp_ports {
+        for port in &config.watch.remote_tcp_ports {
             ports
                 .insert(port, 1, 0)
                 .with_context(|| format!("watching TCP port {port}"))?;
@@ -214,8 +226,12 @@ impl KernelSensor {
             .ok_or_else(|| anyhow!("the eBPF object has no map {name} (or it was taken)"))
     }
 
-    pub fn take_events(&mut self) -> anyhow::Result<RingBuf<MapData>> {
-        Ok(RingBuf::try_from(self.take_map("EVENTS")?)?)
+    /// The daemon ring (process events and the daemons' side) and the client ring.
+    pub fn take_rings(&mut self) -> anyhow::Result<(RingBuf<MapData>, RingBuf<MapData>)> {
+        Ok((
+            RingBuf::try_from(self.take_map("EVENTS")?)?,
+            RingBuf::try_from(self.take_map("CLIENT_EVENTS")?)?,
+        ))
     }
 
     pub fn take_build_gate(&mut self) -> anyhow::Result<BuildGate> {
@@ -226,7 +242,11 @@ impl KernelSensor {
     }
 
     pub fn take_daemon_map(&mut self) -> anyhow::Result<DaemonMap> {
-        Ok(DaemonMap(HashMap::try_from(self.take_map("DAEMONS")?)?))
+        Ok(DaemonMap {
+            daemons: HashMap::try_from(self.take_map("DAEMONS")?)?,
+            listeners: HashMap::try_from(self.take_map("DAEMON_LISTENERS")?)?,
+            listening: std::collections::HashMap::new(),
+        })
     }
 
     pub fn take_daemon_descendants(&mut self) -> anyhow::Result<DaemonDescendants> {
@@ -236,11 +256,18 @@ impl KernelSensor {
     }
 
     pub fn take_tracked_sockets(&mut self) -> anyhow::Result<TrackedSockets> {
-        Ok(TrackedSockets(HashMap::try_from(self.take_map("TRACKED")?)?))
+        Ok(TrackedSockets {
+            table: HashMap::try_from(self.take_map("TRACKED")?)?,
+            counts: Array::try_from(self.take_map("TRACKED_COUNTS")?)?,
+        })
     }
 
     pub fn take_loss_counters(&mut self) -> anyhow::Result<LossCounters> {
-        Ok(LossCounters(PerCpuArray::try_from(self.take_map("LOSSES")?)?))
+        Ok(LossCounters {
+            ring: PerCpuArray::try_from(self.take_map("LOSSES")?)?,
+            tables: PerCpuArray::try_from(self.take_map("TABLE_FULL")?)?,
+            budget: PerCpuArray::try_from(self.take_map("BUDGET_SKIPPED")?)?,
+        })
     }
 
     /// The aya-log reader, when the object logs at all.
@@ -313,22 +340,80 @@ impl DaemonDescendants {
     }
 }
 
-pub struct DaemonMap(HashMap<MapData, u32, u8>);
+/// The kernel's set of trusted daemon tgids, and the TCP addresses they listen on (client
+/// connects to those are tracked).
+pub struct DaemonMap {
+    daemons: HashMap<MapData, u32, u8>,
+    listeners: HashMap<MapData, ListenerKey, u8>,
+    /// What each daemon listens on, as last put in the kernel.
+    listening: std::collections::HashMap<u32, Vec<(std::net::IpAddr, u16)>>,
+}
 
 impl DaemonMap {
     pub fn insert(&mut self, tgid: u32) {
-        if let Err(err) = self.0.insert(tgid, 1, 0) {
+        if let Err(err) = self.daemons.insert(tgid, 1, 0) {
             tracing::warn!(tgid, "cannot watch daemon: {err}");
         }
     }
 
     pub fn remove(&mut self, tgid: u32) {
-        let _ = self.0.remove(&tgid);
+        let _ = self.daemons.remove(&tgid);
+        self.listen(tgid, &[]);
+    }
+
+    /// Makes `addresses` the TCP listeners of `tgid` in the kernel.
+    pub fn listen(&mut self, tgid: u32, addresses: &[(std::net::IpAddr, u16)]) {
+        let before = self.listening.remove(&tgid).unwrap_or_default();
+        let still_used = |listening: &std::collections::HashMap<u32, Vec<(std::net::IpAddr, u16)>>,
+                          address: &(std::net::IpAddr, u16)| {
+            listening.values().any(|list| list.contains(address))
+        };
+        for address in before.iter().filter(|a| !addresses.contains(a)) {
+            if !still_used(&self.listening, address) {
+                for key in listener_keys(address) {
+                    let _ = self.listeners.remove(&key);
+                }
+            }
+        }
+        for address in addresses {
+            for key in listener_keys(address) {
+                if let Err(err) = self.listeners.insert(key, 1, 0) {
+                    tracing::warn!(tgid, "cannot follow the clients of listener {address:?}: {err}");
+                }
+            }
+        }
+        if !addresses.is_empty() {
+            self.listening.insert(tgid, addresses.to_vec());
+        }
+    }
+}
+
+/// The kernel keys of a listening address: IPv4 also in its IPv6-mapped form.
+fn listener_keys(address: &(std::net::IpAddr, u16)) -> Vec<ListenerKey> {
+    let key = |family: u16, addr: [u8; 16]| ListenerKey {
+        addr,
+        family,
+        port: address.1,
+        _pad: 0,
+    };
+    match address.0 {
+        std::net::IpAddr::V4(v4) => {
+            let mut short = [0u8; 16];
+            short[..4].copy_from_slice(&v4.octets());
+            vec![
+                key(sensor_common::AF_INET, short),
+                key(sensor_common::AF_INET6, v4.to_ipv6_mapped().octets()),
+            ]
+        }
+        std::net::IpAddr::V6(v6) => vec![key(sensor_common::AF_INET6, v6.octets())],
     }
 }
 
 /// The kernel's socket tracking table, for connections that predate the sensor.
-pub struct TrackedSockets(HashMap<MapData, FdKey, TrackedSocket>);
+pub struct TrackedSockets {
+    table: HashMap<MapData, FdKey, TrackedSocket>,
+    counts: Array<MapData, u64>,
+}
 
 impl TrackedSockets {
     /// Tracks `fd` of `tgid` unless the kernel already tracks it (its entry is newer than our
@@ -341,32 +426,107 @@ impl TrackedSockets {
             Role::DaemonOutbound => SocketRole::DaemonOutbound,
             Role::BuildStep => SocketRole::BuildStep,
         };
+        let side = role.side();
         let value = TrackedSocket {
             conn_id,
             role: role as u8,
             capture_mask: role.capture_mask(),
-            _pad: [0; 6],
+            _pad: [0; 2],
+            budget: if side == sensor_common::SIDE_CLIENT {
+                sensor_common::CLIENT_BUDGET_BURST
+            } else {
+                sensor_common::DAEMON_BUDGET_BURST
+            },
+            budget_ns: 0,
+            skipped: 0,
             peer: sockaddr(peer),
         };
         let key = FdKey { tgid, fd: fd as u32 };
-        self.0.insert(key, value, BPF_NOEXIST).is_ok()
+        self.table.insert(key, value, BPF_NOEXIST).is_ok()
+    }
+
+    /// Removes every entry of `tgid` (a daemon that exited: its connections closed without a
+    /// close() the kernel could see).
+    pub fn forget(&mut self, tgid: u32) {
+        let keys: Vec<FdKey> = self
+            .table
+            .keys()
+            .filter_map(Result::ok)
+            .filter(|k| k.tgid == tgid)
+            .collect();
+        for key in keys {
+            let _ = self.table.remove(&key);
+        }
+        self.recount();
+    }
+
+    /// Sets the kernel's per-side entry counts from the table itself (the kernel's own updates
+    /// are not atomic and may drift); returns (daemon, client) entries.
+    pub fn recount(&mut self) -> (u64, u64) {
+        let mut counts = [0u64; 2];
+        for (_, socket) in self.table.iter().filter_map(Result::ok) {
+            if let Some(role) = SocketRole::from_u8(socket.role) {
+                counts[role.side() as usize] += 1;
+            }
+        }
+        for (side, count) in counts.iter().enumerate() {
+            if let Err(err) = self.counts.set(side as u32, count, 0) {
+                tracing::debug!("cannot correct the tracked-socket counts: {err}");
+            }
+        }
+        (counts[SIDE_DAEMON as usize], counts[SIDE_CLIENT as usize])
     }
 }
 
-/// Per-kind counts of records the kernel could not reserve.
-pub struct LossCounters(PerCpuArray<MapData, u64>);
+/// What the kernel could not do: records it could not reserve (per ring and kind), table
+/// inserts refused, bytes not captured for spent budgets.
+pub struct LossCounters {
+    ring: PerCpuArray<MapData, u64>,
+    tables: PerCpuArray<MapData, u64>,
+    budget: PerCpuArray<MapData, u64>,
+}
 
 impl LossCounters {
-    /// Total drops so far per event kind (only kinds with drops).
-    pub fn read(&self) -> Vec<(EventKind, u64)> {
-        EventKind::ALL
+    fn total(array: &PerCpuArray<MapData, u64>, index: u32) -> u64 {
+        array
+            .get(&index, 0)
+            .map(|values| values.iter().sum())
+            .unwrap_or(0)
+    }
+
+    /// Total drops so far per ring and event kind (only kinds with drops): `socket.data` on the
+    /// daemon ring, `client:socket.data` on the client ring.
+    pub fn ring_drops(&self) -> BTreeMap<&'static str, u64> {
+        let mut drops = BTreeMap::new();
+        for kind in EventKind::ALL {
+            let daemon = Self::total(&self.ring, kind as u32);
+            if daemon > 0 {
+                drops.insert(kind.name(), daemon);
+            }
+            let client = Self::total(&self.ring, kind as u32 + CLIENT_LOSS_OFFSET);
+            if client > 0 {
+                drops.insert(kind.client_name(), client);
+            }
+        }
+        drops
+    }
+
+    /// Inserts refused per table (only tables that refused any).
+    pub fn tables_full(&self) -> BTreeMap<&'static str, u64> {
+        TABLE_FULL_NAMES
+            .iter()
+            .enumerate()
+            .map(|(index, name)| (*name, Self::total(&self.tables, index as u32)))
+            .filter(|(_, count)| *count > 0)
+            .collect()
+    }
+
+    /// Bytes not captured because connections spent their budget, per side.
+    pub fn budget_skipped(&self) -> BTreeMap<&'static str, u64> {
+        [("daemon", SIDE_DAEMON), ("client", SIDE_CLIENT)]
             .into_iter()
-            .filter(|kind| (*kind as u32) < LOSS_SLOTS)
-            .filter_map(|kind| {
-                let values = self.0.get(&(kind as u32), 0).ok()?;
-                let total: u64 = values.iter().sum();
-                (total > 0).then_some((kind, total))
-            })
+            .map(|(name, side)| (name, Self::total(&self.budget, side)))
+            .filter(|(_, bytes)| *bytes > 0)
             .collect()
     }
 }

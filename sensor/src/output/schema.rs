@@ -227,6 +227,10 @@ pub struct DataView {
     pub length: u32,
     /// Bytes captured (a prefix of `length`).
     pub captured: u32,
+    /// Bytes the connection moved before this record that no record carried (a spent budget,
+    /// a full ring).
+    #[serde(skip_serializing_if = "is_zero")]
+    pub skipped_before: u64,
     #[serde(skip_serializing_if = "std::ops::Not::not")]
     pub redacted: bool,
     /// `text` (valid UTF-8, JSON-escaped) or `base64` (anything else).
@@ -249,10 +253,16 @@ impl DataView {
             segment,
             length,
             captured,
+            skipped_before: 0,
             redacted,
             encoding,
             content,
         }
+    }
+
+    pub fn after_skipping(mut self, skipped: u64) -> Self {
+        self.skipped_before = skipped;
+        self
     }
 }
 

