@@ -1,36 +1,14 @@
 //! buildwatch agent entry point: parse the command line, set up diagnostics, run.
-mod agent;
-mod cli;
-mod config;
-mod connections;
-mod daemons;
-mod decode;
-mod detect;
-mod docker;
-mod engine;
-mod existing;
-mod files;
-mod host;
-mod kernel;
-mod notify;
-mod output;
-mod process_table;
-mod procfs;
-mod protocol;
-mod recording;
-mod redact;
-mod replay;
-mod saferead;
-mod worker;
-
 use std::{io::IsTerminal as _, process::ExitCode};
 
 use clap::Parser as _;
 use tracing_subscriber::EnvFilter;
 
-use crate::{
+use sensor::{
+    agent,
     cli::{Cli, Command},
     config::Config,
+    replay,
 };
 
 fn main() -> ExitCode {

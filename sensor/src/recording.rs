@@ -114,16 +114,16 @@ impl Reader {
             bail!("{name} is empty, not a buildwatch recording");
         };
         let first = first.with_context(|| format!("cannot read {name}"))?;
-        let header: HeaderLine = serde_json::from_str(&first)
+        let header = parse_header(&first)
             .map_err(|err| anyhow::anyhow!("{name}:1: not a buildwatch recording header ({err})"))?;
-        if header.recording.format != FORMAT_VERSION {
+        if header.format != FORMAT_VERSION {
             bail!(
                 "{name} has recording format {}, this buildwatch reads {FORMAT_VERSION}",
-                header.recording.format
+                header.format
             );
         }
         Ok(Self {
-            header: header.recording,
+            header,
             lines,
             path: name,
         })
@@ -136,11 +136,22 @@ impl Reader {
         Some(
             line.with_context(|| format!("cannot read {}", self.path))
                 .and_then(|line| {
-                    serde_json::from_str::<Step>(&line).map_err(|err| {
+                    parse_step(&line).map_err(|err| {
                         anyhow::anyhow!("{}:{number}: not a recording step ({err})", self.path)
                     })
-                })
-                .map(|step| (step.input, step.answers)),
+                }),
         )
     }
 }
+
+/// One step line of a recording: the input and the host's answers.
+pub fn parse_step(line: &str) -> Result<(Input, Vec<Answer>), serde_json::Error> {
+    serde_json::from_str::<Step>(line).map(|step| (step.input, step.answers))
+}
+
+/// The first line of a recording.
+pub fn parse_header(line: &str) -> Result<Header, serde_json::Error> {
+    serde_json::from_str::<HeaderLine>(line).map(|h| h.recording)
+}
+
+impl Reader {}

@@ -2,6 +2,7 @@
 mod bench;
 mod build;
 mod fixture;
+mod fuzz;
 mod install;
 mod prerequisites;
 mod run;
@@ -69,6 +70,13 @@ enum Command {
         #[arg(long)]
         output: std::path::PathBuf,
     },
+    /// Run every fuzz target (sensor/fuzz: the parsers attacker bytes reach) for a while,
+    /// seeded from sensor/testdata; installs cargo-fuzz when missing. A crash fails the run.
+    Fuzz {
+        /// Seconds per target.
+        #[arg(long, default_value_t = 60)]
+        seconds: u64,
+    },
     /// Measure what the attached programs cost an unrelated syscall-heavy workload (needs root).
     Bench {
         /// Number of (without, with) pairs.
@@ -95,6 +103,7 @@ fn main() -> ExitCode {
             direction,
             output,
         } => fixture::fixture(&events, conn_id, &direction, &output),
+        Command::Fuzz { seconds } => fuzz::fuzz(seconds),
         Command::Bench { pairs } => bench::bench(pairs),
     };
     match result {

@@ -38,7 +38,12 @@ pub fn test(unit_only: bool) -> anyhow::Result<()> {
     if !status.success() {
         bail!("integration tests failed");
     }
-    Ok(())
+    // Every parser attacker bytes reach, briefly (`cargo xtask fuzz` runs them longer).
+    let seconds = std::env::var("BUILDWATCH_FUZZ_SECONDS")
+        .ok()
+        .and_then(|s| s.parse().ok())
+        .unwrap_or(20);
+    crate::fuzz::fuzz(seconds)
 }
 
 fn cargo(root: &std::path::Path, args: &[&str]) -> anyhow::Result<()> {

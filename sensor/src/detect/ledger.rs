@@ -329,7 +329,8 @@ impl Ledger {
 /// Largest ledger file read (a 100,000-record ledger is about 20 MB).
 const MAX_FILE_BYTES: u64 = 256 << 20;
 
-fn parse_file(bytes: &[u8]) -> Result<Vec<Record>, String> {
+/// The records of a ledger file (any supported version); the error says what is wrong.
+pub fn parse_file(bytes: &[u8]) -> Result<Vec<Record>, String> {
     let file: LedgerFile = serde_json::from_slice(bytes).map_err(|err| format!("not a ledger: {err}"))?;
     match file.version {
         FORMAT_VERSION => Ok(file.records),

@@ -949,7 +949,7 @@ fn image_of(operation: &Operation) -> Option<(String, String)> {
 
 /// Image names in a `docker save` archive, as far as it was captured (`manifest.json`'s
 /// RepoTags, or the legacy `repositories` file).
-fn loaded_images(tar_bytes: &[u8]) -> Vec<ImageRef> {
+pub fn loaded_images(tar_bytes: &[u8]) -> Vec<ImageRef> {
     use std::io::Read as _;
     let mut names = Vec::new();
     let mut archive = tar::Archive::new(tar_bytes);

@@ -1,0 +1,5 @@
+//! A build step's datagrams to a resolver.
+#![no_main]
+libfuzzer_sys::fuzz_target!(|data: &[u8]| {
+    let _ = sensor::protocol::dns::questions(data);
+});
