@@ -388,6 +388,40 @@ mod tests {
         assert_eq!(daemons.tgids(), [12]);
     }
 
+    /// A check the host could not answer in time (a daemon with many thousands of sockets, a
+    /// stuck /proc) changes nothing: the daemon keeps its trust.
+    #[test]
+    fn an_unanswered_check_keeps_a_daemon_trusted() {
+        let host = Rc::new(ScriptedHost::default());
+        host.identities.borrow_mut().insert(
+            10,
+            DaemonIdentity {
+                answered: true,
+                known_binary: true,
+                serves: vec!["tcp:2375".into()],
+                ..Default::default()
+            },
+        );
+        let mut daemons = Daemons::new(&["dockerd".into()], host.clone(), None);
+        let argv = vec!["dockerd".to_string()];
+        assert_eq!(
+            daemons.update(10, 0, &facts("dockerd", "/usr/sbin/dockerd", &argv)),
+            Verdict::Trusted
+        );
+        host.identities.borrow_mut().clear();
+        daemons.recheck(REFRESH_NS);
+        assert_eq!(daemons.tgids(), [10]);
+        host.identities.borrow_mut().insert(
+            10,
+            DaemonIdentity {
+                answered: true,
+                ..Default::default()
+            },
+        );
+        daemons.recheck(2 * REFRESH_NS);
+        assert!(daemons.tgids().is_empty(), "no longer a daemon binary");
+    }
+
     #[test]
     fn stores_by_engine_and_root() {
         let args = |line: &str| line.split_whitespace().map(String::from).collect::<Vec<_>>();

@@ -415,11 +415,22 @@ fn an_output_path_replaced_by_a_symlink_is_not_followed(world: &World) {
     let sensor = Sensor::start(&world.binary, &config);
     std::fs::remove_file(&output).expect("rm");
     std::os::unix::fs::symlink(&victim, &output).expect("symlink");
+    let mark = sensor.mark();
     sensor.signal(libc::SIGHUP);
     std::thread::sleep(Duration::from_millis(500));
     next_build_is_detected(&sensor, env, "symlink");
     assert_eq!(std::fs::read_to_string(&victim).expect("read"), "root's file\n");
     assert!(sensor.stderr().contains("symbolic link"), "{}", sensor.stderr());
+    // What the file did not get is counted, not written to the old, unlinked file.
+    let loss = sensor.wait_for(mark, TIMEOUT, "output errors in sensor.loss", |e| {
+        kind(e) == "sensor.loss" && e["loss"]["output_errors"].is_object()
+    });
+    assert!(
+        loss["loss"]["output_errors"]
+            .as_object()
+            .is_some_and(|o| !o.is_empty()),
+        "{loss}"
+    );
     assert_alive(&sensor);
     // A symlinked output path at start is a one-line refusal.
     let refused = std::process::Command::new(&world.binary)

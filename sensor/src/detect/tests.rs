@@ -129,42 +129,7 @@ impl Side {
 }
 
 /// dockerd's image store as a test scripts it; everything else the host is asked is unknown.
-#[derive(Default)]
-struct ScriptedStore {
-    images: std::cell::RefCell<Vec<crate::host::WrittenImage>>,
-}
-
-impl crate::host::Host for ScriptedStore {
-    fn processes(&self) -> Vec<crate::procfs::ProcSnapshot> {
-        Vec::new()
-    }
-    fn snapshot(&self, _tgid: u32) -> Option<crate::procfs::ProcSnapshot> {
-        None
-    }
-    fn exec_details(&self, _tgid: u32) -> crate::procfs::ExecDetails {
-        crate::procfs::ExecDetails::default()
-    }
-    fn listening_address(&self, _tgid: u32, _fd: i32) -> Option<Endpoint> {
-        None
-    }
-    fn dockerfile(
-        &self,
-        _client: &ProcessView,
-        _context: &str,
-        _name: Option<&str>,
-    ) -> Result<dockerfile::Dockerfile, String> {
-        Err("scripted".into())
-    }
-    fn container_image(&self, _container_id: &str) -> Option<String> {
-        None
-    }
-    fn images_written(&self, _from_boot_ns: u64, _to_boot_ns: u64) -> Vec<crate::host::WrittenImage> {
-        self.images.borrow().clone()
-    }
-    fn daemon_identity(&self, _tgid: u32) -> crate::daemons::DaemonIdentity {
-        crate::daemons::DaemonIdentity::default()
-    }
-}
+type ScriptedStore = crate::host::tests::ScriptedHost;
 
 /// The store of the test's dockerd.
 const STORE: &str = "docker:/var/lib/docker";

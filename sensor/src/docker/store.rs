@@ -3,7 +3,6 @@
 //! event path.
 use std::{
     fs,
-    io::Read as _,
     path::Path,
     time::{Duration, SystemTime, UNIX_EPOCH},
 };
@@ -13,6 +12,8 @@ use std::{
 const MAX_CONFIGS_READ: usize = 512;
 /// Image configs larger than this are not read (their image then has no creation time).
 const MAX_CONFIG_BYTES: u64 = 4 << 20;
+/// `repositories.json` larger than this is not read (a store of many thousands of tags).
+const MAX_REPOSITORIES_BYTES: u64 = 64 << 20;
 /// Clock slack around a build's or load's start and end. The sensor sees the request before the
 /// daemon writes anything and the end after it answered, so this only covers converting kernel
 /// times to wall times; kept small because builds often run back to back.
@@ -41,7 +42,8 @@ pub fn container_image(data_root: &Path, container_id: &str) -> Option<String> {
         .join("containers")
         .join(container_id)
         .join("config.v2.json");
-    let config: serde_json::Value = serde_json::from_slice(&fs::read(path).ok()?).ok()?;
+    let bytes = crate::saferead::read_checked(None, &path, MAX_CONFIG_BYTES).ok()?;
+    let config: serde_json::Value = serde_json::from_slice(&bytes).ok()?;
     config["Config"]["Image"].as_str().map(String::from)
 }
 
@@ -103,7 +105,7 @@ pub fn images_written(data_root: &Path, from_ns: i128, to_ns: i128) -> Vec<Store
 
 /// Fills in the names and registry digests `repositories.json` gives the images.
 fn name_images(repositories: &Path, images: &mut [StoredImage]) {
-    let Some(json) = fs::read(repositories)
+    let Some(json) = crate::saferead::read_checked(None, repositories, MAX_REPOSITORIES_BYTES)
         .ok()
         .and_then(|b| serde_json::from_slice::<serde_json::Value>(&b).ok())
     else {
@@ -123,15 +125,10 @@ fn name_images(repositories: &Path, images: &mut [StoredImage]) {
 }
 
 /// A file's bytes, unless it is larger than any image config dockerd writes for a real image (a
-/// loaded archive's config is the attacker's to make as big as they like).
+/// loaded archive's config is the attacker's to make as big as they like), or not a regular
+/// file (never through a symlink).
 fn read_bounded(path: &Path) -> Option<Vec<u8>> {
-    let mut bytes = Vec::new();
-    fs::File::open(path)
-        .ok()?
-        .take(MAX_CONFIG_BYTES + 1)
-        .read_to_end(&mut bytes)
-        .ok()?;
-    (bytes.len() as u64 <= MAX_CONFIG_BYTES).then_some(bytes)
+    crate::saferead::read_checked(None, path, MAX_CONFIG_BYTES).ok()
 }
 
 /// The `created` time of an image config, Unix nanoseconds.

@@ -36,6 +36,9 @@ struct FileTarget {
     size: u64,
     /// A failed write stopped inside a line: the next write starts a new line first.
     torn: bool,
+    /// A reopen failed (the path became a symlink, say): lines are counted as lost, not
+    /// written to the old file, until a reopen succeeds (tried again with each batch).
+    detached: bool,
 }
 
 impl FileTarget {
@@ -47,11 +50,14 @@ impl FileTarget {
             out: file,
             size,
             torn: false,
+            detached: false,
         })
     }
 
     fn reopen(&mut self) -> anyhow::Result<()> {
-        let file = files::open_append(&self.settings.path)?;
+        let opened = files::open_append(&self.settings.path);
+        self.detached = opened.is_err();
+        let file = opened?;
         self.size = file.metadata().map(|m| m.len()).unwrap_or(0);
         self.out = file;
         Ok(())
@@ -72,6 +78,11 @@ impl FileTarget {
     /// Writes whole lines, rotating between them; returns the kinds of the lines that did not
     /// make it (a full disk), so they are counted, and recovers once writes work again.
     fn write_lines(&mut self, lines: &[QueuedLine]) -> (Vec<&'static str>, Option<anyhow::Error>) {
+        if self.detached {
+            if let Err(err) = self.reopen() {
+                return (lines.iter().map(|l| l.kind).collect(), Some(err));
+            }
+        }
         let mut lost = Vec::new();
         let mut error = None;
         let mut start = 0;

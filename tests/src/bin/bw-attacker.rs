@@ -104,17 +104,17 @@ fn forge_pull(port: &str, image: &str) {
     let listener = TcpListener::bind(format!("127.0.0.1:{port}")).expect("binding the fake API port");
     let accepted = std::thread::spawn(move || {
         let (mut socket, _) = listener.accept().expect("accepting");
-        let mut buffer = [0u8; 4096];
-        let _ = socket.read(&mut buffer);
+        read_head(&mut socket);
         let _ = socket.write_all(b"HTTP/1.1 200 OK\r\nContent-Length: 0\r\n\r\n");
     });
     let (name, tag) = image.split_once(':').unwrap_or((image, "latest"));
     let mut client = TcpStream::connect(format!("127.0.0.1:{port}")).expect("connecting to the fake API");
-    write!(
-        client,
-        "POST /v1.41/images/create?fromImage={name}&tag={tag} HTTP/1.1\r\nHost: docker\r\nContent-Length: 0\r\n\r\n"
-    )
-    .expect("writing the forged pull");
+    // One write: the listener answers and closes after reading a head.
+    let request =
+        format!("POST /v1.41/images/create?fromImage={name}&tag={tag} HTTP/1.1\r\nHost: docker\r\nContent-Length: 0\r\n\r\n");
+    client
+        .write_all(request.as_bytes())
+        .expect("writing the forged pull");
     let mut answer = [0u8; 256];
     let _ = client.read(&mut answer);
     let _ = accepted.join();
@@ -126,18 +126,28 @@ fn fake_registry_fetch(repository: &str) {
     let port = listener.local_addr().expect("local address").port();
     let served = std::thread::spawn(move || {
         let (mut socket, _) = listener.accept().expect("accepting");
-        let mut buffer = [0u8; 4096];
-        let _ = socket.read(&mut buffer);
+        read_head(&mut socket);
         let _ = socket.write_all(b"HTTP/1.1 200 OK\r\nContent-Length: 0\r\n\r\n");
     });
     let mut client = TcpStream::connect(("127.0.0.1", port)).expect("connecting to the fake registry");
-    write!(
-        client,
-        "GET /v2/{repository}/manifests/1 HTTP/1.1\r\nHost: 127.0.0.1:5000\r\n\r\n"
-    )
-    .expect("writing the fake fetch");
+    let request = format!("GET /v2/{repository}/manifests/1 HTTP/1.1\r\nHost: 127.0.0.1:5000\r\n\r\n");
+    client
+        .write_all(request.as_bytes())
+        .expect("writing the fake fetch");
     let mut answer = [0u8; 256];
     let _ = client.read(&mut answer);
     let _ = served.join();
     std::thread::sleep(Duration::from_secs(2));
+}
+
+/// Reads until the end of a request head (or the peer stops).
+fn read_head(socket: &mut TcpStream) {
+    let mut seen = Vec::new();
+    let mut buffer = [0u8; 4096];
+    while !seen.windows(4).any(|w| w == b"\r\n\r\n") {
+        match socket.read(&mut buffer) {
+            Ok(0) | Err(_) => return,
+            Ok(n) => seen.extend_from_slice(&buffer[..n]),
+        }
+    }
 }
