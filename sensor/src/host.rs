@@ -51,6 +51,16 @@ pub trait Host {
     fn images_written(&self, from_boot_ns: u64, to_boot_ns: u64) -> Vec<WrittenImage>;
     /// Whether a process claiming a daemon's name runs a daemon binary and serves the API.
     fn daemon_identity(&self, tgid: u32) -> DaemonIdentity;
+    /// The image a name points to in dockerd's store now, and whether a registry served it.
+    fn tagged_image(&self, name: &str) -> Option<TaggedImage>;
+}
+
+/// What a name points to in dockerd's store.
+#[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize)]
+pub struct TaggedImage {
+    pub id: String,
+    /// The same image has a `name@sha256:` reference: a registry served this content.
+    pub registry_digest: bool,
 }
 
 /// What makes a process a daemon (from the configuration).
@@ -204,11 +214,20 @@ impl Host for LiveHost {
     }
 
     fn daemon_identity(&self, tgid: u32) -> DaemonIdentity {
+        // A daemon with tens of thousands of connections takes a while to list.
         let policy = self.daemons.clone();
-        self.proc(PROC_DEADLINE, move |root| {
+        self.proc(STORE_DEADLINE, move |root| {
             procfs::daemon_identity(root, tgid, &policy)
         })
         .unwrap_or_default()
+    }
+
+    fn tagged_image(&self, name: &str) -> Option<TaggedImage> {
+        let data_root = self.docker_data_root.clone();
+        let name = name.to_string();
+        self.proc(PROC_DEADLINE, move |_| store::tagged_image(&data_root, &name))
+            .flatten()
+            .map(|(id, registry_digest)| TaggedImage { id, registry_digest })
     }
 }
 
@@ -224,6 +243,7 @@ pub enum Answer {
     ContainerImage(Option<String>),
     ImagesWritten(Vec<WrittenImage>),
     DaemonIdentity(DaemonIdentity),
+    TaggedImage(Option<TaggedImage>),
 }
 
 /// The live system, keeping every answer until `take_answers`.
@@ -289,6 +309,10 @@ impl Host for RecordingHost {
 
     fn daemon_identity(&self, tgid: u32) -> DaemonIdentity {
         self.keep(self.live.daemon_identity(tgid), Answer::DaemonIdentity)
+    }
+
+    fn tagged_image(&self, name: &str) -> Option<TaggedImage> {
+        self.keep(self.live.tagged_image(name), Answer::TaggedImage)
     }
 }
 
@@ -394,6 +418,14 @@ impl Host for ReplayHost {
         })
         .unwrap_or_default()
     }
+
+    fn tagged_image(&self, _name: &str) -> Option<TaggedImage> {
+        self.next(|a| match a {
+            Answer::TaggedImage(t) => Some(t),
+            _ => None,
+        })
+        .flatten()
+    }
 }
 
 #[cfg(test)]
@@ -438,6 +470,9 @@ pub mod tests {
         }
         fn daemon_identity(&self, tgid: u32) -> DaemonIdentity {
             self.identities.borrow().get(&tgid).cloned().unwrap_or_default()
+        }
+        fn tagged_image(&self, _name: &str) -> Option<TaggedImage> {
+            None
         }
     }
 }

@@ -78,6 +78,10 @@ fn main() -> ExitCode {
                 run: privileged_run_of_built_image,
             },
             Scenario {
+                name: "a_pulled_name_built_over_then_run_is_caught",
+                run: a_pulled_name_built_over_then_run_is_caught,
+            },
+            Scenario {
                 name: "run_by_id_of_an_untagged_build",
                 run: run_by_id_of_an_untagged_build,
             },
@@ -604,6 +608,109 @@ fn privileged_run_of_built_image(world: &World) {
     assert_eq!(found["operation"]["privileged"], true);
     assert_eq!(found["operation"]["client"]["comm"], "docker");
     assert_evidence(&world.sensor, &found);
+}
+
+/// Pushes a copy of the base image to the registry as `name`, so that a pull of `name` is a real
+/// registry pull; the local name is removed again.
+fn publish_as(env: &Environment, name: &str) {
+    run_command(env.docker().args(["pull", BASE_IMAGE]));
+    run_command(env.docker().args(["tag", BASE_IMAGE, name]));
+    run_command(env.docker().args(["push", name]));
+    run_command(env.docker().args(["rmi", name]));
+}
+
+/// Name reuse: `docker pull X`, then `docker build -t X` of other content, then a privileged
+/// create of X. The build is the documented CI pattern (no build_without_pull), but X now names
+/// the build's content: the run is `run_of_unpulled_image`, critical. A fully cached rebuild
+/// (the pulled content itself under the same name) stays quiet.
+fn a_pulled_name_built_over_then_run_is_caught(world: &World) {
+    let env = &world.env;
+    let nonce = &env.nonce;
+    let app = format!("{REGISTRY}/accapp:{nonce}");
+    let cached = format!("{REGISTRY}/accapp-cached:{nonce}");
+    publish_as(env, &app);
+    publish_as(env, &cached);
+    let mark = world.sensor.mark();
+    run_command(env.docker().args(["pull", &app]));
+    world.sensor.wait_for(mark, TIMEOUT, "the confirmed pull", |e| {
+        kind(e) == "docker.operation"
+            && e["operation"]["type"] == "pull"
+            && e["operation"]["image"] == app.as_str()
+            && e["operation"]["confirmed"] == true
+    });
+    std::thread::sleep(Duration::from_millis(500));
+    let evil = env.context(
+        "det-reuse",
+        &format!("FROM {BASE_IMAGE}\nRUN echo reused-{nonce} > /evil\n"),
+    );
+    run_command(env.docker().args(["build", "-t", &app]).arg(&evil));
+    let summary = build_summary(&world.sensor, mark, "the build over the pulled name", |b| {
+        has_tag(b, &app)
+    });
+    assert!(
+        summary["build"]["detection_id"].is_null(),
+        "the CI pattern stays quiet: {summary}"
+    );
+    assert_eq!(
+        strings(&summary["build"]["replaced_pulled"]),
+        [app.clone()],
+        "{summary}"
+    );
+    let run_mark = world.sensor.mark();
+    create_and_remove(
+        env,
+        env.docker().args([
+            "create",
+            "--privileged",
+            "--network",
+            "none",
+            "-v",
+            "/:/host",
+            &app,
+            "true",
+        ]),
+    );
+    let found = detection(
+        &world.sensor,
+        run_mark,
+        "run_of_unpulled_image",
+        "the run of the reused name",
+        |e| e["operation"]["image"] == app.as_str(),
+    );
+    assert_eq!(found["detection"]["severity"], "critical", "{found}");
+    assert!(
+        strings(&found["detection"]["reasons"])
+            .iter()
+            .any(|r| r.contains("built or tagged over")),
+        "{found}"
+    );
+    // The pulled content rebuilt from the cache under its own name: still the registry's.
+    let mark = world.sensor.mark();
+    run_command(env.docker().args(["pull", &cached]));
+    let same = env.context("det-cached", &format!("FROM {cached}\n"));
+    run_command(env.docker().args(["build", "-t", &cached]).arg(&same));
+    build_summary(&world.sensor, mark, "the cached rebuild", |b| has_tag(b, &cached));
+    let run_mark = world.sensor.mark();
+    create_and_remove(
+        env,
+        env.docker()
+            .args(["create", "--network", "none", &cached, "true"]),
+    );
+    world
+        .sensor
+        .wait_for(run_mark, TIMEOUT, "the create of the cached rebuild", |e| {
+            kind(e) == "docker.operation"
+                && e["operation"]["type"] == "container_create"
+                && e["operation"]["image"] == cached.as_str()
+        });
+    std::thread::sleep(Duration::from_millis(500));
+    let flagged = world.sensor.all(run_mark, |e| {
+        kind(e) == "detection" && e["operation"]["image"] == cached.as_str()
+    });
+    assert!(
+        flagged.is_empty(),
+        "a cached rebuild of pulled content was flagged: {flagged:?}"
+    );
 }
 
 /// `docker build -q` prints only the new image's id; the attacker runs it by that id, or tags it

@@ -102,6 +102,10 @@ pub struct Build {
     #[serde(skip_serializing_if = "Option::is_none")]
     pub dockerfile_unread: Option<String>,
     pub base_images: Vec<BaseImage>,
+    /// Tags that named pulled content before this build took them over (name reuse: a run of
+    /// that name is now a run of this build's image).
+    #[serde(skip_serializing_if = "Vec::is_empty")]
+    pub replaced_pulled: Vec<String>,
     pub steps: Vec<Step>,
     #[serde(skip_serializing_if = "is_zero")]
     pub steps_dropped: u32,

@@ -93,6 +93,26 @@ impl Detector {
         ids
     }
 
+    /// A build that ended with a tag naming content a registry served (a fully cached
+    /// `--cache-from` build gives the pulled image itself): the name is the registry's again.
+    pub(super) fn record_registry_content(&mut self, store: &str, build: &super::builds::Build, now: u64) {
+        let wall = self.wall_ns(now);
+        for tag in &build.params.tags {
+            let Some(target) = self.host.tagged_image(&tag.to_string()) else {
+                continue;
+            };
+            if target.registry_digest && !build.images.contains(&target.id) {
+                self.ledger.record(
+                    store,
+                    tag,
+                    Source::Pull,
+                    wall,
+                    Some(format!("content {}", target.id)),
+                );
+            }
+        }
+    }
+
     fn report_side_load(&mut self, now: u64, side_load: SideLoad) {
         let SideLoad {
             view,

@@ -66,12 +66,17 @@ struct LedgerFile {
     records: Vec<Record>,
 }
 
-/// What the ledger knows about one reference.
+/// What the ledger knows about one reference: where the content it names now came from. A name
+/// is a pointer that moves: its latest definition (a pull, build, load, import, commit or tag)
+/// decides, so a name that was pulled once and then built over is the build's.
 #[derive(Debug, Clone, Default, PartialEq, Eq, Serialize)]
 pub struct Provenance {
     pub pulled: bool,
-    /// Non-registry origins (build, load, import, commit), oldest first, tags followed.
+    /// Where its current content came from when not a registry (build, load, import, commit),
+    /// tags followed.
     pub origins: Vec<Source>,
+    /// The name had pulled content before it was redefined.
+    pub replaced_pull: bool,
 }
 
 pub struct Ledger {
@@ -268,31 +273,46 @@ impl Ledger {
 
     fn provenance_from(&self, store: &str, start: String, trusted: &dyn Fn(&str) -> bool) -> Provenance {
         let mut provenance = Provenance::default();
-        let mut wanted = vec![start];
+        let mut reference = start;
         let mut seen = Vec::new();
         for _ in 0..MAX_TAG_DEPTH {
-            let Some(reference) = wanted.pop() else { break };
             if seen.contains(&reference) {
-                continue;
+                break;
             }
-            for record in self
+            let records: Vec<&Record> = self
                 .records
                 .iter()
                 .filter(|r| r.store == store && same_image(&r.reference, &reference))
-            {
-                match record.source {
-                    source if source.is_registry() => {
-                        provenance.pulled |= trusted(registry_of(&record.repository));
-                    }
-                    Source::Tag => wanted.extend(record.via.clone()),
-                    source => {
-                        if !provenance.origins.contains(&source) {
-                            provenance.origins.push(source);
-                        }
+                .collect();
+            let pulled = |r: &&Record| r.source.is_registry() && trusted(registry_of(&r.repository));
+            // A registry fetch (a FROM) does not move a local name; everything else does.
+            let Some(latest) = records.iter().rev().find(|r| r.source != Source::RegistryFetch) else {
+                provenance.pulled = records.iter().any(pulled);
+                return provenance;
+            };
+            let earlier_pull = records
+                .iter()
+                .take_while(|r| !std::ptr::eq(**r, *latest))
+                .any(pulled);
+            match latest.source {
+                Source::Pull => {
+                    provenance.pulled = pulled(latest);
+                    return provenance;
+                }
+                Source::Tag => {
+                    provenance.replaced_pull |= earlier_pull;
+                    seen.push(reference);
+                    match latest.via.clone() {
+                        Some(via) => reference = via,
+                        None => return provenance,
                     }
                 }
+                source => {
+                    provenance.replaced_pull |= earlier_pull;
+                    provenance.origins.push(source);
+                    return provenance;
+                }
             }
-            seen.push(reference);
         }
         provenance
     }
@@ -498,6 +518,36 @@ mod tests {
 
     const ANY: &dyn Fn(&str) -> bool = &|_| true;
     const S: &str = "docker:/var/lib/docker";
+
+    /// Names move: pulled, then built over (or tagged over with a built image), a name is the
+    /// build's; pulled again, it is the registry's again.
+    #[test]
+    fn the_latest_definition_of_a_name_decides() {
+        let mut ledger = Ledger::in_memory(20);
+        let app = image("127.0.0.1:5000/accapp:1");
+        ledger.record(S, &app, Source::Pull, 1, None);
+        assert!(ledger.provenance(S, &app, ANY).pulled);
+        ledger.record(S, &app, Source::Build, 2, Some("build-1".into()));
+        let rebuilt = ledger.provenance(S, &app, ANY);
+        assert!(!rebuilt.pulled && rebuilt.replaced_pull, "{rebuilt:?}");
+        assert_eq!(rebuilt.origins, [Source::Build]);
+        // A FROM fetching its manifest again does not move the local name.
+        ledger.record(S, &app, Source::RegistryFetch, 3, None);
+        assert!(!ledger.provenance(S, &app, ANY).pulled);
+        ledger.record(S, &app, Source::Pull, 4, None);
+        assert!(ledger.provenance(S, &app, ANY).pulled);
+        // `docker tag <built id> app:1` after a pull.
+        let id = format!("sha256:{}", "ee".repeat(32));
+        ledger.record_image_id(S, &id, Source::Build, 5, None);
+        ledger.record(S, &app, Source::Tag, 6, Some(id.clone()));
+        let tagged = ledger.provenance(S, &app, ANY);
+        assert_eq!(tagged.origins, [Source::Build]);
+        assert!(tagged.replaced_pull);
+        // Only ever fetched by a build's FROM: pulled.
+        let base = image("127.0.0.1:5000/base:1");
+        ledger.record(S, &base, Source::RegistryFetch, 7, None);
+        assert!(ledger.provenance(S, &base, ANY).pulled);
+    }
 
     #[test]
     fn one_stores_pull_never_excuses_another() {

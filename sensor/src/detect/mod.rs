@@ -564,6 +564,11 @@ impl Detector {
                     })
                     .collect();
                 let mut verdict = rules::run_of_unpulled_image(&view.origin, &image, &origins, &params);
+                if provenance.replaced_pull {
+                    verdict.reasons.push(format!(
+                        "{image} was pulled from a registry once, then built or tagged over: the name no longer names the pulled content"
+                    ));
+                }
                 verdict.reasons.extend(self.reset_reason(at));
                 self.report_operation(now, verdict, view, evidence);
             }
@@ -615,6 +620,7 @@ impl Detector {
             instructions,
             dockerfile_unread,
             base_images: Vec::new(),
+            replaced_pulled: Vec::new(),
             steps: Vec::new(),
             steps_dropped: 0,
             egress: Vec::new(),
@@ -693,9 +699,24 @@ impl Detector {
         let wall = self.wall_ns(at);
         if let Some(store) = store {
             for tag in &build.params.tags {
+                if self
+                    .ledger
+                    .provenance(store, tag, &|r| allow.trusts_registry(r))
+                    .pulled
+                {
+                    build.replaced_pulled.push(tag.to_string());
+                }
                 self.ledger
                     .record(store, tag, Source::Build, wall, Some(id.clone()));
             }
+        }
+        if let Some(verdict) = &mut verdict {
+            verdict.reasons.extend(
+                build
+                    .replaced_pulled
+                    .iter()
+                    .map(|tag| format!("{tag} named pulled content before this build took the name over")),
+            );
         }
         if let Some(verdict) = verdict {
             let suppressed = self
@@ -773,6 +794,7 @@ impl Detector {
             build.store.clone(),
         ) {
             build.images = self.record_build_images(&store, &build.id, build.start_ns, now);
+            self.record_registry_content(&store, &build, now);
         }
         for conn_id in &build.conn_ids {
             for dir in [Dir::Send, Dir::Recv] {

@@ -385,7 +385,9 @@ impl Detector {
             .unwrap_or_else(|| input.peer.to_string());
         let path = head.target.split('?').next().unwrap_or_default();
         if let Some(rest) = path.strip_prefix("/v2/") {
-            if let Some((name, reference)) = rest.rsplit_once("/manifests/") {
+            // A manifest read (GET/HEAD) is a fetch; a push's PUT is not.
+            let reads = matches!(head.method.as_str(), "GET" | "HEAD");
+            if let (true, Some((name, reference))) = (reads, rest.rsplit_once("/manifests/")) {
                 self.registry_fetch(input, now, &host, name, reference);
             }
             return;

@@ -103,6 +103,42 @@ pub fn images_written(data_root: &Path, from_ns: i128, to_ns: i128) -> Vec<Store
     found
 }
 
+/// The image id `name` points to in the store (any driver), and whether that image also has a
+/// `name@sha256:` reference (a registry served it).
+pub fn tagged_image(data_root: &Path, name: &str) -> Option<(String, bool)> {
+    let wanted = crate::docker::reference::ImageRef::parse(name)?.to_string();
+    let drivers = fs::read_dir(data_root.join("image")).ok()?;
+    for driver in drivers.flatten() {
+        let path = driver.path().join("repositories.json");
+        let Some(json) = crate::saferead::read_checked(None, &path, MAX_REPOSITORIES_BYTES)
+            .ok()
+            .and_then(|b| serde_json::from_slice::<serde_json::Value>(&b).ok())
+        else {
+            continue;
+        };
+        for tags in json["Repositories"]
+            .as_object()
+            .into_iter()
+            .flatten()
+            .map(|(_, t)| t)
+        {
+            let Some(tags) = tags.as_object() else { continue };
+            let found = tags.iter().find(|(key, _)| {
+                !key.contains('@')
+                    && crate::docker::reference::ImageRef::parse(key).is_some_and(|r| r.to_string() == wanted)
+            });
+            if let Some((_, id)) = found {
+                let id = id.as_str()?.to_string();
+                let digest = tags
+                    .iter()
+                    .any(|(key, other)| key.contains('@') && other.as_str() == Some(&id));
+                return Some((id, digest));
+            }
+        }
+    }
+    None
+}
+
 /// Fills in the names and registry digests `repositories.json` gives the images.
 fn name_images(repositories: &Path, images: &mut [StoredImage]) {
     let Some(json) = crate::saferead::read_checked(None, repositories, MAX_REPOSITORIES_BYTES)
@@ -255,6 +291,30 @@ mod tests {
             "written before the window"
         );
         assert!(images_written(Path::new("/nonexistent"), 0, unix_ns(start)).is_empty());
+    }
+
+    #[test]
+    fn what_a_name_points_to() {
+        let root = Root::new("tagged");
+        let (pulled, built) = ("6".repeat(64), "7".repeat(64));
+        fs::create_dir_all(root.0.join("image/overlay2")).unwrap();
+        fs::write(
+            root.0.join("image/overlay2/repositories.json"),
+            format!(
+                r#"{{"Repositories":{{"127.0.0.1:5000/app":{{"127.0.0.1:5000/app:1":"sha256:{pulled}","127.0.0.1:5000/app@sha256:{}":"sha256:{pulled}"}},"evil":{{"evil:1":"sha256:{built}"}}}}}}"#,
+                "9".repeat(64)
+            ),
+        )
+        .unwrap();
+        assert_eq!(
+            tagged_image(&root.0, "127.0.0.1:5000/app:1"),
+            Some((format!("sha256:{pulled}"), true))
+        );
+        assert_eq!(
+            tagged_image(&root.0, "docker.io/library/evil:1"),
+            Some((format!("sha256:{built}"), false))
+        );
+        assert_eq!(tagged_image(&root.0, "nothing:1"), None);
     }
 
     #[test]
