@@ -366,10 +366,12 @@ pub struct CloseEvent {
 }
 
 /// Bytes that moved on a tracked socket. `total_len` is what the syscall really moved for this
-/// segment; only the first `captured_len` bytes are in `data`.
+/// segment; only the first `captured_len` bytes are in `data`. The kernel writes the smallest of
+/// [`DATA_CAPACITIES`] that holds what it captured, so a 1-byte write costs a few hundred bytes of
+/// ring, not 4 KiB; `DataEvent<0>` is the part before the bytes.
 #[repr(C)]
 #[derive(Clone, Copy, Debug)]
-pub struct DataEvent {
+pub struct DataEvent<const N: usize = CAPTURE_MAX> {
     pub header: EventHeader,
     pub conn_id: u64,
     pub fd: i32,
@@ -384,7 +386,15 @@ pub struct DataEvent {
     /// carried (its byte budget was spent).
     pub skipped_before: u64,
     pub peer: SockAddr,
-    pub data: [u8; CAPTURE_MAX],
+    pub data: [u8; N],
+}
+
+/// Capacities of data records (bytes of `data`), smallest first.
+pub const DATA_CAPACITIES: [usize; 3] = [64, 512, CAPTURE_MAX];
+
+/// Size of a data record with room for `capacity` bytes.
+pub const fn data_record_size(capacity: usize) -> usize {
+    core::mem::size_of::<DataEvent<0>>() + capacity
 }
 
 /// Arguments of an in-flight read-like or write-like call, saved at entry for the exit program.
@@ -442,6 +452,9 @@ const _: () = {
     assert!(core::mem::size_of::<SockAddr>() == 136);
     assert!(core::mem::size_of::<EventHeader>().is_multiple_of(8));
     assert!(core::mem::size_of::<DataEvent>().is_multiple_of(8));
+    assert!(core::mem::size_of::<DataEvent<0>>().is_multiple_of(8));
+    assert!(core::mem::size_of::<DataEvent<64>>() == data_record_size(64));
+    assert!(core::mem::size_of::<DataEvent<512>>() == data_record_size(512));
     assert!(core::mem::size_of::<ArgvEvent>().is_multiple_of(8));
     assert!(core::mem::size_of::<ExecEvent>().is_multiple_of(8));
     assert!(core::mem::size_of::<SocketEvent>().is_multiple_of(8));

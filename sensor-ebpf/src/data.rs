@@ -11,7 +11,7 @@ use aya_ebpf::{
 use sensor_common::{
     DataEvent, Direction, EventKind, FdKey, PendingIo, SocketRole, TrackedSocket, CAPTURE_MAX,
     CLIENT_BUDGET_BURST, CLIENT_BUDGET_PER_SECOND, DAEMON_BUDGET_BURST, DAEMON_BUDGET_PER_SECOND,
-    IOV_MAX_SEGMENTS, SIDE_CLIENT, TABLE_PENDING,
+    DATA_CAPACITIES, IOV_MAX_SEGMENTS, SIDE_CLIENT, TABLE_PENDING,
 };
 
 use crate::{
@@ -180,9 +180,10 @@ fn try_exit_io(ctx: &TracePointContext) -> Result<(), i64> {
     Ok(())
 }
 
-/// Writes one data record, unless the connection spent its byte budget or the ring has no
-/// room: then the bytes are added to the connection's skipped count, which the next record
-/// carries, so the agent knows exactly how much it did not see.
+/// Writes one data record, in the smallest size class that holds what is captured, unless the
+/// connection spent its byte budget or the ring has no room: then the bytes are added to the
+/// connection's skipped count, which the next record carries, so the agent knows exactly how
+/// much it did not see.
 #[inline(always)]
 fn emit_data(
     tracked: &mut TrackedSocket,
@@ -192,9 +193,33 @@ fn emit_data(
     segment: u8,
     capture: bool,
 ) {
+    let limit = core::cmp::min(maps::load(&CAPTURE_BYTES) as usize, CAPTURE_MAX);
+    let captured = if capture {
+        core::cmp::min(len as usize, limit)
+    } else {
+        0
+    };
+    if captured <= DATA_CAPACITIES[0] {
+        emit_sized::<{ DATA_CAPACITIES[0] }>(tracked, pending, src, len, segment, captured);
+    } else if captured <= DATA_CAPACITIES[1] {
+        emit_sized::<{ DATA_CAPACITIES[1] }>(tracked, pending, src, len, segment, captured);
+    } else {
+        emit_sized::<{ DATA_CAPACITIES[2] }>(tracked, pending, src, len, segment, captured);
+    }
+}
+
+#[inline(always)]
+fn emit_sized<const N: usize>(
+    tracked: &mut TrackedSocket,
+    pending: &PendingIo,
+    src: *const u8,
+    len: u64,
+    segment: u8,
+    captured: usize,
+) {
     let role = SocketRole::from_u8(tracked.role).unwrap_or(SocketRole::Client);
     let side = role.side();
-    if !spend_budget(tracked, side) {
+    if !spend_budget(tracked, side, core::mem::size_of::<DataEvent<N>>() as u64) {
         tracked.skipped += len;
         if let Some(skipped) = BUDGET_SKIPPED.get_ptr_mut(side) {
             // SAFETY: per-CPU slot, no concurrent writer on this CPU.
@@ -202,7 +227,7 @@ fn emit_data(
         }
         return;
     }
-    let Some(mut entry) = reserve_on::<DataEvent>(side, EventKind::SocketData, true) else {
+    let Some(mut entry) = reserve_on::<DataEvent<N>>(side, EventKind::SocketData, true) else {
         tracked.skipped += len;
         return;
     };
@@ -219,13 +244,8 @@ fn emit_data(
     event.skipped_before = tracked.skipped;
     tracked.skipped = 0;
     event.peer = tracked.peer;
-    let limit = core::cmp::min(maps::load(&CAPTURE_BYTES) as usize, CAPTURE_MAX);
-    let captured = if capture {
-        core::cmp::min(len as usize, limit)
-    } else {
-        0
-    };
-    // SAFETY: user memory read through the helper; `captured` <= CAPTURE_MAX.
+    let captured = core::cmp::min(captured, N);
+    // SAFETY: user memory read through the helper; `captured` <= N.
     let ok = captured > 0 && unsafe { bpf_probe_read_user_buf(src, &mut event.data[..captured]) }.is_ok();
     event.captured_len = if ok { captured as u32 } else { 0 };
     entry.submit(0);
@@ -234,7 +254,7 @@ fn emit_data(
 /// Takes one record's worth of ring from the connection's token bucket (refilled at its side's
 /// rate since the last record); false when it is spent.
 #[inline(always)]
-fn spend_budget(tracked: &mut TrackedSocket, side: u32) -> bool {
+fn spend_budget(tracked: &mut TrackedSocket, side: u32, cost: u64) -> bool {
     let (rate, burst) = if side == SIDE_CLIENT {
         (CLIENT_BUDGET_PER_SECOND, CLIENT_BUDGET_BURST)
     } else {
@@ -246,7 +266,6 @@ fn spend_budget(tracked: &mut TrackedSocket, side: u32) -> bool {
     let refill = elapsed * u64::from(rate) / 1_000_000_000;
     let budget = core::cmp::min(u64::from(tracked.budget) + refill, u64::from(burst));
     tracked.budget_ns = now;
-    let cost = core::mem::size_of::<DataEvent>() as u64;
     if budget < cost {
         tracked.budget = budget as u32;
         return false;

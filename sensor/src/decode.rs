@@ -3,9 +3,9 @@
 use std::net::{IpAddr, Ipv4Addr, Ipv6Addr};
 
 use sensor_common::{
-    ArgvEvent, CloseEvent, DataEvent, Direction, EventHeader, EventKind, ExecEvent, ExitEvent, ForkEvent,
-    SockAddr, SocketEvent, SocketRole, AF_INET, AF_INET6, AF_UNIX, ARGV_ARG_LEN, ARGV_MAX_ARGS,
-    ARGV_TRUNCATED_ARG, ARGV_TRUNCATED_COUNT, CAPTURE_MAX, EXEC_PATH_LEN,
+    data_record_size, ArgvEvent, CloseEvent, DataEvent, Direction, EventHeader, EventKind, ExecEvent,
+    ExitEvent, ForkEvent, SockAddr, SocketEvent, SocketRole, AF_INET, AF_INET6, AF_UNIX, ARGV_ARG_LEN,
+    ARGV_MAX_ARGS, ARGV_TRUNCATED_ARG, ARGV_TRUNCATED_COUNT, DATA_CAPACITIES, EXEC_PATH_LEN,
 };
 use serde::{Deserialize, Serialize};
 
@@ -205,7 +205,11 @@ pub fn decode(record: &[u8]) -> Result<RawEvent, DecodeError> {
     let kind_value = u32::from_ne_bytes([record[0], record[1], record[2], record[3]]);
     let kind = EventKind::from_u32(kind_value).ok_or(DecodeError::UnknownKind(kind_value))?;
     let expected = kind.record_size();
-    if record.len() != expected {
+    let sized_data = kind == EventKind::SocketData
+        && DATA_CAPACITIES
+            .iter()
+            .any(|capacity| record.len() == data_record_size(*capacity));
+    if record.len() != expected && !sized_data {
         return Err(DecodeError::SizeMismatch {
             kind: kind.name(),
             expected,
@@ -267,8 +271,9 @@ pub fn decode(record: &[u8]) -> Result<RawEvent, DecodeError> {
             }
         }
         EventKind::SocketData => {
-            let raw: DataEvent = read_record(record);
-            let captured = bounded(kind, "captured_len", raw.captured_len as usize, CAPTURE_MAX)?;
+            let raw: DataEvent<0> = read_record(record);
+            let room = record.len() - size_of::<DataEvent<0>>();
+            let captured = bounded(kind, "captured_len", raw.captured_len as usize, room)?;
             if captured > raw.total_len as usize {
                 return Err(DecodeError::InvalidField {
                     kind: kind.name(),
@@ -298,7 +303,7 @@ pub fn decode(record: &[u8]) -> Result<RawEvent, DecodeError> {
                     total_len: raw.total_len,
                     skipped_before: raw.skipped_before,
                     peer: endpoint(&raw.peer),
-                    bytes: raw.data[..captured].to_vec(),
+                    bytes: record[size_of::<DataEvent<0>>()..][..captured].to_vec(),
                     redacted: false,
                 },
             }
@@ -414,6 +419,7 @@ fn lossy(bytes: &[u8]) -> String {
 #[cfg(test)]
 mod tests {
     use super::*;
+    use sensor_common::CAPTURE_MAX;
 
     fn raw_header(kind: EventKind) -> EventHeader {
         let mut comm = [0u8; 16];
@@ -550,6 +556,32 @@ mod tests {
         assert!(matches!(
             decode(&bytes_of(&raw)),
             Err(DecodeError::InvalidField { field: "role", .. })
+        ));
+    }
+
+    /// A record of the smallest class: the bytes follow the head, whatever the class.
+    #[test]
+    fn sized_data_records_decode() {
+        let full = bytes_of(&data_event(b"GET /_ping HTTP/1.1\r\n\r\n", 25));
+        let small = &full[..data_record_size(DATA_CAPACITIES[0])];
+        let RawEvent::Data { data, .. } = decode(small).unwrap() else {
+            panic!("not data")
+        };
+        assert_eq!(data.bytes, b"GET /_ping HTTP/1.1\r\n\r\n");
+        // A captured length past the record's room is an error, not a read out of bounds.
+        let mut lying = data_event(&[b'x'; 100], 100);
+        lying.captured_len = 100;
+        let bytes = bytes_of(&lying);
+        assert!(matches!(
+            decode(&bytes[..data_record_size(DATA_CAPACITIES[0])]),
+            Err(DecodeError::InvalidField {
+                field: "captured_len",
+                ..
+            })
+        ));
+        assert!(matches!(
+            decode(&bytes[..data_record_size(DATA_CAPACITIES[0]) + 8]),
+            Err(DecodeError::SizeMismatch { .. })
         ));
     }
 

@@ -4,7 +4,7 @@ use std::{io::IsTerminal as _, process::ExitCode};
 use clap::Parser as _;
 use tracing_subscriber::EnvFilter;
 
-use sensor::{
+use buildwatch::{
     agent,
     cli::{Cli, Command},
     config::Config,

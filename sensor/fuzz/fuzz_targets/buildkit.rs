@@ -1,6 +1,6 @@
 //! BuildKit session bytes after an upgrade (HTTP/2, gRPC, protobuf attributes), in pieces.
 #![no_main]
-use sensor::protocol::buildkit::SessionScanner;
+use buildwatch::protocol::buildkit::SessionScanner;
 
 libfuzzer_sys::fuzz_target!(|data: &[u8]| {
     let mut scanner = SessionScanner::default();

@@ -1,5 +1,5 @@
 //! Kernel records: the decoder must reject, never panic on, any bytes.
 #![no_main]
 libfuzzer_sys::fuzz_target!(|data: &[u8]| {
-    let _ = sensor::decode::decode(data);
+    let _ = buildwatch::decode::decode(data);
 });

@@ -1,5 +1,5 @@
 //! A build step's datagrams to a resolver.
 #![no_main]
 libfuzzer_sys::fuzz_target!(|data: &[u8]| {
-    let _ = sensor::protocol::dns::questions(data);
+    let _ = buildwatch::protocol::dns::questions(data);
 });

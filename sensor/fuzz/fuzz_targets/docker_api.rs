@@ -1,6 +1,6 @@
 //! Request heads and bodies into Docker operations, as the engine does with what a daemon read.
 #![no_main]
-use sensor::{
+use buildwatch::{
     docker::api::{self, ApiRequest},
     protocol::http::{HttpEvent, RequestStream},
 };

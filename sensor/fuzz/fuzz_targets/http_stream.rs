@@ -1,7 +1,7 @@
 //! One direction of a connection, in pieces of any size, with holes where the kernel skipped
 //! bytes: the first byte of each piece says how long it is and whether it is a hole.
 #![no_main]
-use sensor::protocol::http::{HttpEvent, RequestStream};
+use buildwatch::protocol::http::{HttpEvent, RequestStream};
 
 libfuzzer_sys::fuzz_target!(|data: &[u8]| {
     let mut stream = RequestStream::default();

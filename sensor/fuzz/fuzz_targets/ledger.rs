@@ -1,5 +1,5 @@
 //! The ledger file read at start (a damaged one is moved aside, never a crash).
 #![no_main]
 libfuzzer_sys::fuzz_target!(|data: &[u8]| {
-    let _ = sensor::detect::ledger::parse_file(data);
+    let _ = buildwatch::detect::ledger::parse_file(data);
 });

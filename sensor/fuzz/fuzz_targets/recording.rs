@@ -2,7 +2,7 @@
 #![no_main]
 libfuzzer_sys::fuzz_target!(|data: &[u8]| {
     for line in String::from_utf8_lossy(data).lines() {
-        let _ = sensor::recording::parse_header(line);
-        let _ = sensor::recording::parse_step(line);
+        let _ = buildwatch::recording::parse_header(line);
+        let _ = buildwatch::recording::parse_step(line);
     }
 });
