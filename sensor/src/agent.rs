@@ -346,7 +346,7 @@ async fn read_events(
                 let loss = gather_loss(&inputs.engine, state.losses, state.queue);
                 inputs.engine.report_loss(loss, sink)?;
                 recount_ticks += 1;
-                if recount_ticks % RECOUNT_EVERY == 0 {
+                if recount_ticks.is_multiple_of(RECOUNT_EVERY) {
                     tracked.recount();
                 }
             }

@@ -94,4 +94,8 @@ impl ConnectionTable {
     pub fn len(&self) -> usize {
         self.by_id.len()
     }
+
+    pub fn is_empty(&self) -> bool {
+        self.len() == 0
+    }
 }

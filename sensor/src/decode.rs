@@ -416,6 +416,10 @@ fn lossy(bytes: &[u8]) -> String {
     String::from_utf8_lossy(bytes).into_owned()
 }
 
+fn is_zero(n: &u64) -> bool {
+    *n == 0
+}
+
 #[cfg(test)]
 mod tests {
     use super::*;
@@ -626,8 +630,4 @@ mod tests {
         raw.port = 2375;
         assert_eq!(endpoint(&raw).to_string(), "[::1]:2375");
     }
-}
-
-fn is_zero(n: &u64) -> bool {
-    *n == 0
 }

@@ -135,9 +135,7 @@ impl LiveHost {
 impl Host for LiveHost {
     fn processes(&self) -> Vec<ProcSnapshot> {
         // The whole table at start: many small reads, each bounded by the worker's deadline.
-        let tgids = self
-            .proc(PROC_DEADLINE, |root| procfs::all_tgids(root))
-            .unwrap_or_default();
+        let tgids = self.proc(PROC_DEADLINE, procfs::all_tgids).unwrap_or_default();
         tgids.into_iter().filter_map(|tgid| self.snapshot(tgid)).collect()
     }
 

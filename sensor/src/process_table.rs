@@ -99,6 +99,10 @@ impl ProcessTable {
         self.processes.len()
     }
 
+    pub fn is_empty(&self) -> bool {
+        self.len() == 0
+    }
+
     pub fn get(&self, tgid: u32) -> Option<&Process> {
         self.processes.get(&tgid)
     }

@@ -653,7 +653,7 @@ fn a_pulled_name_built_over_then_run_is_caught(world: &World) {
     );
     assert_eq!(
         strings(&summary["build"]["replaced_pulled"]),
-        [app.clone()],
+        std::slice::from_ref(&app),
         "{summary}"
     );
     let run_mark = world.sensor.mark();

@@ -167,6 +167,10 @@ impl Ledger {
         self.records.len()
     }
 
+    pub fn is_empty(&self) -> bool {
+        self.len() == 0
+    }
+
     pub fn records(&self) -> Vec<Record> {
         self.records.iter().cloned().collect()
     }
