@@ -1,11 +1,15 @@
-//! `cargo xtask bench`: what the kernel programs cost the rest of the host. Runs a syscall-heavy
-//! workload that touches no tracked socket (`dd bs=64`, one read and one write per 64 bytes)
-//! with and without the sensor attached, alternating, and reports the ratio of CPU time
-//! (user + system of the workload), median of the pairs. Every untracked read or write pays for
-//! the enter and exit programs: one map lookup each.
+//! `cargo xtask bench`: what the kernel programs cost the rest of the host. Workloads that touch
+//! no tracked socket run without a sensor, with this build's sensor and, with `--baseline`, with
+//! another build's (the previous commit's, to catch regressions), in rotating order; the report
+//! is the ratio of the workload's CPU time (user + system) to the bare run's, median of the
+//! rounds with its spread.
+//!
+//! - `dd`: `dd bs=64` of 64 MiB, one read and one write per 64 bytes: every untracked read or
+//!   write pays for the enter and exit programs.
+//! - `exec`: 3,000 `/bin/true` from a shell loop: fork, exec and exit programs, argv capture.
 use std::{
     fs,
-    path::Path,
+    path::{Path, PathBuf},
     process::{Child, Command, Stdio},
     time::{Duration, Instant},
 };
@@ -14,62 +18,82 @@ use anyhow::{bail, Context as _};
 
 use crate::{build, prerequisites};
 
-const WORKLOAD: &[&str] = &["if=/dev/zero", "of=/dev/null", "bs=64", "count=1000000"];
+struct Workload {
+    name: &'static str,
+    program: &'static str,
+    args: &'static [&'static str],
+}
 
-pub fn bench(pairs: usize) -> anyhow::Result<()> {
+const WORKLOADS: [Workload; 2] = [
+    Workload {
+        name: "dd 1M x 64 B",
+        program: "dd",
+        args: &["if=/dev/zero", "of=/dev/null", "bs=64", "count=1000000"],
+    },
+    Workload {
+        name: "exec storm, 3,000 x /bin/true",
+        program: "sh",
+        args: &["-c", "i=0; while [ $i -lt 3000 ]; do /bin/true; i=$((i+1)); done"],
+    },
+];
+
+pub fn bench(rounds: usize, baseline: Option<PathBuf>) -> anyhow::Result<()> {
     if !prerequisites::is_root() {
         bail!("the benchmark attaches eBPF programs: run it as root (sudo cargo xtask bench)");
     }
-    let binary = build::build()?;
+    let current = build::build()?;
+    let mut sensors = vec![("this build", current)];
+    if let Some(baseline) = baseline {
+        if !baseline.is_file() {
+            bail!("--baseline {} is not a file", baseline.display());
+        }
+        sensors.push(("baseline", baseline));
+    }
     let dir = std::env::temp_dir().join(format!("buildwatch-bench-{}", std::process::id()));
     fs::create_dir_all(&dir)?;
-    let mut ratios = Vec::new();
-    let (mut bare_all, mut attached_all) = (Vec::new(), Vec::new());
-    for pair in 0..pairs {
-        let bare = workload_cpu()?;
-        let events = dir.join(format!("events-{pair}.jsonl"));
-        let mut sensor = start_sensor(&binary, &events)?;
-        let attached = workload_cpu();
-        stop(&mut sensor);
-        let attached = attached?;
-        println!(
-            "pair {}: without {:.3}s, with {:.3}s, ratio {:.2}",
-            pair + 1,
-            bare.as_secs_f64(),
-            attached.as_secs_f64(),
-            attached.as_secs_f64() / bare.as_secs_f64()
-        );
-        ratios.push(attached.as_secs_f64() / bare.as_secs_f64());
-        bare_all.push(bare.as_secs_f64());
-        attached_all.push(attached.as_secs_f64());
+    println!("| workload | sensor | CPU ratio, median | spread | rounds |");
+    println!("|---|---|---|---|---|");
+    for workload in &WORKLOADS {
+        // ratios[i]: ratios of sensor i against the bare run of the same round.
+        let mut ratios: Vec<Vec<f64>> = vec![Vec::new(); sensors.len()];
+        for round in 0..rounds {
+            let bare = workload_cpu(workload)?;
+            for offset in 0..sensors.len() {
+                let index = (round + offset) % sensors.len();
+                let (_, binary) = &sensors[index];
+                let events = dir.join(format!("events-{round}-{index}.jsonl"));
+                let state = dir.join(format!("state-{round}-{index}"));
+                let mut sensor = start_sensor(binary, &events, &state, &dir)?;
+                let attached = workload_cpu(workload);
+                stop(&mut sensor);
+                ratios[index].push(attached?.as_secs_f64() / bare.as_secs_f64());
+            }
+        }
+        for ((name, _), values) in sensors.iter().zip(&mut ratios) {
+            values.sort_by(f64::total_cmp);
+            println!(
+                "| {} | {name} | {:.2} | {:.2}-{:.2} | {rounds} |",
+                workload.name,
+                values[values.len() / 2],
+                values[0],
+                values[values.len() - 1]
+            );
+        }
     }
     let _ = fs::remove_dir_all(&dir);
-    println!(
-        "dd {}: median CPU without sensor {:.3}s, with sensor {:.3}s, median ratio {:.2} ({} pairs)",
-        WORKLOAD.join(" "),
-        median(&mut bare_all),
-        median(&mut attached_all),
-        median(&mut ratios),
-        pairs
-    );
     Ok(())
 }
 
-fn median(values: &mut [f64]) -> f64 {
-    values.sort_by(|a, b| a.total_cmp(b));
-    values[values.len() / 2]
-}
-
 /// CPU time (user + system) of one run of the workload.
-fn workload_cpu() -> anyhow::Result<Duration> {
+fn workload_cpu(workload: &Workload) -> anyhow::Result<Duration> {
     let before = children_cpu();
-    let status = Command::new("dd")
-        .args(WORKLOAD)
+    let status = Command::new(workload.program)
+        .args(workload.args)
         .stderr(Stdio::null())
         .status()
-        .context("running dd")?;
+        .with_context(|| format!("running {}", workload.program))?;
     if !status.success() {
-        bail!("dd failed");
+        bail!("{} failed", workload.program);
     }
     Ok(children_cpu().saturating_sub(before))
 }
@@ -83,9 +107,19 @@ fn children_cpu() -> Duration {
     Duration::from_micros(micros(usage.ru_utime) + micros(usage.ru_stime))
 }
 
-fn start_sensor(binary: &Path, events: &Path) -> anyhow::Result<Child> {
+fn start_sensor(binary: &Path, events: &Path, state: &Path, dir: &Path) -> anyhow::Result<Child> {
+    let config = dir.join(format!(
+        "{}.toml",
+        state.file_name().unwrap_or_default().to_string_lossy()
+    ));
+    fs::write(
+        &config,
+        format!("[detect]\nstate_dir = \"{}\"\n", state.display()),
+    )?;
     let mut child = Command::new(binary)
         .arg("run")
+        .arg("--config")
+        .arg(&config)
         .arg("--output")
         .arg(events)
         .stderr(Stdio::null())
@@ -98,7 +132,7 @@ fn start_sensor(binary: &Path, events: &Path) -> anyhow::Result<Child> {
     {
         if Instant::now() > deadline || child.try_wait()?.is_some() {
             let _ = child.kill();
-            bail!("buildwatch did not start");
+            bail!("{} did not start", binary.display());
         }
         std::thread::sleep(Duration::from_millis(50));
     }

@@ -77,11 +77,15 @@ enum Command {
         #[arg(long, default_value_t = 60)]
         seconds: u64,
     },
-    /// Measure what the attached programs cost an unrelated syscall-heavy workload (needs root).
+    /// Measure what the attached programs cost unrelated workloads (dd, an exec storm), against
+    /// no sensor and optionally another build (needs root).
     Bench {
-        /// Number of (without, with) pairs.
+        /// Rounds (each: bare, then every sensor, in rotating order).
         #[arg(long, default_value_t = 7)]
         pairs: usize,
+        /// Another `buildwatch` binary to compare with (the previous commit's, say).
+        #[arg(long)]
+        baseline: Option<std::path::PathBuf>,
     },
 }
 
@@ -104,7 +108,7 @@ fn main() -> ExitCode {
             output,
         } => fixture::fixture(&events, conn_id, &direction, &output),
         Command::Fuzz { seconds } => fuzz::fuzz(seconds),
-        Command::Bench { pairs } => bench::bench(pairs),
+        Command::Bench { pairs, baseline } => bench::bench(pairs, baseline),
     };
     match result {
         Ok(()) => ExitCode::SUCCESS,
