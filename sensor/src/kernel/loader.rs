@@ -352,6 +352,7 @@ pub struct DaemonMap {
 impl DaemonMap {
     pub fn insert(&mut self, tgid: u32) {
         if let Err(err) = self.daemons.insert(tgid, 1, 0) {
+            DAEMON_INSERTS_REFUSED.fetch_add(1, std::sync::atomic::Ordering::Relaxed);
             tracing::warn!(tgid, "cannot watch daemon: {err}");
         }
     }
@@ -387,6 +388,9 @@ impl DaemonMap {
         }
     }
 }
+
+/// Daemons the kernel's table refused (full), reported with the kernel's own table counts.
+static DAEMON_INSERTS_REFUSED: std::sync::atomic::AtomicU64 = std::sync::atomic::AtomicU64::new(0);
 
 /// The kernel keys of a listening address: IPv4 also in its IPv6-mapped form.
 fn listener_keys(address: &(std::net::IpAddr, u16)) -> Vec<ListenerKey> {
@@ -516,7 +520,13 @@ impl LossCounters {
         TABLE_FULL_NAMES
             .iter()
             .enumerate()
-            .map(|(index, name)| (*name, Self::total(&self.tables, index as u32)))
+            .map(|(index, name)| {
+                let mut count = Self::total(&self.tables, index as u32);
+                if index as u32 == sensor_common::TABLE_DAEMONS {
+                    count += DAEMON_INSERTS_REFUSED.load(std::sync::atomic::Ordering::Relaxed);
+                }
+                (*name, count)
+            })
             .filter(|(_, count)| *count > 0)
             .collect()
     }
