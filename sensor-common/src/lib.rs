@@ -264,6 +264,20 @@ impl SocketRole {
     }
 }
 
+/// Ring bytes all the daemon-side connections of one TCP peer address may use per second, and
+/// at most in a burst: many connections from one host share this.
+pub const PEER_BUDGET_PER_SECOND: u32 = 8 << 20;
+pub const PEER_BUDGET_BURST: u32 = 16 << 20;
+
+/// A token bucket of ring bytes.
+#[repr(C)]
+#[derive(Clone, Copy, Debug)]
+pub struct Bucket {
+    pub tokens: u32,
+    pub _pad: u32,
+    pub stamp_ns: u64,
+}
+
 /// Ring bytes a connection may use per second, and at most in a burst, per side.
 pub const DAEMON_BUDGET_PER_SECOND: u32 = 4 << 20;
 pub const DAEMON_BUDGET_BURST: u32 = 8 << 20;

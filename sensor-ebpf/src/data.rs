@@ -9,15 +9,16 @@ use aya_ebpf::{
     programs::TracePointContext,
 };
 use sensor_common::{
-    DataEvent, Direction, EventKind, FdKey, PendingIo, SocketRole, TrackedSocket, CAPTURE_MAX,
-    CLIENT_BUDGET_BURST, CLIENT_BUDGET_PER_SECOND, DAEMON_BUDGET_BURST, DAEMON_BUDGET_PER_SECOND,
-    DATA_CAPACITIES, IOV_MAX_SEGMENTS, SIDE_CLIENT, TABLE_PENDING,
+    Bucket, DataEvent, Direction, EventKind, FdKey, PendingIo, SocketRole, TrackedSocket, AF_INET, AF_INET6,
+    CAPTURE_MAX, CLIENT_BUDGET_BURST, CLIENT_BUDGET_PER_SECOND, DAEMON_BUDGET_BURST,
+    DAEMON_BUDGET_PER_SECOND, DATA_CAPACITIES, IOV_MAX_SEGMENTS, PEER_BUDGET_BURST, PEER_BUDGET_PER_SECOND,
+    SIDE_CLIENT, TABLE_PENDING,
 };
 
 use crate::{
     event::{fill_header, reserve_on},
     maps,
-    maps::{table_full, BUDGET_SKIPPED, CAPTURE_BYTES, PENDING_IO, TRACKED},
+    maps::{table_full, BUDGET_SKIPPED, CAPTURE_BYTES, PEER_BUDGETS, PENDING_IO, TRACKED},
     syscall,
 };
 
@@ -252,7 +253,8 @@ fn emit_sized<const N: usize>(
 }
 
 /// Takes one record's worth of ring from the connection's token bucket (refilled at its side's
-/// rate since the last record); false when it is spent.
+/// rate since the last record), and for a daemon-side TCP connection from its peer's bucket too,
+/// so many connections from one host share a budget; false when either is spent.
 #[inline(always)]
 fn spend_budget(tracked: &mut TrackedSocket, side: u32, cost: u64) -> bool {
     let (rate, burst) = if side == SIDE_CLIENT {
@@ -262,14 +264,59 @@ fn spend_budget(tracked: &mut TrackedSocket, side: u32, cost: u64) -> bool {
     };
     // SAFETY: helper without arguments.
     let now = unsafe { bpf_ktime_get_boot_ns() };
-    let elapsed = core::cmp::min(now.saturating_sub(tracked.budget_ns), 10_000_000_000);
-    let refill = elapsed * u64::from(rate) / 1_000_000_000;
-    let budget = core::cmp::min(u64::from(tracked.budget) + refill, u64::from(burst));
-    tracked.budget_ns = now;
-    if budget < cost {
-        tracked.budget = budget as u32;
+    if !take(
+        &mut tracked.budget,
+        &mut tracked.budget_ns,
+        now,
+        rate,
+        burst,
+        cost,
+    ) {
         return false;
     }
-    tracked.budget = (budget - cost) as u32;
+    let tcp_peer = tracked.peer.family == AF_INET || tracked.peer.family == AF_INET6;
+    if side == SIDE_CLIENT || !tcp_peer {
+        return true;
+    }
+    let peer = tracked.peer.addr;
+    let bucket = match PEER_BUDGETS.get_ptr_mut(&peer) {
+        Some(bucket) => bucket,
+        None => {
+            let fresh = Bucket {
+                tokens: PEER_BUDGET_BURST,
+                _pad: 0,
+                stamp_ns: now,
+            };
+            let _ = PEER_BUDGETS.insert(&peer, &fresh, 0);
+            match PEER_BUDGETS.get_ptr_mut(&peer) {
+                Some(bucket) => bucket,
+                None => return true,
+            }
+        }
+    };
+    // SAFETY: map value pointer valid for this program run.
+    let bucket = unsafe { &mut *bucket };
+    take(
+        &mut bucket.tokens,
+        &mut bucket.stamp_ns,
+        now,
+        PEER_BUDGET_PER_SECOND,
+        PEER_BUDGET_BURST,
+        cost,
+    )
+}
+
+/// Refills a token bucket for the time since `stamp`, then takes `cost`; false when short.
+#[inline(always)]
+fn take(tokens: &mut u32, stamp: &mut u64, now: u64, rate: u32, burst: u32, cost: u64) -> bool {
+    let elapsed = core::cmp::min(now.saturating_sub(*stamp), 10_000_000_000);
+    let refill = elapsed * u64::from(rate) / 1_000_000_000;
+    let available = core::cmp::min(u64::from(*tokens) + refill, u64::from(burst));
+    *stamp = now;
+    if available < cost {
+        *tokens = available as u32;
+        return false;
+    }
+    *tokens = (available - cost) as u32;
     true
 }

@@ -4,7 +4,7 @@ use aya_ebpf::{
     maps::{Array, HashMap, LruHashMap, PerCpuArray, RingBuf},
 };
 use sensor_common::{
-    ClientFds, FdKey, ListenerKey, PendingIo, PendingSocket, TrackedSocket, UnixPathKey, LOSS_SLOTS,
+    Bucket, ClientFds, FdKey, ListenerKey, PendingIo, PendingSocket, TrackedSocket, UnixPathKey, LOSS_SLOTS,
     TABLE_FULL_NAMES, TRACKED_CAPACITY,
 };
 
@@ -29,6 +29,10 @@ pub static TABLE_FULL: PerCpuArray<u64> = PerCpuArray::with_max_entries(TABLE_FU
 /// Bytes not captured because a connection spent its budget, by side.
 #[map]
 pub static BUDGET_SKIPPED: PerCpuArray<u64> = PerCpuArray::with_max_entries(2, 0);
+
+/// Ring-byte budgets of daemon-side TCP peers (address), shared by all their connections.
+#[map]
+pub static PEER_BUDGETS: LruHashMap<[u8; 16], Bucket> = LruHashMap::with_max_entries(4096, 0);
 
 /// Entries of `TRACKED` in use, by side (atomic counters).
 #[map]

@@ -515,16 +515,18 @@ fn twenty_thousand_connects_do_not_evict_an_idle_api_connection(world: &World) {
     next_build_is_detected(sensor, env, "after-connects");
 }
 
-/// Four connections writing one byte per write during a remote build: the client ring and the
-/// budgets take it; the daemon ring loses no record and the build is detected with its
-/// Dockerfile.
+/// Sixteen connections writing one byte per write during a remote build: the client ring and
+/// the budgets (per connection, per peer) take it; the daemon ring loses no record and the build
+/// is detected with its Dockerfile.
 fn a_one_byte_write_flood_costs_the_daemons_view_nothing(world: &World) {
     let (sensor, env, attacker) = (&world.sensor, &world.env, &world.attacker);
     let tool = attacker.tool(Path::new(env!("CARGO_BIN_EXE_bw-attacker")), "bw-attacker");
     let mark = sensor.mark();
+    // From another address than the remote builder's: daemon-side budgets are per connection
+    // and per peer address, so a flooding host only spends its own.
     let flood = attacker
-        .command_in(&env.remote_ns, &tool)
-        .args(["byte-flood", &format!("{}:2375", env.daemon_ip), "4", "8"])
+        .command_in(&env.daemon_ns, &tool)
+        .args(["byte-flood", &format!("{}:2375", env.daemon_ip), "16", "8"])
         .spawn()
         .expect("starting the flood");
     std::thread::sleep(Duration::from_secs(2));

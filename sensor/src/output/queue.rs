@@ -58,10 +58,19 @@ impl LineQueue {
         self.shared.0.lock().unwrap_or_else(PoisonError::into_inner)
     }
 
-    /// Queues a line; false (and counted) when the queue is full.
+    /// Queues a line; false (and counted) when the queue is full. Conclusions (detections,
+    /// builds, operations) and the sensor's own lines have a reserve of a quarter of the
+    /// capacity beyond it, so a flood of raw events can never push a detection out.
     pub fn push(&self, line: QueuedLine) -> bool {
         let mut state = self.state();
-        if state.lines.len() >= self.capacity {
+        let important = matches!(line.kind, "detection" | "build" | "docker.operation")
+            || line.kind.starts_with("sensor.");
+        let limit = if important {
+            self.capacity + self.capacity / 4
+        } else {
+            self.capacity
+        };
+        if state.lines.len() >= limit {
             *state.drops.entry(line.kind).or_default() += 1;
             return false;
         }
@@ -121,6 +130,21 @@ mod tests {
             kind,
             bytes: b"{}\n".to_vec(),
         }
+    }
+
+    #[test]
+    fn conclusions_have_a_reserve_a_flood_cannot_take() {
+        let queue = LineQueue::new(8);
+        let line = |kind: &'static str| QueuedLine {
+            kind,
+            bytes: b"{}\n".to_vec(),
+        };
+        for _ in 0..20 {
+            queue.push(line("socket.data"));
+        }
+        assert!(queue.push(line("detection")), "a detection still fits");
+        assert!(queue.push(line("sensor.loss")));
+        assert_eq!(queue.stats().drops.get("socket.data"), Some(&12));
     }
 
     #[test]
