@@ -454,7 +454,10 @@ fn health_and_queue_loss_are_reported() {
     assert!(!health.is_empty(), "no sensor.health line");
     let last = &health.last().unwrap()["health"];
     assert_eq!(last["queue"]["capacity"], 100);
-    assert_eq!(last["queue"]["high_water"], 100, "{last}");
+    // Raw events fill the capacity; conclusions and sensor lines may use a reserve of a quarter
+    // beyond it.
+    let high_water = last["queue"]["high_water"].as_u64().unwrap_or_default();
+    assert!((100..=125).contains(&high_water), "{last}");
     for field in [
         "events",
         "kernel_drops",
