@@ -145,6 +145,26 @@ fn build_of_tag(sensor: &Sensor, mark: usize, tag: &str) -> Value {
     })
 }
 
+/// Root builds `tag` over the unix socket; the build must be flagged, whatever `excuse` tried.
+fn root_build_is_flagged(sensor: &Sensor, env: &Environment, tag: &str, excuse: &str) {
+    let context = env.context(
+        &format!("attack-{}", tag.replace(['/', ':'], "-")),
+        &format!("FROM {BASE_IMAGE}\nLABEL excuse=1\n"),
+    );
+    let mark = sensor.mark();
+    run_command(env.docker().args(["build", "-t", tag]).arg(&context));
+    let normalised = if tag.contains('/') {
+        tag.to_string()
+    } else {
+        format!("docker.io/library/{tag}")
+    };
+    let build = build_of_tag(sensor, mark, &normalised);
+    assert!(
+        !build["build"]["detection_id"].is_null(),
+        "{excuse} excused the build: {build}"
+    );
+}
+
 fn assert_alive(sensor: &Sensor) {
     assert!(sensor.is_running(), "the sensor died:\n{}", sensor.stderr());
 }
@@ -285,19 +305,7 @@ fn a_pull_forged_to_the_users_own_listener_excuses_nothing(world: &World) {
     for pull in &forged {
         assert_eq!(pull["operation"]["confirmed"], false, "{pull}");
     }
-    let context = env.context("attack-forged", &format!("FROM {BASE_IMAGE}\nLABEL forged=1\n"));
-    let mark = sensor.mark();
-    run_command(
-        env.docker()
-            .args(["build", "-t", &format!("{name}:1")])
-            .arg(&context),
-    );
-    let tag = format!("docker.io/library/{name}:1");
-    let build = build_of_tag(sensor, mark, &tag);
-    assert!(
-        !build["build"]["detection_id"].is_null(),
-        "the forged pull excused the build: {build}"
-    );
+    root_build_is_flagged(sensor, env, &format!("{name}:1"), "the forged pull");
     assert_alive(sensor);
 }
 
@@ -329,14 +337,11 @@ fn a_fake_dockerd_is_reported_and_its_fetch_ignored(world: &World) {
         role(e) == "daemon_outbound" && e["process"]["pid"] == found["api"]["client"]["pid"]
     });
     assert!(outbound.is_empty(), "{outbound:?}");
-    let context = env.context("attack-fake", &format!("FROM {BASE_IMAGE}\nLABEL fake=1\n"));
-    let tag = format!("{REGISTRY}/{repository}:1");
-    let mark = sensor.mark();
-    run_command(env.docker().args(["build", "-t", &tag]).arg(&context));
-    let build = build_of_tag(sensor, mark, &tag);
-    assert!(
-        !build["build"]["detection_id"].is_null(),
-        "the fake fetch excused the build: {build}"
+    root_build_is_flagged(
+        sensor,
+        env,
+        &format!("{REGISTRY}/{repository}:1"),
+        "the fake fetch",
     );
     assert_alive(sensor);
 }
