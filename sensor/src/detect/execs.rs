@@ -3,7 +3,7 @@
 use super::{
     builds::{self, BuildState, Egress, Step},
     rules,
-    views::{stable_id, Origin, Transport},
+    views::{stable_id, Origin},
     BuilderStart, Detector, Half, Pending, MAX_STEP_CONNECTIONS,
 };
 
@@ -162,14 +162,7 @@ impl Detector {
     ) {
         // The builder's own store: whatever a user's builder claims, it only speaks for the
         // images of that user's builder.
-        let origin = Origin {
-            transport: Transport::Exec,
-            endpoint: None,
-            peer: None,
-            client: Some(process.clone()),
-            daemon: None,
-            store: Some(store.to_string()),
-        };
+        let origin = Origin::exec(process, Some(store.to_string()));
         let pending = Pending {
             id: stable_id(
                 "op",

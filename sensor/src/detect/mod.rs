@@ -361,14 +361,7 @@ impl Detector {
     /// A process took a daemon's name without being one of its binaries (T1036.005).
     pub fn on_impersonation(&mut self, now: u64, name: &str, process: &ProcessView, exec_line: Option<&str>) {
         let verdict = rules::daemon_impersonation(name, process);
-        let origin = Origin {
-            transport: Transport::Exec,
-            endpoint: None,
-            peer: None,
-            client: Some(process.clone()),
-            daemon: None,
-            store: None,
-        };
+        let origin = Origin::exec(process, None);
         let evidence = exec_line.map(String::from).into_iter().collect();
         let allowed = self
             .settings

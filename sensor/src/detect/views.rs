@@ -51,6 +51,19 @@ pub struct DaemonView {
 }
 
 impl Origin {
+    /// A process seen by its command line (a daemon-less builder, a process taking a daemon's
+    /// name); `store` is a builder's own image store.
+    pub fn exec(process: &ProcessView, store: Option<String>) -> Self {
+        Self {
+            transport: Transport::Exec,
+            endpoint: None,
+            peer: None,
+            client: Some(process.clone()),
+            daemon: None,
+            store,
+        }
+    }
+
     pub fn peer_ip(&self) -> Option<IpAddr> {
         self.peer.as_deref()?.parse::<SocketAddr>().ok().map(|a| a.ip())
     }
