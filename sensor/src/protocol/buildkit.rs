@@ -7,6 +7,10 @@ use std::{collections::BTreeSet, sync::LazyLock};
 
 /// Bytes kept from the previous piece so a marker split across two syscalls is still found.
 const OVERLAP: usize = 512;
+/// Tags and build-arg keys kept per session: the stream is the client's to fill, and the facts
+/// are compared after every piece.
+const MAX_TAGS: usize = 64;
+const MAX_BUILD_ARG_KEYS: usize = 256;
 
 #[derive(Debug, Clone, Copy, PartialEq, Eq, PartialOrd, Ord, serde::Serialize)]
 #[serde(rename_all = "snake_case")]
@@ -78,13 +82,11 @@ impl SessionScanner {
         for (key, value) in string_map_entries(&window) {
             match key.as_str() {
                 "name" if !value.is_empty() => {
-                    self.facts.tags.extend(
-                        value
-                            .split(',')
-                            .map(str::trim)
-                            .filter(|t| !t.is_empty())
-                            .map(String::from),
-                    );
+                    for tag in value.split(',').map(str::trim).filter(|t| !t.is_empty()) {
+                        if self.facts.tags.len() < MAX_TAGS {
+                            self.facts.tags.insert(tag.to_string());
+                        }
+                    }
                 }
                 "filename" => self.facts.dockerfile = Some(value),
                 "context" if value.contains("://") || value.starts_with("git@") => {
@@ -92,7 +94,9 @@ impl SessionScanner {
                 }
                 _ => {
                     if let Some(arg) = key.strip_prefix("build-arg:") {
-                        self.facts.build_arg_keys.insert(arg.to_string());
+                        if self.facts.build_arg_keys.len() < MAX_BUILD_ARG_KEYS {
+                            self.facts.build_arg_keys.insert(arg.to_string());
+                        }
                     }
                 }
             }
@@ -161,6 +165,22 @@ fn varint(bytes: &[u8]) -> Option<(u64, usize)> {
 #[cfg(test)]
 mod tests {
     use super::*;
+
+    /// A client streaming endless distinct names grows nothing without bound.
+    #[test]
+    fn facts_are_bounded() {
+        let mut scanner = SessionScanner::default();
+        for i in 0..2000 {
+            let name = format!("evil{i}:1");
+            let mut entry = vec![0x0a, 4];
+            entry.extend_from_slice(b"name");
+            entry.push(0x12);
+            entry.push(name.len() as u8);
+            entry.extend_from_slice(name.as_bytes());
+            scanner.scan(&entry);
+        }
+        assert_eq!(scanner.facts.tags.len(), MAX_TAGS);
+    }
 
     fn hex(bytes: &[u8]) -> String {
         bytes.iter().map(|b| format!("{b:02x}")).collect()
