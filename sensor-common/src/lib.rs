@@ -266,8 +266,8 @@ impl SocketRole {
 
 /// Ring bytes all the daemon-side connections of one TCP peer address may use per second, and
 /// at most in a burst: many connections from one host share this.
-pub const PEER_BUDGET_PER_SECOND: u32 = 8 << 20;
-pub const PEER_BUDGET_BURST: u32 = 16 << 20;
+pub const PEER_BUDGET_PER_SECOND: u32 = 1 << 20;
+pub const PEER_BUDGET_BURST: u32 = 4 << 20;
 
 /// A token bucket of ring bytes.
 #[repr(C)]
