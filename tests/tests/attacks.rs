@@ -165,6 +165,19 @@ fn root_build_is_flagged(sensor: &Sensor, env: &Environment, tag: &str, excuse: 
     );
 }
 
+/// Lines the output file did not get are counted in `sensor.loss`.
+fn assert_output_errors_reported(sensor: &Sensor, mark: usize) {
+    let loss = sensor.wait_for(mark, TIMEOUT, "output errors in sensor.loss", |e| {
+        kind(e) == "sensor.loss" && e["loss"]["output_errors"].is_object()
+    });
+    assert!(
+        loss["loss"]["output_errors"]
+            .as_object()
+            .is_some_and(|o| !o.is_empty()),
+        "{loss}"
+    );
+}
+
 fn assert_alive(sensor: &Sensor) {
     assert!(sensor.is_running(), "the sensor died:\n{}", sensor.stderr());
 }
@@ -427,15 +440,7 @@ fn an_output_path_replaced_by_a_symlink_is_not_followed(world: &World) {
     assert_eq!(std::fs::read_to_string(&victim).expect("read"), "root's file\n");
     assert!(sensor.stderr().contains("symbolic link"), "{}", sensor.stderr());
     // What the file did not get is counted, not written to the old, unlinked file.
-    let loss = sensor.wait_for(mark, TIMEOUT, "output errors in sensor.loss", |e| {
-        kind(e) == "sensor.loss" && e["loss"]["output_errors"].is_object()
-    });
-    assert!(
-        loss["loss"]["output_errors"]
-            .as_object()
-            .is_some_and(|o| !o.is_empty()),
-        "{loss}"
-    );
+    assert_output_errors_reported(&sensor, mark);
     assert_alive(&sensor);
     // A symlinked output path at start is a one-line refusal.
     let refused = std::process::Command::new(&world.binary)
@@ -582,15 +587,7 @@ fn a_full_output_file_system_is_counted_and_recovered(world: &World) {
     for _ in 0..400 {
         let _ = std::process::Command::new("true").status();
     }
-    let loss = sensor.wait_for(mark, TIMEOUT, "output errors in sensor.loss", |e| {
-        kind(e) == "sensor.loss" && e["loss"]["output_errors"].is_object()
-    });
-    assert!(
-        loss["loss"]["output_errors"]
-            .as_object()
-            .is_some_and(|o| !o.is_empty()),
-        "{loss}"
-    );
+    assert_output_errors_reported(&sensor, mark);
     assert_alive(&sensor);
     std::fs::remove_file(&filler).expect("freeing space");
     let size_before = std::fs::metadata(&output).map(|m| m.len()).unwrap_or(0);
