@@ -117,7 +117,7 @@ pub async fn run(options: RunOptions) -> anyhow::Result<()> {
     let mut kernel = KernelSensor::load(&config, &tracefs)?;
     let rings = kernel.take_rings()?;
     let losses = kernel.take_loss_counters()?;
-    let daemon_map = kernel.take_daemon_map()?;
+    let daemon_map = kernel.take_daemon_map(&config.watch.unix_sockets)?;
     let mut tracked = kernel.take_tracked_sockets()?;
     let build_gate = kernel.take_build_gate()?;
     let mut descendants = kernel.take_daemon_descendants()?;
@@ -128,7 +128,9 @@ pub async fn run(options: RunOptions) -> anyhow::Result<()> {
     if let Some(why) = store::classic_store_missing(&config.detect.docker_data_root) {
         tracing::warn!("{why}");
     }
+    let api_marker = random_marker()?;
     let live = LiveHost::new(&procfs::proc_root())
+        .with_api_marker(&api_marker)
         .with_docker_data_root(&config.detect.docker_data_root)
         .with_daemon_policy(DaemonPolicy {
             binaries: config.watch.daemon_binaries.clone(),
@@ -146,6 +148,7 @@ pub async fn run(options: RunOptions) -> anyhow::Result<()> {
                 boot_to_wall_ns: emitter.boot_to_wall_ns(),
                 config: config.clone(),
                 ledger: ledger.records(),
+                api_marker: api_marker.clone(),
             };
             let recorder = Recorder::create(path, &header)?;
             let host = Rc::new(RecordingHost::new(live));
@@ -168,7 +171,8 @@ pub async fn run(options: RunOptions) -> anyhow::Result<()> {
         Daemons::new(&config.watch.daemons, host, Some(daemon_map)),
         emitter,
         detector,
-    );
+    )
+    .with_api_marker(&api_marker);
     let mut inputs = Inputs {
         engine,
         recording,
@@ -499,4 +503,13 @@ fn spawn_kernel_logger(kernel: &mut KernelSensor) {
             guard.clear_ready();
         }
     });
+}
+
+/// 128 random bits, hex: the marker of the sensor's own API requests (no one else may know it).
+fn random_marker() -> anyhow::Result<String> {
+    let mut bytes = [0u8; 16];
+    std::fs::File::open("/dev/urandom")
+        .and_then(|mut f| std::io::Read::read_exact(&mut f, &mut bytes))
+        .context("cannot read /dev/urandom")?;
+    Ok(bytes.iter().map(|b| format!("{b:02x}")).collect())
 }

@@ -10,7 +10,7 @@ use std::collections::{BTreeMap, HashMap, HashSet};
 
 use serde::{Deserialize, Serialize};
 
-use crate::{host::SharedHost, kernel::DaemonMap};
+use crate::{docker::daemon_api::ApiSocket, host::SharedHost, kernel::DaemonMap, output::schema::DaemonView};
 
 /// How long a daemon binary that does not serve yet (dockerd starting) is re-checked.
 const CANDIDATE_WINDOW_NS: u64 = 300_000_000_000;
@@ -37,12 +37,17 @@ pub struct DaemonIdentity {
     /// address of its network namespace): client connects to these are followed.
     #[serde(default)]
     pub tcp_listeners: Vec<(std::net::IpAddr, u16)>,
+    /// The data root it declares (dockerd: `--data-root`, or `data-root` in its config file).
+    #[serde(default)]
+    pub data_root: Option<String>,
 }
 
 /// A trusted daemon.
 #[derive(Debug, Clone, PartialEq, Eq)]
 pub struct Daemon {
     pub name: String,
+    /// The watched endpoints it serves, as last checked.
+    pub serves: Vec<String>,
     /// The image store its provenance is kept under (`docker:/var/lib/docker`).
     pub store: String,
     trusted_ns: u64,
@@ -72,6 +77,8 @@ struct Candidate {
 
 pub struct Daemons {
     names: HashSet<String>,
+    /// Trust given, taken or changed since the last `take_changes`, for `sensor.daemon` lines.
+    changes: Vec<(u64, DaemonView)>,
     trusted: BTreeMap<u32, Daemon>,
     candidates: HashMap<u32, Candidate>,
     /// Impersonators already reported (tgid), so each is reported once.
@@ -84,6 +91,7 @@ impl Daemons {
     pub fn new(names: &[String], host: SharedHost, map: Option<DaemonMap>) -> Self {
         Self {
             names: names.iter().cloned().collect(),
+            changes: Vec::new(),
             trusted: BTreeMap::new(),
             candidates: HashMap::new(),
             reported: HashSet::new(),
@@ -104,7 +112,7 @@ impl Daemons {
 
     /// Re-evaluates `tgid` after an exec (or at start).
     pub fn update(&mut self, tgid: u32, now: u64, process: &ProcessFacts<'_>) -> Verdict {
-        self.untrust(tgid);
+        self.untrust(tgid, now);
         let Some(name) = self.claimed_name(process.comm, process.exe) else {
             return Verdict::None;
         };
@@ -119,7 +127,8 @@ impl Daemons {
                 Verdict::None
             };
         }
-        let store = store_of(&name, process.argv, process.uid);
+        let store =
+            declared_store(&name, &identity).unwrap_or_else(|| store_of(&name, process.argv, process.uid));
         if !identity.serves.is_empty() {
             self.trust(tgid, name, store, &identity, now);
             return Verdict::Trusted;
@@ -151,16 +160,20 @@ impl Daemons {
         self.candidates.remove(&tgid);
         let daemon = Daemon {
             name,
+            serves: identity.serves.clone(),
             store,
             trusted_ns: now,
             next_refresh_ns: now + REFRESH_NS,
         };
+        self.changes.push((now, view(tgid, &daemon, true)));
+        self.host.serve_api(&daemon.store, api_socket(tgid, &daemon));
         let added = self.trusted.insert(tgid, daemon).is_none();
         if let Some(map) = &mut self.map {
             if added {
                 map.insert(tgid);
             }
             map.listen(tgid, &identity.tcp_listeners);
+            map.watch_paths(tgid, &unix_paths(&identity.serves));
         }
     }
 
@@ -187,7 +200,8 @@ impl Daemons {
                 continue;
             };
             if identity.known_binary && !identity.serves.is_empty() {
-                let (name, store) = (candidate.name.clone(), candidate.store.clone());
+                let name = candidate.name.clone();
+                let store = declared_store(&name, &identity).unwrap_or_else(|| candidate.store.clone());
                 self.trust(tgid, name, store, &identity, now);
                 trusted.push(tgid);
             } else if identity.answered && !identity.known_binary || now >= candidate.until_ns {
@@ -215,29 +229,44 @@ impl Daemons {
                 continue;
             }
             if !identity.known_binary {
-                self.untrust(tgid);
+                self.untrust(tgid, now);
                 continue;
+            }
+            if let Some(daemon) = self.trusted.get_mut(&tgid) {
+                if daemon.serves != identity.serves {
+                    daemon.serves = identity.serves.clone();
+                    self.changes.push((now, view(tgid, daemon, true)));
+                    self.host.serve_api(&daemon.store, api_socket(tgid, daemon));
+                }
             }
             if let Some(map) = &mut self.map {
                 map.listen(tgid, &identity.tcp_listeners);
+                map.watch_paths(tgid, &unix_paths(&identity.serves));
             }
         }
         trusted
     }
 
     /// The process ended.
-    pub fn remove(&mut self, tgid: u32) {
+    pub fn remove(&mut self, tgid: u32, now: u64) {
         self.reported.remove(&tgid);
-        self.untrust(tgid);
+        self.untrust(tgid, now);
     }
 
-    fn untrust(&mut self, tgid: u32) {
+    fn untrust(&mut self, tgid: u32, now: u64) {
         self.candidates.remove(&tgid);
-        if self.trusted.remove(&tgid).is_some() {
+        if let Some(daemon) = self.trusted.remove(&tgid) {
+            self.changes.push((now, view(tgid, &daemon, false)));
+            self.host.serve_api(&daemon.store, None);
             if let Some(map) = &mut self.map {
                 map.remove(tgid);
             }
         }
+    }
+
+    /// What changed since the last call, oldest first.
+    pub fn take_changes(&mut self) -> Vec<(u64, DaemonView)> {
+        std::mem::take(&mut self.changes)
     }
 
     pub fn get(&self, tgid: u32) -> Option<&Daemon> {
@@ -246,6 +275,45 @@ impl Daemons {
 
     pub fn tgids(&self) -> Vec<u32> {
         self.trusted.keys().copied().collect()
+    }
+}
+
+/// A dockerd's store by the data root it declares (its command line or its config file).
+fn declared_store(name: &str, identity: &DaemonIdentity) -> Option<String> {
+    (name == "dockerd")
+        .then(|| identity.data_root.as_ref().map(|root| format!("docker:{root}")))
+        .flatten()
+}
+
+/// Where a dockerd's store can be asked: its first unix socket (podman's API serves another
+/// store layout, containerd and buildkitd speak gRPC).
+fn api_socket(tgid: u32, daemon: &Daemon) -> Option<ApiSocket> {
+    if daemon.name != "dockerd" {
+        return None;
+    }
+    daemon.serves.iter().find_map(|endpoint| {
+        endpoint.strip_prefix("unix:").map(|path| ApiSocket {
+            tgid,
+            path: path.into(),
+        })
+    })
+}
+
+/// The unix socket paths among served endpoints.
+fn unix_paths(serves: &[String]) -> Vec<String> {
+    serves
+        .iter()
+        .filter_map(|e| e.strip_prefix("unix:").map(String::from))
+        .collect()
+}
+
+fn view(tgid: u32, daemon: &Daemon, trusted: bool) -> DaemonView {
+    DaemonView {
+        pid: tgid,
+        name: daemon.name.clone(),
+        trusted,
+        store: daemon.store.clone(),
+        serves: daemon.serves.clone(),
     }
 }
 

@@ -8,10 +8,12 @@ use crate::{
     daemons::{Daemons, ProcessFacts, Verdict},
     decode::{Header, RawEvent, Role, SocketData, SocketOpen},
     detect::{DataInput, Detector},
+    docker::daemon_api,
     existing::ExistingConnection,
     output::{
         schema::{
-            DataBody, DataView, LossBody, LossView, ProcessBody, ProcessView, SocketBody, SocketView, Stats,
+            DaemonBody, DataBody, DataView, LossBody, LossView, ProcessBody, ProcessView, SocketBody,
+            SocketView, Stats,
         },
         Emitter, Sink,
     },
@@ -33,6 +35,7 @@ pub struct Engine {
     decode_errors: u64,
     kernel_drops: BTreeMap<&'static str, u64>,
     reported_loss: LossView,
+    own_queries: OwnQueries,
 }
 
 impl Engine {
@@ -54,7 +57,14 @@ impl Engine {
             decode_errors: 0,
             kernel_drops: BTreeMap::new(),
             reported_loss: LossView::default(),
+            own_queries: OwnQueries::default(),
         }
+    }
+
+    /// The marker the host's API requests carry (see `docker::daemon_api`).
+    pub fn with_api_marker(mut self, marker: &str) -> Self {
+        self.own_queries.marker = marker.to_string();
+        self
     }
 
     /// Marks every already-running daemon (after the process table was seeded).
@@ -174,6 +184,13 @@ impl Engine {
     }
 
     fn write_findings(&mut self, sink: &mut Sink) -> anyhow::Result<()> {
+        for (at, daemon) in self.daemons.take_changes() {
+            *self.events.entry("sensor.daemon").or_default() += 1;
+            let line = self
+                .emitter
+                .line("sensor.daemon", Some(at), DaemonBody { daemon });
+            sink.write(&line)?;
+        }
         for (at, finding) in self.detector.take_findings() {
             *self.events.entry(finding.kind()).or_default() += 1;
             let line = self.emitter.line(finding.kind(), Some(at), &finding);
@@ -234,7 +251,7 @@ impl Engine {
             RawEvent::Exit { header } => {
                 let process = ProcessView::new(&header, self.processes.get(header.tgid));
                 self.processes.on_exit(&header);
-                self.daemons.remove(header.tgid);
+                self.daemons.remove(header.tgid, header.boot_ns);
                 self.connections.process_exited(header.tgid);
                 self.detector.on_exit(header.tgid, header.boot_ns);
                 self.write(
@@ -261,6 +278,10 @@ impl Engine {
                 fd,
                 role,
             } => {
+                if self.own_queries.closed(conn_id) {
+                    self.connections.close(conn_id);
+                    return Ok(());
+                }
                 let known = self.connections.close(conn_id);
                 self.detector.on_close(conn_id, header.boot_ns);
                 let socket = SocketView {
@@ -388,6 +409,9 @@ impl Engine {
     }
 
     fn data(&mut self, sink: &mut Sink, header: Header, data: SocketData) -> anyhow::Result<()> {
+        if data.role == Role::DaemonAccepted && self.own_queries.is_own(data.conn_id, &data.bytes) {
+            return Ok(());
+        }
         let connection = self.connections.get(data.conn_id);
         let local_endpoint = connection.and_then(|c| c.local.clone());
         let local = local_endpoint.as_ref().map(|l| l.to_string());
@@ -569,8 +593,15 @@ mod tests {
         ]);
         assert_eq!(lines[0]["kind"], "process.fork");
         assert_eq!(lines[0]["child_pid"], 11);
-        assert_eq!(lines.len(), 2, "argv records are merged into the exec line");
+        assert_eq!(lines.len(), 3, "argv records are merged into the exec line");
         let exec = &lines[1];
+        assert_eq!(
+            lines[2]["kind"], "sensor.daemon",
+            "its trust is reported: {}",
+            lines[2]
+        );
+        assert_eq!(lines[2]["daemon"]["pid"], 11);
+        assert_eq!(lines[2]["daemon"]["trusted"], true);
         assert_eq!(exec["kind"], "process.exec");
         assert_eq!(exec["process"]["argv"][2], "tcp://0.0.0.0:2375");
         assert_eq!(exec["process"]["ppid"], 10);
@@ -677,5 +708,33 @@ mod tests {
         assert_eq!(lines[1]["loss"]["decode_errors"], 1);
         assert_eq!(lines[2]["loss"]["queue_drops"]["socket.data"], 7);
         assert_eq!(engine.stats().kernel_drops.get("socket.data"), Some(&3));
+    }
+}
+
+/// The daemon-side connections of the sensor's own API requests: not a client's traffic, so
+/// neither written nor correlated. Recognised by a marker no one else knows, in the first read.
+#[derive(Default)]
+struct OwnQueries {
+    marker: String,
+    connections: std::collections::HashSet<u64>,
+}
+
+impl OwnQueries {
+    fn is_own(&mut self, conn_id: u64, bytes: &[u8]) -> bool {
+        if self.connections.contains(&conn_id) {
+            return true;
+        }
+        let own = !self.marker.is_empty() && bytes.starts_with(b"GET /") && {
+            let needle = format!("{}: {}\r\n", daemon_api::MARKER_HEADER, self.marker);
+            bytes.windows(needle.len()).any(|w| w == needle.as_bytes())
+        };
+        if own && self.connections.len() < 4096 {
+            self.connections.insert(conn_id);
+        }
+        own
+    }
+
+    fn closed(&mut self, conn_id: u64) -> bool {
+        self.connections.remove(&conn_id)
     }
 }

@@ -4,7 +4,7 @@
 //! order and reaches exactly the same conclusions.
 use std::{
     cell::RefCell,
-    collections::VecDeque,
+    collections::{BTreeMap, VecDeque},
     path::{Path, PathBuf},
     rc::Rc,
     time::Duration,
@@ -16,6 +16,7 @@ use crate::{
     daemons::DaemonIdentity,
     decode::Endpoint,
     docker::{
+        daemon_api::{self, ApiSocket},
         dockerfile::{self, ClientFiles, Dockerfile},
         store,
     },
@@ -46,13 +47,18 @@ pub trait Host {
     ) -> Result<Dockerfile, String>;
     /// The image a Docker container was created from.
     fn container_image(&self, container_id: &str) -> Option<String>;
-    /// The images dockerd's store took in between two kernel (CLOCK_BOOTTIME) times: what a
-    /// build, load or import wrote.
-    fn images_written(&self, from_boot_ns: u64, to_boot_ns: u64) -> Vec<WrittenImage>;
+    /// The images a dockerd store took in between two kernel (CLOCK_BOOTTIME) times, read from
+    /// its data root: what a build, load or import wrote (the classic store only).
+    fn images_written(&self, store: &str, from_boot_ns: u64, to_boot_ns: u64) -> Vec<WrittenImage>;
+    /// Every image of a store, as its daemon lists it; `None` when the daemon cannot be asked.
+    fn store_images(&self, store: &str) -> Option<Vec<WrittenImage>>;
     /// Whether a process claiming a daemon's name runs a daemon binary and serves the API.
     fn daemon_identity(&self, tgid: u32) -> DaemonIdentity;
-    /// The image a name points to in dockerd's store now, and whether a registry served it.
-    fn tagged_image(&self, name: &str) -> Option<TaggedImage>;
+    /// The image a reference (a name, a full or short id) resolves to in a store now, and
+    /// whether a registry served it.
+    fn tagged_image(&self, store: &str, reference: &str) -> Option<TaggedImage>;
+    /// Where a trusted daemon's store can be asked (`None`: no longer).
+    fn serve_api(&self, _store: &str, _socket: Option<ApiSocket>) {}
 }
 
 /// What a name points to in dockerd's store.
@@ -93,6 +99,10 @@ pub struct LiveHost {
     proc_root: PathBuf,
     docker_data_root: PathBuf,
     daemons: DaemonPolicy,
+    /// The API socket of each trusted daemon's store.
+    apis: RefCell<BTreeMap<String, ApiSocket>>,
+    /// Sent with every API request, so the engine knows the sensor's own connections.
+    marker: String,
 }
 
 impl LiveHost {
@@ -101,7 +111,26 @@ impl LiveHost {
             proc_root: proc_root.to_path_buf(),
             docker_data_root: PathBuf::from("/var/lib/docker"),
             daemons: DaemonPolicy::default(),
+            apis: RefCell::new(BTreeMap::new()),
+            marker: String::new(),
         }
+    }
+
+    pub fn with_api_marker(mut self, marker: &str) -> Self {
+        self.marker = marker.to_string();
+        self
+    }
+
+    /// A store's data root: its own (`docker:<root>`), else the configured one.
+    fn data_root(&self, store: &str) -> PathBuf {
+        store
+            .strip_prefix("docker:")
+            .filter(|root| root.starts_with('/'))
+            .map_or_else(|| self.docker_data_root.clone(), PathBuf::from)
+    }
+
+    fn api(&self, store: &str) -> Option<ApiSocket> {
+        self.apis.borrow().get(store).cloned()
     }
 
     pub fn with_daemon_policy(mut self, policy: DaemonPolicy) -> Self {
@@ -180,17 +209,70 @@ impl Host for LiveHost {
     }
 
     fn container_image(&self, container_id: &str) -> Option<String> {
-        let data_root = self.docker_data_root.clone();
-        let id = container_id.to_string();
-        self.proc(PROC_DEADLINE, move |_| store::container_image(&data_root, &id))
-            .flatten()
+        let data_roots: Vec<PathBuf> = std::iter::once(self.docker_data_root.clone())
+            .chain(self.apis.borrow().keys().map(|store| self.data_root(store)))
+            .collect();
+        let apis: Vec<ApiSocket> = self.apis.borrow().values().cloned().collect();
+        let (id, marker) = (container_id.to_string(), self.marker.clone());
+        self.proc(STORE_DEADLINE, move |proc_root| {
+            apis.iter()
+                .find_map(|api| {
+                    daemon_api::container_image(api, &marker, proc_root, &id)
+                        .ok()
+                        .flatten()
+                })
+                .or_else(|| {
+                    data_roots
+                        .iter()
+                        .find_map(|root| store::container_image(root, &id))
+                })
+        })
+        .flatten()
     }
 
-    fn images_written(&self, from_boot_ns: u64, to_boot_ns: u64) -> Vec<WrittenImage> {
+    fn store_images(&self, store: &str) -> Option<Vec<WrittenImage>> {
+        let api = self.api(store)?;
+        let marker = self.marker.clone();
+        let boot_to_wall = procfs::boot_to_wall_ns();
+        let listed = self.proc(STORE_DEADLINE, move |proc_root| {
+            daemon_api::list_images(&api, &marker, proc_root)
+        })?;
+        match listed {
+            Ok(images) => Some(
+                images
+                    .into_iter()
+                    .map(|image| WrittenImage {
+                        created_boot_ns: image.created_ns().map(|wall| wall - boot_to_wall),
+                        names: image.names(),
+                        registry_digest: image.has_registry_digest(),
+                        id: image.id,
+                    })
+                    .collect(),
+            ),
+            Err(err) => {
+                tracing::warn!("cannot list the images of {store}: {err}");
+                None
+            }
+        }
+    }
+
+    fn serve_api(&self, store: &str, socket: Option<ApiSocket>) {
+        let mut apis = self.apis.borrow_mut();
+        match socket {
+            Some(socket) => {
+                apis.insert(store.to_string(), socket);
+            }
+            None => {
+                apis.remove(store);
+            }
+        }
+    }
+
+    fn images_written(&self, store: &str, from_boot_ns: u64, to_boot_ns: u64) -> Vec<WrittenImage> {
         // Docker dates files and images by the wall clock; converted with the offset of now, not
         // of the sensor's start, which NTP may have moved since.
         let boot_to_wall = procfs::boot_to_wall_ns();
-        let data_root = self.docker_data_root.clone();
+        let data_root = self.data_root(store);
         let found = self
             .proc(STORE_DEADLINE, move |_| {
                 store::images_written(
@@ -220,12 +302,30 @@ impl Host for LiveHost {
         .unwrap_or_default()
     }
 
-    fn tagged_image(&self, name: &str) -> Option<TaggedImage> {
-        let data_root = self.docker_data_root.clone();
-        let name = name.to_string();
-        self.proc(PROC_DEADLINE, move |_| store::tagged_image(&data_root, &name))
-            .flatten()
-            .map(|(id, registry_digest)| TaggedImage { id, registry_digest })
+    fn tagged_image(&self, store: &str, reference: &str) -> Option<TaggedImage> {
+        let reference = reference.to_string();
+        if let Some(api) = self.api(store) {
+            let marker = self.marker.clone();
+            let answer = self.proc(STORE_DEADLINE, move |proc_root| {
+                daemon_api::inspect_image(&api, &marker, proc_root, &reference)
+            })?;
+            return match answer {
+                Ok(image) => image.map(|image| TaggedImage {
+                    registry_digest: image.has_registry_digest(),
+                    id: image.id,
+                }),
+                Err(err) => {
+                    tracing::warn!("cannot ask {store} about an image: {err}");
+                    None
+                }
+            };
+        }
+        let data_root = self.data_root(store);
+        self.proc(PROC_DEADLINE, move |_| {
+            store::tagged_image(&data_root, &reference)
+        })
+        .flatten()
+        .map(|(id, registry_digest)| TaggedImage { id, registry_digest })
     }
 }
 
@@ -240,6 +340,7 @@ pub enum Answer {
     Dockerfile(Result<Dockerfile, String>),
     ContainerImage(Option<String>),
     ImagesWritten(Vec<WrittenImage>),
+    StoreImages(Option<Vec<WrittenImage>>),
     DaemonIdentity(DaemonIdentity),
     TaggedImage(Option<TaggedImage>),
 }
@@ -298,19 +399,27 @@ impl Host for RecordingHost {
         self.keep(self.live.container_image(container_id), Answer::ContainerImage)
     }
 
-    fn images_written(&self, from_boot_ns: u64, to_boot_ns: u64) -> Vec<WrittenImage> {
+    fn images_written(&self, store: &str, from_boot_ns: u64, to_boot_ns: u64) -> Vec<WrittenImage> {
         self.keep(
-            self.live.images_written(from_boot_ns, to_boot_ns),
+            self.live.images_written(store, from_boot_ns, to_boot_ns),
             Answer::ImagesWritten,
         )
+    }
+
+    fn store_images(&self, store: &str) -> Option<Vec<WrittenImage>> {
+        self.keep(self.live.store_images(store), Answer::StoreImages)
+    }
+
+    fn serve_api(&self, store: &str, socket: Option<ApiSocket>) {
+        self.live.serve_api(store, socket);
     }
 
     fn daemon_identity(&self, tgid: u32) -> DaemonIdentity {
         self.keep(self.live.daemon_identity(tgid), Answer::DaemonIdentity)
     }
 
-    fn tagged_image(&self, name: &str) -> Option<TaggedImage> {
-        self.keep(self.live.tagged_image(name), Answer::TaggedImage)
+    fn tagged_image(&self, store: &str, reference: &str) -> Option<TaggedImage> {
+        self.keep(self.live.tagged_image(store, reference), Answer::TaggedImage)
     }
 }
 
@@ -401,12 +510,20 @@ impl Host for ReplayHost {
         .flatten()
     }
 
-    fn images_written(&self, _from_boot_ns: u64, _to_boot_ns: u64) -> Vec<WrittenImage> {
+    fn images_written(&self, _store: &str, _from_boot_ns: u64, _to_boot_ns: u64) -> Vec<WrittenImage> {
         self.next(|a| match a {
             Answer::ImagesWritten(i) => Some(i),
             _ => None,
         })
         .unwrap_or_default()
+    }
+
+    fn store_images(&self, _store: &str) -> Option<Vec<WrittenImage>> {
+        self.next(|a| match a {
+            Answer::StoreImages(i) => Some(i),
+            _ => None,
+        })
+        .flatten()
     }
 
     fn daemon_identity(&self, _tgid: u32) -> DaemonIdentity {
@@ -417,7 +534,7 @@ impl Host for ReplayHost {
         .unwrap_or_default()
     }
 
-    fn tagged_image(&self, _name: &str) -> Option<TaggedImage> {
+    fn tagged_image(&self, _store: &str, _reference: &str) -> Option<TaggedImage> {
         self.next(|a| match a {
             Answer::TaggedImage(t) => Some(t),
             _ => None,
@@ -463,13 +580,16 @@ pub mod tests {
         fn container_image(&self, _container_id: &str) -> Option<String> {
             None
         }
-        fn images_written(&self, _from_boot_ns: u64, _to_boot_ns: u64) -> Vec<WrittenImage> {
+        fn images_written(&self, _store: &str, _from_boot_ns: u64, _to_boot_ns: u64) -> Vec<WrittenImage> {
             self.images.borrow().clone()
+        }
+        fn store_images(&self, _store: &str) -> Option<Vec<WrittenImage>> {
+            None
         }
         fn daemon_identity(&self, tgid: u32) -> DaemonIdentity {
             self.identities.borrow().get(&tgid).cloned().unwrap_or_default()
         }
-        fn tagged_image(&self, _name: &str) -> Option<TaggedImage> {
+        fn tagged_image(&self, _store: &str, _reference: &str) -> Option<TaggedImage> {
             None
         }
     }

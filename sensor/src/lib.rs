@@ -4,6 +4,7 @@ pub mod agent;
 pub mod cli;
 pub mod config;
 pub mod connections;
+pub mod daemon_config;
 pub mod daemons;
 pub mod decode;
 pub mod detect;

@@ -139,6 +139,8 @@ pub fn daemon_identity(
             ..Default::default()
         };
     }
+    let declared = declared_by(root, tgid);
+    let serves_port = |port: u16| policy.tcp_ports.contains(&port) || declared.tcp_ports.contains(&port);
     let owned: std::collections::HashSet<u64> = socket_fds(root, tgid)
         .into_iter()
         .map(|(_, inode)| inode)
@@ -149,7 +151,9 @@ pub fn daemon_identity(
         .iter()
         .filter(|s| s.listening && owned.contains(&s.inode))
         .filter_map(|s| s.path.as_deref())
-        .filter(|path| policy.unix_sockets.iter().any(|w| w.as_os_str() == *path))
+        .filter(|path| {
+            policy.unix_sockets.iter().any(|w| w.as_os_str() == *path) || declared.serves_path(path)
+        })
         .map(|path| format!("unix:{path}"))
         .collect();
     serves.extend(
@@ -158,7 +162,7 @@ pub fn daemon_identity(
             .iter()
             .filter(|s| s.state == TcpState::Listen && owned.contains(&s.inode))
             .filter_map(|s| match s.local {
-                Endpoint::Tcp(_, port) if policy.tcp_ports.contains(&port) => Some(format!("tcp:{port}")),
+                Endpoint::Tcp(_, port) if serves_port(port) => Some(format!("tcp:{port}")),
                 _ => None,
             }),
     );
@@ -173,7 +177,7 @@ pub fn daemon_identity(
         let Endpoint::Tcp(ip, port) = socket.local else {
             continue;
         };
-        if !policy.tcp_ports.contains(&port) {
+        if !serves_port(port) {
             continue;
         }
         if ip.is_unspecified() {
@@ -189,7 +193,40 @@ pub fn daemon_identity(
         known_binary,
         serves,
         tcp_listeners,
+        data_root: declared.data_root,
     }
+}
+
+/// What a dockerd declares about its endpoints and data root (nothing for other daemons).
+fn declared_by(root: &Path, tgid: u32) -> crate::daemon_config::Declared {
+    let dir = root.join(tgid.to_string());
+    let is_dockerd = read_link(&dir.join("exe")).is_some_and(|exe| exe.rsplit('/').next() == Some("dockerd"));
+    if !is_dockerd {
+        return crate::daemon_config::Declared::default();
+    }
+    let Some(process) = snapshot(root, tgid) else {
+        return crate::daemon_config::Declared::default();
+    };
+    let environ: Vec<(String, String)> = fs::read(dir.join("environ"))
+        .unwrap_or_default()
+        .split(|b| *b == 0)
+        .filter_map(|entry| {
+            let entry = String::from_utf8_lossy(entry);
+            let (key, value) = entry.split_once('=')?;
+            matches!(key, "XDG_RUNTIME_DIR" | "XDG_CONFIG_HOME" | "HOME")
+                .then(|| (key.to_string(), value.to_string()))
+        })
+        .collect();
+    crate::daemon_config::declared(
+        root,
+        &crate::daemon_config::DaemonProcess {
+            tgid,
+            uid: process.uid,
+            gid: process.gid,
+            argv: &process.argv,
+            environ: &environ,
+        },
+    )
 }
 
 /// The local addresses of a process's network namespace: `LOCAL` host routes of

@@ -32,6 +32,9 @@ pub struct Header {
     pub config: Config,
     /// The image ledger as it was loaded at start.
     pub ledger: Vec<Record>,
+    /// The marker of the sensor's own API requests in this run.
+    #[serde(default)]
+    pub api_marker: String,
 }
 
 /// One thing the engine was given.

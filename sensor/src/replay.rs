@@ -71,7 +71,8 @@ pub fn replay_into(
         Daemons::new(&config.watch.daemons, replay_host.clone(), None),
         Emitter::with_clock(header.host.clone(), header.run_id.clone(), header.boot_to_wall_ns),
         detector,
-    );
+    )
+    .with_api_marker(&header.api_marker);
     let mut last_time = 0;
     let mut finished = false;
     while let Some(step) = reader.next_step() {

@@ -201,11 +201,19 @@ impl Environment {
                 "--ip6tables=false",
                 "--log-level=warn",
             ]);
-        let nsenter_pid = self.spawn_logged(command, "dockerd.log");
+        let socket = self.socket.clone();
+        self.dockerd_pid = self.spawn_daemon(command, DOCKER, &socket, "dockerd");
+    }
+
+    /// Spawns a dockerd (through nsenter, which execs it), waits until `client` gets an answer
+    /// on `socket`, and returns its pid, checked against the pidfile `<name>.pid`.
+    fn spawn_daemon(&mut self, command: Command, client: &str, socket: &Path, name: &str) -> u32 {
+        let log = format!("{name}.log");
+        let nsenter_pid = self.spawn_logged(command, &log);
         let deadline = Instant::now() + DOCKERD_START_TIMEOUT;
         loop {
-            let ready = Command::new(DOCKER)
-                .args(["-H", &format!("unix://{}", self.socket.display()), "version"])
+            let ready = Command::new(client)
+                .args(["-H", &format!("unix://{}", socket.display()), "version"])
                 .stdout(Stdio::null())
                 .stderr(Stdio::null())
                 .status()
@@ -220,20 +228,118 @@ impl Environment {
                 || Instant::now() > deadline
             {
                 panic!(
-                    "dockerd did not start:\n{}",
-                    fs::read_to_string(self.dir.join("dockerd.log")).unwrap_or_default()
+                    "{name} did not start:\n{}",
+                    fs::read_to_string(self.dir.join(&log)).unwrap_or_default()
                 );
             }
             std::thread::sleep(Duration::from_millis(250));
         }
-        // nsenter execs dockerd, so the pid is dockerd's own.
-        self.dockerd_pid = nsenter_pid;
-        let pidfile = fs::read_to_string(self.dir.join("dockerd.pid")).unwrap_or_default();
+        let pidfile = fs::read_to_string(self.dir.join(format!("{name}.pid"))).unwrap_or_default();
         assert_eq!(
             pidfile.trim(),
             nsenter_pid.to_string(),
-            "dockerd runs as the spawned process"
+            "{name} runs as the spawned process"
         );
+        nsenter_pid
+    }
+
+    /// Starts Docker 26.1 from `prefix` (see `cargo xtask test`) beside the 20.10 daemon, in the
+    /// same network namespace, with its own socket, roots, bridge and TCP port, and the base
+    /// image pulled into nothing (each scenario pulls what it needs).
+    pub fn start_modern_engine(&mut self, prefix: &Path, store: ImageStore) -> ModernEngine {
+        let label = match store {
+            ImageStore::Classic => "docker26-classic",
+            ImageStore::Containerd => "docker26-containerd",
+        };
+        let (bridge, subnet, port) = match store {
+            ImageStore::Classic => (format!("bwc{}", std::process::id()), 1, 2376),
+            ImageStore::Containerd => (format!("bwd{}", std::process::id()), 2, 2377),
+        };
+        // With --bridge=none dockerd deletes docker0; a bridge of its own leaves the rest alone.
+        let ns = self.daemon_ns.clone();
+        run("ip", &["-n", &ns, "link", "add", &bridge, "type", "bridge"]);
+        run(
+            "ip",
+            &[
+                "-n",
+                &ns,
+                "addr",
+                "add",
+                &format!("172.31.{subnet}.1/24"),
+                "dev",
+                &bridge,
+            ],
+        );
+        run("ip", &["-n", &ns, "link", "set", &bridge, "up"]);
+        let root = self.dir.join(label);
+        fs::create_dir_all(&root).expect("creating the engine's directory");
+        let socket = root.join("docker.sock");
+        let data_root = root.join("data");
+        let tcp = format!("tcp://{}:{port}", self.daemon_ip);
+        // The classic engine says where it serves and stores on its command line, the
+        // containerd one in its config file: the sensor must find both by itself.
+        let config = root.join("daemon.json");
+        let settings = match store {
+            ImageStore::Classic => "{}".to_string(),
+            ImageStore::Containerd => format!(
+                r#"{{"features": {{"containerd-snapshotter": true}}, "data-root": "{}", "hosts": ["unix://{}", "{tcp}"]}}"#,
+                data_root.display(),
+                socket.display()
+            ),
+        };
+        fs::write(&config, settings).expect("writing daemon.json");
+        let client_config = root.join("client");
+        let plugins = client_config.join("cli-plugins");
+        fs::create_dir_all(&plugins).expect("creating the client's plugin directory");
+        std::os::unix::fs::symlink(
+            prefix.join("usr/libexec/docker/cli-plugins/docker-buildx"),
+            plugins.join("docker-buildx"),
+        )
+        .expect("linking buildx");
+        let mut command = self.in_daemon_ns(&prefix.join("usr/sbin/dockerd").to_string_lossy());
+        // Its containerd and shims come from the same prefix; runc is bookworm's (trixie's needs
+        // glibc 2.38).
+        let path = format!(
+            "{}:{}:{}",
+            prefix.join("usr/bin").display(),
+            prefix.join("usr/sbin").display(),
+            std::env::var("PATH").unwrap_or_default()
+        );
+        command
+            .env("PATH", path)
+            .arg("--config-file")
+            .arg(&config)
+            .arg("--exec-root")
+            .arg(root.join("exec"))
+            .arg("--pidfile")
+            .arg(self.dir.join(format!("{label}.pid")))
+            .arg(format!("--bridge={bridge}"));
+        if store == ImageStore::Classic {
+            command
+                .arg("--data-root")
+                .arg(&data_root)
+                .arg("-H")
+                .arg(format!("unix://{}", socket.display()))
+                .arg("-H")
+                .arg(&tcp);
+        }
+        command.args(["--iptables=false", "--ip6tables=false", "--log-level=warn"]);
+        let client = prefix.join("usr/bin/docker");
+        let pid = self.spawn_daemon(command, &client.to_string_lossy(), &socket, label);
+        ModernEngine {
+            label,
+            store,
+            pid,
+            client,
+            client_config,
+            socket,
+            data_root,
+            dockerd: prefix.join("usr/sbin/dockerd"),
+            containerd: prefix.join("usr/bin/containerd"),
+            port,
+            remote_ns: self.remote_ns.clone(),
+            daemon_ip: self.daemon_ip.clone(),
+        }
     }
 
     fn push_base_image(&mut self) {
@@ -321,6 +427,53 @@ impl Environment {
         for target in targets {
             quietly("umount", &["-l", target]);
         }
+    }
+}
+
+/// Where a Docker 26.1 engine keeps its images.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub enum ImageStore {
+    /// dockerd's own image store (`image/overlay2/imagedb`).
+    Classic,
+    /// containerd's (`"features": {"containerd-snapshotter": true}`), Docker 29's default.
+    Containerd,
+}
+
+/// A Docker 26.1 daemon of the environment, with its own CLI and buildx.
+pub struct ModernEngine {
+    pub label: &'static str,
+    pub store: ImageStore,
+    pub pid: u32,
+    client: PathBuf,
+    client_config: PathBuf,
+    pub socket: PathBuf,
+    pub data_root: PathBuf,
+    pub dockerd: PathBuf,
+    pub containerd: PathBuf,
+    pub port: u16,
+    remote_ns: String,
+    daemon_ip: String,
+}
+
+impl ModernEngine {
+    /// Its CLI on its unix socket; `docker build` is buildx (BuildKit over `/grpc` and `/session`).
+    pub fn docker(&self) -> Command {
+        let mut command = Command::new(&self.client);
+        command
+            .env("DOCKER_CONFIG", &self.client_config)
+            .args(["-H", &format!("unix://{}", self.socket.display())]);
+        command
+    }
+
+    /// Its CLI in the remote namespace, over plain TCP.
+    pub fn remote_docker(&self) -> Command {
+        let mut command = Command::new("ip");
+        command
+            .args(["netns", "exec", &self.remote_ns])
+            .arg(&self.client)
+            .args(["-H", &format!("tcp://{}:{}", self.daemon_ip, self.port)])
+            .env("DOCKER_CONFIG", &self.client_config);
+        command
     }
 }
 

@@ -1244,8 +1244,31 @@ fn replay_equals_live(world: &World) {
     }
     // Not only detections: every event line the engine wrote is reproduced.
     let live_all = world.sensor.all(0, |e| !kind(e).starts_with("sensor."));
-    let replayed_all = replay(&world.binary, &recordings_dir().join("detection-run.jsonl"), true);
+    let replayed_all: Vec<Value> = replay(&world.binary, &recordings_dir().join("detection-run.jsonl"), true)
+        .into_iter()
+        .filter(|e| !kind(e).starts_with("sensor."))
+        .collect();
     assert_eq!(replayed_all.len(), live_all.len());
+    // The engine's own sensor lines (daemons trusted) are reproduced too.
+    let live_daemons = world.sensor.all(0, |e| kind(e) == "sensor.daemon");
+    let replayed_daemons: Vec<Value> =
+        replay(&world.binary, &recordings_dir().join("detection-run.jsonl"), true)
+            .into_iter()
+            .filter(|e| kind(e) == "sensor.daemon")
+            .map(|mut e| {
+                e["id"] = Value::Null;
+                e
+            })
+            .collect();
+    let live_daemons: Vec<Value> = live_daemons
+        .into_iter()
+        .map(|mut e| {
+            e["id"] = Value::Null;
+            e
+        })
+        .collect();
+    assert!(!live_daemons.is_empty(), "the test daemon's trust is reported");
+    assert_eq!(live_daemons, replayed_daemons);
     assert!(
         live_all == replayed_all,
         "some replayed line differs from the live one"

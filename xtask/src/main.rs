@@ -1,6 +1,7 @@
 //! `cargo xtask`: build, run and test buildwatch, installing what a fresh machine lacks.
 mod bench;
 mod build;
+mod engines;
 mod fixture;
 mod fuzz;
 mod install;

@@ -24,17 +24,26 @@ pub fn test(unit_only: bool) -> anyhow::Result<()> {
     if unit_only {
         return Ok(());
     }
+    let mut docker_26 = None;
     if prerequisites::is_root() {
         prerequisites::install_test_packages()?;
+        match crate::engines::ensure_docker_26(&root) {
+            Ok(prefix) => docker_26 = Some(prefix),
+            Err(err) if ci => return Err(err.context("CI=true: the Docker 26.1 engine is required")),
+            Err(err) => eprintln!("xtask: no Docker 26.1 engine, its scenarios will be skipped: {err:#}"),
+        }
     } else if ci {
         bail!("CI=true: the integration tests need root (they load eBPF programs and start dockerd)");
     }
-    let status = Command::new(env!("CARGO"))
+    let mut integration = Command::new(env!("CARGO"));
+    integration
         .current_dir(&root)
         .args(["test", "--release", "--package", "buildwatch-integration-tests"])
-        .env("BUILDWATCH_BIN", &binary)
-        .status()
-        .context("running the integration tests")?;
+        .env("BUILDWATCH_BIN", &binary);
+    if let Some(prefix) = &docker_26 {
+        integration.env("BUILDWATCH_DOCKER_26", prefix);
+    }
+    let status = integration.status().context("running the integration tests")?;
     if !status.success() {
         bail!("integration tests failed");
     }

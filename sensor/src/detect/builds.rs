@@ -133,6 +133,9 @@ pub struct Build {
     /// The image store the build writes to (confirmed builds only).
     #[serde(skip)]
     pub store: Option<String>,
+    /// The store's images when the build began (the daemon could be asked).
+    #[serde(skip)]
+    pub store_before: Option<super::images::StoreSnapshot>,
     /// The builder process (daemon-less builds).
     #[serde(skip)]
     pub builder_tgid: Option<u32>,

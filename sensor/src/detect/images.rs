@@ -7,17 +7,24 @@ use super::{
     views::{OperationView, Origin},
     Detector,
 };
-use crate::{decode::Dir, docker::reference::ImageRef};
+use std::collections::HashMap;
+
+use crate::{decode::Dir, docker::reference::ImageRef, host::WrittenImage};
 
 /// Loads and imports followed at once; the oldest is closed when more start.
 const MAX_OPEN_TRANSFERS: usize = 16;
 /// Slack around a build's window for the `created` time of its images (both on the kernel
 /// clock after the host converted them).
 const CREATED_SLACK_NS: i128 = 20_000_000;
+/// A daemon's image listing gives `created` in whole seconds.
+const API_CREATED_SLACK_NS: i128 = 1_000_000_000;
 
 /// How long an `image_side_loaded` detection waits after the request for its load to end and
 /// name the images (a large archive names them only at its end).
 pub const SIDE_LOAD_WAIT_NS: u64 = 2_000_000_000;
+
+/// A store's images (id -> names) as its daemon listed them when an operation began.
+pub type StoreSnapshot = HashMap<String, Vec<String>>;
 
 /// A load or import whose response is still streaming.
 pub struct Transfer {
@@ -27,6 +34,8 @@ pub struct Transfer {
     pub store: Option<String>,
     pub source: Source,
     pub start_ns: u64,
+    /// The store's images when it began (the daemon could be asked).
+    pub store_before: Option<StoreSnapshot>,
     pub conn_ids: Vec<u64>,
     /// Its detection, until the images are known or it is due.
     pub side_load: Option<SideLoad>,
@@ -70,6 +79,43 @@ pub fn served_by_dockerd(origin: &Origin) -> bool {
 }
 
 impl Detector {
+    /// The store's images now, when its daemon can be asked.
+    pub(super) fn snapshot_store(&self, store: &str) -> Option<StoreSnapshot> {
+        let images = self.host.store_images(store)?;
+        Some(images.into_iter().map(|image| (image.id, image.names)).collect())
+    }
+
+    /// What entered a store between `start_ns` and `now`. Asked of its daemon when it could be
+    /// asked at the start too: images that are new or that gained a name. (An image already
+    /// listed at the start is not taken for new by its `created` time: a listing gives whole
+    /// seconds, and the previous operation's image would pass.) Otherwise read from the data
+    /// root (the classic store only).
+    fn images_entered(
+        &self,
+        store: &str,
+        before: Option<StoreSnapshot>,
+        start_ns: u64,
+        now: u64,
+    ) -> Vec<WrittenImage> {
+        let after = before.as_ref().and_then(|_| self.host.store_images(store));
+        let (Some(before), Some(after)) = (before, after) else {
+            return self.host.images_written(store, start_ns, now);
+        };
+        tracing::debug!(
+            store,
+            before = before.len(),
+            after = after.len(),
+            "images listed by the daemon"
+        );
+        after
+            .into_iter()
+            .filter(|image| match before.get(&image.id) {
+                None => true,
+                Some(names) => image.names.iter().any(|n| !names.contains(n)),
+            })
+            .collect()
+    }
+
     /// Images a Docker build wrote: those created between its request and its end. Recorded
     /// by id; returns the ids for the `build` line.
     pub(super) fn record_build_images(
@@ -77,12 +123,15 @@ impl Detector {
         store: &str,
         build_id: &str,
         start_ns: u64,
+        before: Option<StoreSnapshot>,
         now: u64,
     ) -> Vec<String> {
-        let window = (i128::from(start_ns) - CREATED_SLACK_NS)..=(i128::from(now) + CREATED_SLACK_NS);
+        // A daemon's listing dates images to the second.
+        let slack = if before.is_some() { API_CREATED_SLACK_NS } else { 0 };
+        let window = (i128::from(start_ns) - CREATED_SLACK_NS - slack)..=(i128::from(now) + CREATED_SLACK_NS);
         let wall = self.wall_ns(now);
         let mut ids = Vec::new();
-        for image in self.host.images_written(start_ns, now) {
+        for image in self.images_entered(store, before, start_ns, now) {
             if image.registry_digest || !image.created_boot_ns.is_some_and(|c| window.contains(&c)) {
                 continue;
             }
@@ -98,7 +147,7 @@ impl Detector {
     pub(super) fn record_registry_content(&mut self, store: &str, build: &super::builds::Build, now: u64) {
         let wall = self.wall_ns(now);
         for tag in &build.params.tags {
-            let Some(target) = self.host.tagged_image(&tag.to_string()) else {
+            let Some(target) = self.host.tagged_image(store, &tag.to_string()) else {
                 continue;
             };
             if target.registry_digest && !build.images.contains(&target.id) {
@@ -165,9 +214,11 @@ impl Detector {
             let oldest = self.transfers[0].id.clone();
             self.finish_transfer(&oldest, now);
         }
+        let store = side_load.view.store().map(String::from);
         self.transfers.push(Transfer {
             id: id.clone(),
-            store: side_load.view.store().map(String::from),
+            store_before: store.as_deref().and_then(|store| self.snapshot_store(store)),
+            store,
             source,
             start_ns,
             conn_ids,
@@ -196,7 +247,11 @@ impl Detector {
         let since = self.wall_ns(transfer.start_ns);
         let wall = self.wall_ns(now);
         let mut side_load = transfer.side_load;
-        for image in self.host.images_written(transfer.start_ns, now) {
+        let entered = match &transfer.store {
+            Some(store) => self.images_entered(store, transfer.store_before, transfer.start_ns, now),
+            None => self.host.images_written("", transfer.start_ns, now),
+        };
+        for image in entered {
             let names: Vec<ImageRef> = image.names.iter().filter_map(|n| ImageRef::parse(n)).collect();
             // The same content a registry served (a re-load rewrites the config file): pulled.
             if image.registry_digest || self.pulled_meanwhile(transfer.store.as_deref(), &names, since) {

@@ -28,7 +28,7 @@ use serde::Serialize;
 use self::{
     allow::Allowlist,
     builds::{BaseImage, Build, BuildState, Egress, MAX_BUILD_NS},
-    ledger::{Ledger, Source},
+    ledger::{Ledger, Provenance, Source},
     rules::Verdict,
     views::{DetectionView, OperationView, Origin, Transport},
 };
@@ -532,13 +532,30 @@ impl Detector {
                 };
                 let allow = &self.settings.allow;
                 let trusted = |r: &str| allow.trusts_registry(r);
-                // `docker run <id>` of an untagged build names the image only by its id.
-                let found = match (ImageRef::parse(requested), reference::image_id(requested)) {
+                // The id the daemon will run, as it resolves the reference now: content, not a
+                // name, decides when the ledger knows that content (a build, load or import).
+                let resolved = self
+                    .host
+                    .tagged_image(store, requested)
+                    .and_then(|target| self.ledger.provenance_of_id(store, &target.id, &trusted));
+                let by_reference = || match (ImageRef::parse(requested), reference::image_id(requested)) {
                     (Some(image), _) => {
                         Some((image.to_string(), self.ledger.provenance(store, &image, &trusted)))
                     }
+                    // `docker run <id>` of an untagged build names the image only by its id.
                     (None, Some(id)) => self.ledger.provenance_of_id(store, &id, &trusted),
                     (None, None) => None,
+                };
+                let found = match (resolved, by_reference()) {
+                    (Some((_, by_content)), Some((name, by_name))) => Some((
+                        name,
+                        Provenance {
+                            replaced_pull: by_name.replaced_pull || by_content.replaced_pull,
+                            ..by_content
+                        },
+                    )),
+                    (Some(by_content), None) => Some(by_content),
+                    (None, by_name) => by_name,
                 };
                 let Some((image, provenance)) = found else {
                     return;
@@ -627,6 +644,10 @@ impl Detector {
             start_ns: at,
             daemon_tgid: view.origin.daemon.as_ref().map(|d| d.pid),
             store: view.store().map(String::from),
+            store_before: view
+                .store()
+                .filter(|_| builder.uses_docker_image_store() && images::served_by_dockerd(&view.origin))
+                .and_then(|store| self.snapshot_store(store)),
             builder_tgid: (view.origin.transport == Transport::Exec)
                 .then(|| view.origin.client.as_ref().map(|c| c.pid))
                 .flatten(),
@@ -786,7 +807,8 @@ impl Detector {
             build.builder.uses_docker_image_store() && images::served_by_dockerd(&build.origin),
             build.store.clone(),
         ) {
-            build.images = self.record_build_images(&store, &build.id, build.start_ns, now);
+            build.images =
+                self.record_build_images(&store, &build.id, build.start_ns, build.store_before.take(), now);
             self.record_registry_content(&store, &build, now);
         }
         for conn_id in &build.conn_ids {

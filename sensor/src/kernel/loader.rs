@@ -1,6 +1,6 @@
 //! Loading the eBPF object, patching its globals, attaching the programs from one table, and
 //! handing out the maps the agent uses.
-use std::{os::unix::ffi::OsStrExt as _, path::Path};
+use std::path::Path;
 
 use anyhow::{anyhow, bail, Context as _};
 use aya::{
@@ -196,13 +196,8 @@ impl KernelSensor {
     fn fill_watch_maps(&mut self, config: &Config) -> anyhow::Result<()> {
         let mut paths: HashMap<_, UnixPathKey, u8> = HashMap::try_from(self.map_mut("WATCHED_UNIX_PATHS")?)?;
         for path in &config.watch.unix_sockets {
-            let bytes = path.as_os_str().as_bytes();
-            let mut key = UnixPathKey {
-                path: [0; UNIX_PATH_LEN],
-            };
-            key.path[..bytes.len()].copy_from_slice(bytes);
             paths
-                .insert(key, 1, 0)
+                .insert(unix_path_key(&path.to_string_lossy()), 1, 0)
                 .with_context(|| format!("watching {}", path.display()))?;
         }
         let mut ports: HashMap<_, u16, u8> = HashMap::try_from(self.map_mut("WATCHED_TCP_PORTS")?)?;
@@ -241,11 +236,19 @@ impl KernelSensor {
         })
     }
 
-    pub fn take_daemon_map(&mut self) -> anyhow::Result<DaemonMap> {
+    /// The daemon tables; `configured` are the watched socket paths of the configuration,
+    /// which stay watched whatever daemons come and go.
+    pub fn take_daemon_map(&mut self, configured: &[std::path::PathBuf]) -> anyhow::Result<DaemonMap> {
         Ok(DaemonMap {
             daemons: HashMap::try_from(self.take_map("DAEMONS")?)?,
             listeners: HashMap::try_from(self.take_map("DAEMON_LISTENERS")?)?,
             listening: std::collections::HashMap::new(),
+            paths: HashMap::try_from(self.take_map("WATCHED_UNIX_PATHS")?)?,
+            configured_paths: configured
+                .iter()
+                .map(|p| p.to_string_lossy().into_owned())
+                .collect(),
+            watching: std::collections::HashMap::new(),
         })
     }
 
@@ -347,6 +350,11 @@ pub struct DaemonMap {
     listeners: HashMap<MapData, ListenerKey, u8>,
     /// What each daemon listens on, as last put in the kernel.
     listening: std::collections::HashMap<u32, Vec<(std::net::IpAddr, u16)>>,
+    /// Unix socket paths whose client connects are tracked.
+    paths: HashMap<MapData, UnixPathKey, u8>,
+    configured_paths: std::collections::HashSet<String>,
+    /// The socket paths each daemon declared and serves, as last put in the kernel.
+    watching: std::collections::HashMap<u32, Vec<String>>,
 }
 
 impl DaemonMap {
@@ -360,6 +368,43 @@ impl DaemonMap {
     pub fn remove(&mut self, tgid: u32) {
         let _ = self.daemons.remove(&tgid);
         self.listen(tgid, &[]);
+        self.watch_paths(tgid, &[]);
+    }
+
+    /// Makes `paths` (the unix sockets `tgid` serves, from its own declaration or the
+    /// configuration) watched in the kernel; `/run` and `/var/run` are the same directory, and
+    /// clients name either.
+    pub fn watch_paths(&mut self, tgid: u32, paths: &[String]) {
+        let mut wanted: Vec<String> = Vec::new();
+        for path in paths {
+            let alias = path
+                .strip_prefix("/var/run/")
+                .map(|rest| format!("/run/{rest}"))
+                .or_else(|| path.strip_prefix("/run/").map(|rest| format!("/var/run/{rest}")));
+            for path in std::iter::once(path.clone()).chain(alias) {
+                if !wanted.contains(&path)
+                    && !self.configured_paths.contains(&path)
+                    && path.len() < UNIX_PATH_LEN
+                {
+                    wanted.push(path);
+                }
+            }
+        }
+        wanted.truncate(MAX_DECLARED_PATHS_PER_DAEMON);
+        let before = self.watching.remove(&tgid).unwrap_or_default();
+        for path in before.iter().filter(|p| !wanted.contains(p)) {
+            if !self.watching.values().any(|list| list.contains(path)) {
+                let _ = self.paths.remove(&unix_path_key(path));
+            }
+        }
+        for path in &wanted {
+            if let Err(err) = self.paths.insert(unix_path_key(path), 1, 0) {
+                tracing::warn!(tgid, "cannot watch the clients of {path}: {err}");
+            }
+        }
+        if !wanted.is_empty() {
+            self.watching.insert(tgid, wanted);
+        }
     }
 
     /// Makes `addresses` the TCP listeners of `tgid` in the kernel.
@@ -387,6 +432,19 @@ impl DaemonMap {
             self.listening.insert(tgid, addresses.to_vec());
         }
     }
+}
+
+/// Socket paths one daemon may add to the kernel's watch list (the table holds 64).
+const MAX_DECLARED_PATHS_PER_DAEMON: usize = 8;
+
+fn unix_path_key(path: &str) -> UnixPathKey {
+    let mut key = UnixPathKey {
+        path: [0; UNIX_PATH_LEN],
+    };
+    let bytes = path.as_bytes();
+    let len = bytes.len().min(UNIX_PATH_LEN - 1);
+    key.path[..len].copy_from_slice(&bytes[..len]);
+    key
 }
 
 /// Daemons the kernel's table refused (full), reported with the kernel's own table counts.

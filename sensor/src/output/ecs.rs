@@ -80,7 +80,7 @@ fn event_kind(kind: &str) -> &'static str {
     match kind {
         "detection" => "alert",
         "sensor.health" => "metric",
-        "sensor.start" | "sensor.stop" | "sensor.loss" => "state",
+        "sensor.start" | "sensor.stop" | "sensor.loss" | "sensor.daemon" => "state",
         _ => "event",
     }
 }

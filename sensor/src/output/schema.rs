@@ -15,7 +15,7 @@ use crate::{
 };
 
 /// Every line kind buildwatch writes (docs/events.md, docs/detections.md).
-pub const KINDS: [&str; 15] = [
+pub const KINDS: [&str; 16] = [
     "process.fork",
     "process.exec",
     "process.exit",
@@ -30,8 +30,25 @@ pub const KINDS: [&str; 15] = [
     "sensor.health",
     "sensor.loss",
     "sensor.warning",
+    "sensor.daemon",
     "sensor.stop",
 ];
+
+/// A daemon the sensor began or stopped trusting, or whose endpoints changed: what its
+/// provenance is kept under and which endpoints it serves.
+#[derive(Debug, Clone, PartialEq, Eq, Serialize)]
+pub struct DaemonBody {
+    pub daemon: DaemonView,
+}
+
+#[derive(Debug, Clone, PartialEq, Eq, Serialize)]
+pub struct DaemonView {
+    pub pid: u32,
+    pub name: String,
+    pub trusted: bool,
+    pub store: String,
+    pub serves: Vec<String>,
+}
 
 /// Something the operator should know that is not a loss (a ledger reset, say).
 #[derive(Debug, Serialize)]
