@@ -735,7 +735,7 @@ fn run_by_id_of_an_untagged_build(world: &World) {
     );
     assert_eq!(
         strings(&build["build"]["images"]),
-        [id.clone()],
+        std::slice::from_ref(&id),
         "a FROM + LABEL build writes one image, and only this build's"
     );
 

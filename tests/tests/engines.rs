@@ -3,6 +3,7 @@
 //! both beside the 20.10 daemon of the detection suite and watched by one sensor. Every scenario
 //! runs on both 26.1 engines; the last one checks that each daemon keeps its own provenance.
 use std::{
+    ffi::OsStr,
     path::PathBuf,
     process::{Command, ExitCode},
     time::Duration,
@@ -20,6 +21,7 @@ const TIMEOUT: Duration = Duration::from_secs(60);
 
 struct World {
     sensor: Sensor,
+    binary: PathBuf,
     env: Environment,
     classic: ModernEngine,
     containerd: ModernEngine,
@@ -47,8 +49,15 @@ fn main() -> ExitCode {
     let classic = env.start_modern_engine(&prefix, ImageStore::Classic);
     let containerd = env.start_modern_engine(&prefix, ImageStore::Containerd);
     let config = sensor_config(&env, &[&classic, &containerd]);
+    let recording = recording_path();
     let world = World {
-        sensor: Sensor::start(&binary, &config),
+        sensor: Sensor::start_with(
+            &binary,
+            &config,
+            &[OsStr::new("--record"), recording.as_os_str()],
+            &[],
+        ),
+        binary,
         env,
         classic,
         containerd,
@@ -81,6 +90,11 @@ fn main() -> ExitCode {
     scenarios.push(Scenario {
         name: "each_daemon_keeps_its_own_provenance",
         run: each_daemon_keeps_its_own_provenance,
+    });
+    // Last: stops the sensor.
+    scenarios.push(Scenario {
+        name: "replay_of_the_buildx_builds_equals_live",
+        run: replay_of_the_buildx_builds_equals_live,
     });
     let passed = run_all(&world, &scenarios);
     dump_events(
@@ -203,6 +217,22 @@ fn has_step(build: &Value, command: &str) -> bool {
         .any(|s| strings(&s["argv"]) == ["/bin/sh", "-c", command])
 }
 
+/// The Dockerfile, read from the session's file sync: its FROM and its RUN line.
+fn assert_dockerfile(build: &Value, command: &str) {
+    let instructions = &build["instructions"];
+    assert_eq!(instructions["name"], "Dockerfile", "{build}");
+    assert_eq!(strings(&instructions["from"]), [BASE_IMAGE], "{build}");
+    assert_eq!(strings(&instructions["run"]), [command], "{build}");
+    assert!(
+        build["base_images"]
+            .as_array()
+            .into_iter()
+            .flatten()
+            .any(|b| b["reference"] == BASE_IMAGE && b["in_dockerfile"] == true),
+        "{build}"
+    );
+}
+
 fn context(env: &Environment, engine: &ModernEngine, name: &str, dockerfile: &str) -> PathBuf {
     env.context(&format!("{}-{name}", engine.label), dockerfile)
 }
@@ -264,6 +294,7 @@ fn remote_buildx_build_is_critical(world: &World, engine: &ModernEngine) {
     let summary = &summary["build"];
     assert_eq!(summary["state"], "finished", "{summary}");
     assert!(has_step(summary, &command), "RUN step missing: {summary}");
+    assert_dockerfile(summary, &command);
     assert!(
         summary["base_images"]
             .as_array()
@@ -309,6 +340,7 @@ fn local_buildx_build_is_detected(world: &World, engine: &ModernEngine) {
         has_step(&summary["build"], &command),
         "RUN step missing: {summary}"
     );
+    assert_dockerfile(&summary["build"], &command);
     let id = run_command(engine.docker().args(["image", "inspect", "-f", "{{.Id}}", &tag]));
     assert_eq!(strings(&summary["build"]["images"]), [id.trim()], "{summary}");
 }
@@ -362,7 +394,7 @@ fn a_pulled_name_built_over_then_run_is_caught(world: &World, engine: &ModernEng
     );
     assert_eq!(
         strings(&summary["build"]["replaced_pulled"]),
-        [app.clone()],
+        std::slice::from_ref(&app),
         "{summary}"
     );
     let run_mark = world.sensor.mark();
@@ -506,4 +538,56 @@ fn each_daemon_keeps_its_own_provenance(world: &World) {
         |e| has_tag(&e["build"], &name),
     );
     assert_eq!(found["build"]["daemon"]["pid"], world.containerd.pid, "{found}");
+}
+
+fn recording_path() -> PathBuf {
+    let dir = PathBuf::from(env!("CARGO_TARGET_TMPDIR")).join("recordings");
+    std::fs::create_dir_all(&dir).expect("creating the recordings directory");
+    dir.join("engines-run.jsonl")
+}
+
+/// Every line the live sensor wrote about the buildx builds on both 26.1 engines (their
+/// decoded sessions, the daemons' answers about image ids included), from the replay of its
+/// recording.
+fn replay_of_the_buildx_builds_equals_live(world: &World) {
+    let status = world
+        .sensor
+        .terminate(Duration::from_secs(15))
+        .expect("the sensor did not stop");
+    assert!(status.success(), "{}", world.sensor.stderr());
+    let output = Command::new(&world.binary)
+        .arg("replay")
+        .arg(recording_path())
+        .arg("--all")
+        .output()
+        .expect("running buildwatch replay");
+    let stderr = String::from_utf8_lossy(&output.stderr);
+    assert!(output.status.success(), "replay failed: {stderr}");
+    assert!(
+        !stderr.contains("did not match"),
+        "the recording did not answer the replay: {stderr}"
+    );
+    let replayed: Vec<Value> = String::from_utf8_lossy(&output.stdout)
+        .lines()
+        .map(|l| serde_json::from_str(l).expect("replay prints JSON lines"))
+        .filter(|e: &Value| !kind(e).starts_with("sensor."))
+        .collect();
+    let live = world.sensor.all(0, |e| !kind(e).starts_with("sensor."));
+    let buildx = |lines: &[Value]| -> usize {
+        lines
+            .iter()
+            .filter(|e| {
+                kind(e) == "build"
+                    && e["build"]["builder"] == "buildx"
+                    && !e["build"]["instructions"].is_null()
+            })
+            .count()
+    };
+    assert!(
+        buildx(&live) >= 10,
+        "the buildx builds with their Dockerfiles: {}",
+        buildx(&live)
+    );
+    assert_eq!(replayed.len(), live.len());
+    assert!(live == replayed, "some replayed line differs from the live one");
 }

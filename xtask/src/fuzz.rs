@@ -13,11 +13,12 @@ use base64::Engine as _;
 use crate::{build, prerequisites};
 
 /// Every target, and which seeds it starts from.
-const TARGETS: [(&str, Seeds); 11] = [
+const TARGETS: [(&str, Seeds); 12] = [
     ("decode", Seeds::None),
     ("http_stream", Seeds::Streams),
     ("docker_api", Seeds::Streams),
     ("buildkit", Seeds::Streams),
+    ("buildkit_grpc", Seeds::Upgraded),
     ("dockerfile_tar", Seeds::Streams),
     ("dns", Seeds::Dns),
     ("tls", Seeds::Streams),
@@ -32,6 +33,9 @@ enum Seeds {
     None,
     /// The byte streams recorded from the real daemon (`sensor/testdata/*.jsonl`).
     Streams,
+    /// What those streams carried after an h2c upgrade (buildx's `/grpc` and `/session`),
+    /// behind the target's one shape byte.
+    Upgraded,
     Dns,
     Ledger,
     Config,
@@ -120,6 +124,20 @@ fn seed(root: &Path, corpus: &Path, seeds: Seeds) -> anyhow::Result<()> {
                 let mut bytes = stream_bytes(&fixture)?;
                 bytes.truncate(64 * 1024);
                 write(&name, &bytes)?;
+            }
+        }
+        Seeds::Upgraded => {
+            for fixture in fixtures(&testdata)? {
+                let name = fixture.file_name().map(|n| n.to_string_lossy().into_owned()).unwrap_or_default();
+                let bytes = stream_bytes(&fixture)?;
+                let upgraded = bytes.starts_with(b"POST /grpc") || bytes.starts_with(b"POST /session");
+                let Some(end) = bytes.windows(4).position(|w| w == b"\r\n\r\n").filter(|_| upgraded) else {
+                    continue;
+                };
+                let mut seed = vec![0];
+                seed.extend_from_slice(&bytes[end + 4..]);
+                seed.truncate(64 * 1024);
+                write(&name, &seed)?;
             }
         }
         Seeds::Dns => {

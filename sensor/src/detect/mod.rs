@@ -36,11 +36,12 @@ use crate::{
     decode::{Dir, Endpoint, Header, Role},
     docker::{
         api::{self, ApiRequest, BuildParams, Builder, Operation},
-        dockerfile,
+        dockerfile::{self, Dockerfile},
         reference::{self, ImageRef},
     },
     host::SharedHost,
     output::schema::ProcessView,
+    protocol::buildkit_grpc::SyncedDockerfile,
 };
 
 /// How long the two halves of a local request wait for each other.
@@ -61,6 +62,9 @@ const MAX_PENDING: usize = 4096;
 const MAX_STREAMS: usize = 4096;
 /// Builds open at once; beyond this the oldest is closed as unfinished.
 const MAX_OPEN_BUILDS: usize = 1024;
+/// How long a Dockerfile from a session waits for its build to open, and how many wait.
+const SYNCED_DOCKERFILE_KEEP_NS: u64 = 30_000_000_000;
+const MAX_SYNCED_DOCKERFILES: usize = 16;
 /// Build-step connections followed at once (their first bytes name the destination).
 const MAX_STEP_CONNECTIONS: usize = 4096;
 /// (endpoint, peer) pairs api_exposed remembers having reported.
@@ -227,6 +231,8 @@ pub struct Detector {
     findings: Vec<(u64, Finding)>,
     stats: DetectStats,
     pulls: pulls::Pulls,
+    /// Dockerfiles sessions sent before their build opened: (daemon tgid, time, file).
+    synced_dockerfiles: VecDeque<(u32, u64, SyncedDockerfile)>,
 }
 
 impl Detector {
@@ -247,6 +253,7 @@ impl Detector {
             findings: Vec::new(),
             stats: DetectStats::default(),
             pulls: pulls::Pulls::default(),
+            synced_dockerfiles: VecDeque::new(),
         }
     }
 
@@ -655,6 +662,9 @@ impl Detector {
             egress_detected: false,
             raised_for_egress: false,
         };
+        if build.builder == Builder::Buildx && build.instructions.is_none() {
+            build.instructions = self.claim_synced_dockerfile(&build, at);
+        }
         add_dockerfile_bases(&mut build);
         if let Some(instructions) = &build.instructions {
             for run in instructions.run.clone() {
@@ -936,6 +946,19 @@ impl Detector {
             })
     }
 
+    /// A Dockerfile the build's daemon received through a session shortly before the build
+    /// opened (its request still waited for its other half).
+    fn claim_synced_dockerfile(&mut self, build: &Build, at: u64) -> Option<Dockerfile> {
+        self.synced_dockerfiles
+            .retain(|(_, received, _)| at.saturating_sub(*received) <= SYNCED_DOCKERFILE_KEEP_NS);
+        let wanted = dockerfile_name(build);
+        let index = self.synced_dockerfiles.iter().rposition(|(tgid, _, file)| {
+            Some(*tgid) == build.daemon_tgid && file_name(&file.path) == wanted
+        })?;
+        let (_, _, file) = self.synced_dockerfiles.remove(index)?;
+        Some(dockerfile::parse(&file.path, &file.text))
+    }
+
     fn expire_started(&mut self, now: u64) {
         while self
             .started
@@ -950,6 +973,15 @@ impl Detector {
     pub fn ledger(&self) -> &Ledger {
         &self.ledger
     }
+}
+
+/// The file name a build's Dockerfile has (`-f` may give a path).
+fn dockerfile_name(build: &Build) -> &str {
+    build.params.dockerfile.as_deref().map_or("Dockerfile", file_name)
+}
+
+fn file_name(path: &str) -> &str {
+    path.rsplit('/').next().unwrap_or(path)
 }
 
 fn build_id_of(operation_id: &str) -> String {

@@ -174,7 +174,11 @@ impl Harness {
 
     /// Feeds a recorded stream, one record per millisecond, or one byte per syscall.
     fn feed(&mut self, side: &Side, name: &str, bytewise: bool) {
-        for record in fixture(name) {
+        self.feed_records(side, fixture(name), bytewise);
+    }
+
+    fn feed_records(&mut self, side: &Side, records: Vec<Record>, bytewise: bool) {
+        for record in records {
             let pieces: Vec<(Vec<u8>, u32)> = if bytewise && record.bytes.len() as u32 == record.length {
                 record.bytes.iter().map(|b| (vec![*b], 1)).collect()
             } else {
@@ -449,6 +453,45 @@ fn buildkit_session_and_build() {
         .map(|o| o["operation"]["type"].as_str().unwrap().to_string())
         .collect();
     assert_eq!(types, ["build", "buildkit_session"]);
+}
+
+/// A real buildx build on Docker 26.1 as the daemon read it, with the control connection's
+/// HTTP/1.1 upgrade cut off: HTTP/2 with prior knowledge, as Docker 29 serves BuildKit natively
+/// on the API socket. The Solve request (read in a 6.7 KiB read of which 4 KiB were captured)
+/// and the Dockerfile from the session's file sync are decoded.
+#[test]
+fn buildx_with_prior_knowledge_and_its_dockerfile_from_the_file_sync() {
+    let mut h = Harness::new();
+    let grpc = fixture("buildx_grpc.recv.jsonl");
+    assert!(grpc[0].bytes.starts_with(b"POST /grpc HTTP/1.1"));
+    assert!(grpc[1].bytes.starts_with(b"PRI * HTTP/2.0"));
+    assert!(
+        grpc.iter().any(|r| (r.bytes.len() as u32) < r.length),
+        "a read the capture cut"
+    );
+    h.feed_records(&Side::daemon(1), grpc.into_iter().skip(1).collect(), false);
+    h.wait(1);
+    h.feed(&Side::daemon(2), "buildx_session.recv.jsonl", false);
+    h.wait(BODY_WAIT_NS / MS);
+    let found = h.detections("build_without_pull");
+    assert_eq!(found.len(), 1, "{:?}", h.json());
+    let build = &found[0]["build"];
+    assert_eq!(build["builder"], "buildx");
+    let tags = strings(&build["tags"]);
+    assert!(
+        tags.len() == 1 && tags[0].starts_with("docker.io/bwdet/remote-docker26-classic:"),
+        "{tags:?}"
+    );
+    h.close(Side::daemon(1).conn_id);
+    let summary = h.of_kind("build");
+    let instructions = &summary[0]["build"]["instructions"];
+    assert_eq!(
+        strings(&instructions["from"]),
+        ["127.0.0.1:5000/bwbase:1"],
+        "{summary:?}"
+    );
+    let run = strings(&instructions["run"]);
+    assert!(run.len() == 1 && run[0].starts_with("echo remote-"), "{run:?}");
 }
 
 #[test]

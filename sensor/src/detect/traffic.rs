@@ -19,6 +19,7 @@ use crate::{
     },
     protocol::{
         buildkit::{Marker, SessionScanner},
+        buildkit_grpc::{SessionDecoder, SyncedDockerfile},
         dns,
         http::{HttpEvent, RequestHead, RequestStream},
         tls,
@@ -33,6 +34,8 @@ pub(super) struct Stream {
     /// (start, end, line id) of recent data lines.
     carriers: VecDeque<(u64, u64, String)>,
     session: Option<SessionScanner>,
+    /// The session decoded (HTTP/2, gRPC), on the daemon's side only: what it reads.
+    decoded: Option<SessionDecoder>,
     /// The pending operation waiting for this stream's next body.
     awaiting_body: Option<String>,
     /// The build this stream's last request opened.
@@ -51,6 +54,7 @@ impl Stream {
             offset: 0,
             carriers: VecDeque::new(),
             session: None,
+            decoded: None,
             awaiting_body: None,
             build: None,
             transfer: None,
@@ -101,12 +105,22 @@ impl Detector {
             self.outbound_tls(&input);
             return;
         }
+        if input.skipped_before > 0 {
+            if let Some(decoder) = &mut stream.decoded {
+                decoder.gap(input.skipped_before);
+            }
+        }
         let mut events = stream.http.gap(input.skipped_before);
         events.extend(stream.http.feed(input.bytes));
         let missing = u64::from(input.total_len).saturating_sub(input.bytes.len() as u64);
         events.extend(stream.http.gap(missing));
         for event in events {
             self.http_event(&input, event);
+        }
+        if missing > 0 {
+            if let Some(decoder) = self.streams.get_mut(&key).and_then(|s| s.decoded.as_mut()) {
+                decoder.gap(missing);
+            }
         }
         self.tick(input.header.boot_ns);
     }
@@ -293,7 +307,23 @@ impl Detector {
             return;
         };
         let scanner = stream.session.get_or_insert_with(SessionScanner::default);
-        if !scanner.scan(bytes) {
+        let mut learned = scanner.scan(bytes);
+        let mut dockerfiles = Vec::new();
+        if input.role == Role::DaemonAccepted {
+            let decoder = stream.decoded.get_or_insert_with(SessionDecoder::default);
+            learned |= decoder.feed(bytes, &mut scanner.facts);
+            dockerfiles = std::mem::take(&mut decoder.dockerfiles);
+        }
+        for dockerfile in dockerfiles {
+            self.synced_dockerfile(input, dockerfile);
+        }
+        let Some(stream) = self.streams.get_mut(&key) else {
+            return;
+        };
+        let Some(scanner) = &stream.session else {
+            return;
+        };
+        if !learned {
             return;
         }
         let facts = scanner.facts.clone();
@@ -374,6 +404,29 @@ impl Detector {
             self.pending.push(pending);
         }
         self.tick(now);
+    }
+
+    /// A Dockerfile a client sent through a session's file sync: the instructions of the latest
+    /// open buildx build on that daemon that has none yet and names that file, or of the build
+    /// about to open (its request may still wait for its other half).
+    fn synced_dockerfile(&mut self, input: &DataInput<'_>, synced: SyncedDockerfile) {
+        let tgid = input.header.tgid;
+        let name = super::file_name(&synced.path);
+        if let Some(build) = self.builds.iter_mut().rev().find(|b| {
+            b.builder == Builder::Buildx
+                && b.instructions.is_none()
+                && b.daemon_tgid == Some(tgid)
+                && super::dockerfile_name(b) == name
+        }) {
+            build.instructions = Some(dockerfile::parse(&synced.path, &synced.text));
+            add_dockerfile_bases(build);
+            return;
+        }
+        if self.synced_dockerfiles.len() >= super::MAX_SYNCED_DOCKERFILES {
+            self.synced_dockerfiles.pop_front();
+        }
+        self.synced_dockerfiles
+            .push_back((tgid, input.header.boot_ns, synced));
     }
 
     /// A daemon's own request to a registry (or elsewhere).

@@ -1,0 +1,128 @@
+//! The protobuf wire format, as far as reading a few known fields needs: no schema compiler,
+//! unknown fields skipped, every length checked against the bytes there are.
+
+/// One field of a message.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub enum Value<'a> {
+    Varint(u64),
+    Bytes(&'a [u8]),
+    /// 32- and 64-bit fixed fields (not used by the messages read here).
+    Fixed,
+}
+
+/// The fields of `message` in order; `None` when it is not a well-formed message.
+pub fn fields(message: &[u8]) -> Option<Vec<(u32, Value<'_>)>> {
+    let mut out = Vec::new();
+    let mut rest = message;
+    while !rest.is_empty() {
+        let (key, used) = varint(rest)?;
+        rest = &rest[used..];
+        let number = u32::try_from(key >> 3).ok().filter(|n| *n > 0)?;
+        let value = match key & 7 {
+            0 => {
+                let (value, used) = varint(rest)?;
+                rest = &rest[used..];
+                Value::Varint(value)
+            }
+            1 => {
+                rest = rest.get(8..)?;
+                Value::Fixed
+            }
+            2 => {
+                let (length, used) = varint(rest)?;
+                let length = usize::try_from(length).ok()?;
+                let bytes = rest.get(used..used.checked_add(length)?)?;
+                rest = &rest[used + length..];
+                Value::Bytes(bytes)
+            }
+            5 => {
+                rest = rest.get(4..)?;
+                Value::Fixed
+            }
+            _ => return None,
+        };
+        out.push((number, value));
+    }
+    Some(out)
+}
+
+fn varint(bytes: &[u8]) -> Option<(u64, usize)> {
+    let mut value = 0u64;
+    for (i, byte) in bytes.iter().enumerate().take(10) {
+        value |= u64::from(byte & 0x7f) << (7 * i);
+        if byte & 0x80 == 0 {
+            return Some((value, i + 1));
+        }
+    }
+    None
+}
+
+/// A `map<string, string>` entry (key 1, value 2).
+pub fn string_entry(entry: &[u8]) -> Option<(String, String)> {
+    let mut key = None;
+    let mut value = String::new();
+    for (number, field) in fields(entry)? {
+        match (number, field) {
+            (1, Value::Bytes(bytes)) => key = Some(String::from_utf8_lossy(bytes).into_owned()),
+            (2, Value::Bytes(bytes)) => value = String::from_utf8_lossy(bytes).into_owned(),
+            _ => {}
+        }
+    }
+    Some((key?, value))
+}
+
+#[cfg(test)]
+pub mod tests {
+    use super::*;
+
+    pub fn bytes_field(number: u32, bytes: &[u8]) -> Vec<u8> {
+        let mut out = encode_varint(u64::from(number) << 3 | 2);
+        out.extend(encode_varint(bytes.len() as u64));
+        out.extend_from_slice(bytes);
+        out
+    }
+
+    pub fn varint_field(number: u32, value: u64) -> Vec<u8> {
+        let mut out = encode_varint(u64::from(number) << 3);
+        out.extend(encode_varint(value));
+        out
+    }
+
+    pub fn entry(key: &str, value: &str) -> Vec<u8> {
+        let mut out = bytes_field(1, key.as_bytes());
+        out.extend(bytes_field(2, value.as_bytes()));
+        out
+    }
+
+    fn encode_varint(mut value: u64) -> Vec<u8> {
+        let mut out = Vec::new();
+        loop {
+            let byte = (value & 0x7f) as u8;
+            value >>= 7;
+            if value == 0 {
+                out.push(byte);
+                return out;
+            }
+            out.push(byte | 0x80);
+        }
+    }
+
+    #[test]
+    fn fields_and_bounds() {
+        let mut message = varint_field(1, 300);
+        message.extend(bytes_field(4, &entry("name", "app:1")));
+        let parsed = fields(&message).unwrap();
+        assert_eq!(parsed[0], (1, Value::Varint(300)));
+        let Value::Bytes(inner) = parsed[1].1 else {
+            panic!()
+        };
+        assert_eq!(string_entry(inner), Some(("name".into(), "app:1".into())));
+        assert_eq!(fields(&[0x22, 0x05, b'a']), None, "a length past the end");
+        assert_eq!(
+            fields(&[0x08, 0xff, 0xff, 0xff, 0xff, 0xff, 0xff, 0xff, 0xff, 0xff, 0xff, 0x01]),
+            None
+        );
+        assert_eq!(fields(&[0x07]), None, "wire type 7");
+        assert_eq!(fields(&[0x00, 0x01]), None, "field number 0");
+    }
+}
