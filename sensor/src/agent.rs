@@ -114,7 +114,7 @@ pub async fn run(options: RunOptions) -> anyhow::Result<()> {
 
     let (ledger, ledger_warning) = Ledger::open(&config.detect.state_dir, config.detect.ledger_max_records)?;
     let allow = Allowlist::compile(&config.allow)?;
-    let mut kernel = KernelSensor::load(&config, &tracefs)?;
+    let mut kernel = KernelSensor::load(&config.watch, &config.kernel, &config.capture, &tracefs)?;
     let rings = kernel.take_rings()?;
     let losses = kernel.take_loss_counters()?;
     let daemon_map = kernel.take_daemon_map(&config.watch.unix_sockets)?;

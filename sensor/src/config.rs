@@ -1,17 +1,19 @@
-//! The agent's TOML configuration. Unknown keys are errors (with their line), so a typo never
-//! silently turns a setting off.
-use std::{
-    path::{Path, PathBuf},
-    time::Duration,
-};
+//! The agent's TOML configuration: the sections, each defined and validated by the module that
+//! uses it, put together. Unknown keys are errors (with their line), so a typo never silently
+//! turns a setting off.
+use std::path::{Path, PathBuf};
 
 use anyhow::{bail, Context as _};
-use sensor_common::{CAPTURE_MAX, UNIX_PATH_LEN};
 use serde::{Deserialize, Serialize};
 
+pub use crate::{
+    detect::{allow::Allow, settings::Detect},
+    kernel::settings::{Capture, Kernel},
+    output::settings::{Format, Output},
+    watch::Watch,
+};
+
 pub const DEFAULT_PATH: &str = "/etc/buildwatch/config.toml";
-pub const DEFAULT_RING_BUFFER_BYTES: u32 = 16 * 1024 * 1024;
-const PAGE_SIZE: u32 = 4096;
 
 #[derive(Debug, Clone, Default, PartialEq, Deserialize, Serialize)]
 #[serde(deny_unknown_fields, default)]
@@ -36,205 +38,6 @@ pub struct Log {
 impl Default for Log {
     fn default() -> Self {
         Self { level: "info".into() }
-    }
-}
-
-#[derive(Debug, Clone, Copy, Default, PartialEq, Eq, Deserialize, Serialize)]
-#[serde(rename_all = "snake_case")]
-pub enum Format {
-    /// buildwatch's own schema (docs/events.md).
-    #[default]
-    Json,
-    /// Elastic Common Schema field names, the buildwatch line under `buildwatch`.
-    Ecs,
-}
-
-#[derive(Debug, Clone, PartialEq, Deserialize, Serialize)]
-#[serde(deny_unknown_fields, default)]
-pub struct Detect {
-    /// How far back a registry pull of the target repository excuses a build ("24h", "7d").
-    #[serde(with = "humantime_serde")]
-    pub lookback: Duration,
-    /// Where the image ledger is kept across restarts.
-    pub state_dir: PathBuf,
-    /// Bound on ledger records; the oldest go first.
-    pub ledger_max_records: usize,
-    /// Docker's data root, where a client container's configuration (its image) is read for
-    /// `allow.container_images`, and a finished build's image ids (runs by id).
-    pub docker_data_root: PathBuf,
-}
-
-impl Default for Detect {
-    fn default() -> Self {
-        Self {
-            lookback: Duration::from_secs(24 * 3600),
-            state_dir: PathBuf::from("/var/lib/buildwatch"),
-            ledger_max_records: 100_000,
-            docker_data_root: PathBuf::from("/var/lib/docker"),
-        }
-    }
-}
-
-/// Known-good activity. A match suppresses the detection; it is still counted (in
-/// `sensor.stop`) and logged at debug level.
-#[derive(Debug, Clone, Default, PartialEq, Deserialize, Serialize)]
-#[serde(deny_unknown_fields, default)]
-pub struct Allow {
-    /// Client executable paths (glob patterns: "/usr/local/bin/ci-*").
-    pub client_exes: Vec<String>,
-    /// Client user ids.
-    pub uids: Vec<u32>,
-    /// Client container ids (prefixes of the 64-hex id).
-    pub container_ids: Vec<String>,
-    /// Images of client containers (glob on the name Docker recorded at create:
-    /// "gitlab/gitlab-runner*"), read from `detect.docker_data_root`.
-    pub container_images: Vec<String>,
-    /// Remote peers (CIDR: "10.0.0.0/8"); also silences api_exposed for them.
-    pub peer_cidrs: Vec<String>,
-    /// Target repositories or references (glob on the normalised name:
-    /// "docker.io/library/app*", "registry.example.com/ci/*").
-    pub repositories: Vec<String>,
-    /// Registry allowlist: when not empty, only pulls from these registry hosts count as
-    /// provenance ("docker.io", "127.0.0.1:5000").
-    pub registries: Vec<String>,
-}
-
-#[derive(Debug, Clone, PartialEq, Deserialize, Serialize)]
-#[serde(deny_unknown_fields, default)]
-pub struct Watch {
-    /// Unix socket paths of container APIs; a connect() to one makes the socket tracked.
-    pub unix_sockets: Vec<PathBuf>,
-    /// TCP ports of container APIs: a daemon listening on one serves the API, and a client
-    /// connect to the address a trusted daemon listens on is tracked.
-    pub tcp_ports: Vec<u16>,
-    /// Ports of remote APIs whose clients on this host are followed to any address (empty by
-    /// default: a connect to an arbitrary address is anyone's to make).
-    pub remote_tcp_ports: Vec<u16>,
-    /// Daemon names (comm or executable basename). A process taking one of these names is a
-    /// daemon only when its executable is one of `daemon_binaries` and it listens on a watched
-    /// socket or port; otherwise it is reported as `daemon_impersonation`.
-    pub daemons: Vec<String>,
-    /// Executables of trusted daemons and builders (compared by device and inode, so copies and
-    /// bind mounts do not pass).
-    pub daemon_binaries: Vec<PathBuf>,
-}
-
-#[derive(Debug, Clone, PartialEq, Deserialize, Serialize)]
-#[serde(deny_unknown_fields, default)]
-pub struct Capture {
-    /// Bytes copied per read/write syscall (at most 4096).
-    pub bytes: u32,
-}
-
-#[derive(Debug, Clone, PartialEq, Deserialize, Serialize)]
-#[serde(deny_unknown_fields, default)]
-pub struct Output {
-    /// Append JSON lines to this file (0600, directory 0700). `--output` overrides it.
-    pub path: Option<PathBuf>,
-    /// Write to stdout too. Default: stdout only when no file is set.
-    pub stdout: Option<bool>,
-    /// Rotate the file when it would grow past this many bytes (0: never; logrotate with
-    /// SIGHUP works either way).
-    pub max_size: u64,
-    /// Rotated files kept (`events.jsonl.1` newest .. `.N`).
-    pub max_backups: u32,
-    /// Lines waiting for the sinks at most; beyond it lines are dropped and reported.
-    pub queue_lines: usize,
-    /// Interval of `sensor.health` lines ("60s"; "0s" turns them off).
-    #[serde(with = "humantime_serde")]
-    pub health_interval: Duration,
-    pub format: Format,
-    /// Line kinds to write; empty: all. `sensor.*` lines are always written. For example
-    /// ["detection", "build", "docker.operation"] leaves out the raw process and socket events
-    /// (detections still cite their ids; a `--record` recording holds them).
-    pub kinds: Vec<String>,
-}
-
-impl Default for Output {
-    fn default() -> Self {
-        Self {
-            path: None,
-            stdout: None,
-            max_size: 0,
-            max_backups: 5,
-            queue_lines: crate::output::queue::DEFAULT_CAPACITY,
-            health_interval: Duration::from_secs(60),
-            format: Format::Json,
-            kinds: Vec::new(),
-        }
-    }
-}
-
-impl Output {
-    pub fn writes_stdout(&self) -> bool {
-        self.stdout.unwrap_or(self.path.is_none())
-    }
-}
-
-#[derive(Debug, Clone, PartialEq, Deserialize, Serialize)]
-#[serde(deny_unknown_fields, default)]
-pub struct Kernel {
-    /// Forward aya-log diagnostics from the kernel programs to stderr.
-    pub log: bool,
-    /// Size of the ring buffer of process events and the daemons' side in bytes: a power of
-    /// two, at least one page.
-    pub ring_buffer_bytes: u32,
-    /// Size of the ring buffer of client-side data (anyone's to shape, so apart from the
-    /// daemons' view): a power of two, at least one page.
-    pub client_ring_buffer_bytes: u32,
-}
-
-impl Default for Kernel {
-    fn default() -> Self {
-        Self {
-            log: false,
-            ring_buffer_bytes: DEFAULT_RING_BUFFER_BYTES,
-            client_ring_buffer_bytes: DEFAULT_RING_BUFFER_BYTES / 2,
-        }
-    }
-}
-
-impl Default for Watch {
-    fn default() -> Self {
-        Self {
-            unix_sockets: [
-                "/var/run/docker.sock",
-                "/run/docker.sock",
-                "/run/podman/podman.sock",
-                "/run/buildkit/buildkitd.sock",
-                "/run/containerd/containerd.sock",
-            ]
-            .into_iter()
-            .map(PathBuf::from)
-            .collect(),
-            tcp_ports: vec![2375, 2376],
-            remote_tcp_ports: Vec::new(),
-            daemons: ["dockerd", "podman", "buildkitd", "containerd"]
-                .map(String::from)
-                .to_vec(),
-            daemon_binaries: [
-                "/usr/bin/dockerd",
-                "/usr/sbin/dockerd",
-                "/usr/local/bin/dockerd",
-                "/usr/bin/containerd",
-                "/usr/local/bin/containerd",
-                "/usr/bin/buildkitd",
-                "/usr/local/bin/buildkitd",
-                "/usr/bin/podman",
-                "/usr/local/bin/podman",
-            ]
-            .into_iter()
-            .map(PathBuf::from)
-            .collect(),
-        }
-    }
-}
-
-impl Default for Capture {
-    fn default() -> Self {
-        Self {
-            bytes: CAPTURE_MAX as u32,
-        }
     }
 }
 
@@ -269,78 +72,14 @@ impl Config {
     }
 
     fn validate(&self) -> anyhow::Result<()> {
-        if self.capture.bytes == 0 || self.capture.bytes as usize > CAPTURE_MAX {
-            bail!(
-                "capture.bytes must be between 1 and {CAPTURE_MAX}, not {}",
-                self.capture.bytes
-            );
-        }
-        for path in &self.watch.unix_sockets {
-            let len = path.as_os_str().len();
-            if len == 0 || len >= UNIX_PATH_LEN || !path.is_absolute() {
-                bail!(
-                    "watch.unix_sockets: {} is not an absolute path shorter than {UNIX_PATH_LEN} bytes",
-                    path.display()
-                );
-            }
-        }
-        for (key, ring) in [
-            ("ring_buffer_bytes", self.kernel.ring_buffer_bytes),
-            ("client_ring_buffer_bytes", self.kernel.client_ring_buffer_bytes),
-        ] {
-            if ring < PAGE_SIZE || !ring.is_power_of_two() {
-                bail!("kernel.{key} must be a power of two of at least {PAGE_SIZE}, not {ring}");
-            }
-        }
-        if self.output.max_size > 0 && self.output.path.is_none() {
-            bail!("output.max_size rotates the output file: set output.path too");
-        }
-        if self.output.max_backups == 0 {
-            bail!("output.max_backups must be at least 1");
-        }
-        if let Some(unknown) = self
-            .output
-            .kinds
-            .iter()
-            .find(|kind| !crate::output::schema::KINDS.contains(&kind.as_str()))
-        {
-            bail!(
-                "output.kinds: {unknown:?} is not a line kind (one of {})",
-                crate::output::schema::KINDS.join(", ")
-            );
-        }
-        if self.output.queue_lines == 0 {
-            bail!("output.queue_lines must be at least 1");
-        }
-        if !self.output.writes_stdout() && self.output.path.is_none() {
-            bail!("output.stdout = false needs output.path: events would go nowhere");
-        }
+        self.watch.validate()?;
+        self.capture.validate()?;
+        self.kernel.validate()?;
+        self.output.validate()?;
+        self.detect.validate()?;
+        self.allow.validate()?;
         if tracing_subscriber::EnvFilter::try_new(&self.log.level).is_err() {
             bail!("log.level {:?} is not a level or tracing filter", self.log.level);
-        }
-        if self.detect.ledger_max_records == 0 {
-            bail!("detect.ledger_max_records must be at least 1");
-        }
-        if !self.detect.state_dir.is_absolute() {
-            bail!(
-                "detect.state_dir must be an absolute path, not {}",
-                self.detect.state_dir.display()
-            );
-        }
-        crate::detect::allow::Allowlist::compile(&self.allow)?;
-        if self
-            .watch
-            .daemons
-            .iter()
-            .any(|name| name.is_empty() || name.contains('/'))
-        {
-            bail!("watch.daemons holds process names, not paths or empty strings");
-        }
-        if let Some(relative) = self.watch.daemon_binaries.iter().find(|p| !p.is_absolute()) {
-            bail!(
-                "watch.daemon_binaries: {} is not an absolute path",
-                relative.display()
-            );
         }
         Ok(())
     }
@@ -360,6 +99,8 @@ fn one_line(err: &toml::de::Error, text: &str) -> String {
 
 #[cfg(test)]
 mod tests {
+    use std::time::Duration;
+
     use super::*;
 
     #[test]

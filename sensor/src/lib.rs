@@ -23,4 +23,5 @@ pub mod recording;
 pub mod redact;
 pub mod replay;
 pub mod saferead;
+pub mod watch;
 pub mod worker;

@@ -6,7 +6,38 @@ use anyhow::Context as _;
 use ipnet::IpNet;
 
 use super::views::Origin;
-use crate::config::Allow;
+use serde::{Deserialize, Serialize};
+
+/// Known-good activity. A match suppresses the detection; it is still counted (in
+/// `sensor.stop`) and logged at debug level.
+#[derive(Debug, Clone, Default, PartialEq, Deserialize, Serialize)]
+#[serde(deny_unknown_fields, default)]
+pub struct Allow {
+    /// Client executable paths (glob patterns: "/usr/local/bin/ci-*").
+    pub client_exes: Vec<String>,
+    /// Client user ids.
+    pub uids: Vec<u32>,
+    /// Client container ids (prefixes of the 64-hex id).
+    pub container_ids: Vec<String>,
+    /// Images of client containers (glob on the name Docker recorded at create:
+    /// "gitlab/gitlab-runner*"), read from `detect.docker_data_root`.
+    pub container_images: Vec<String>,
+    /// Remote peers (CIDR: "10.0.0.0/8"); also silences api_exposed for them.
+    pub peer_cidrs: Vec<String>,
+    /// Target repositories or references (glob on the normalised name:
+    /// "docker.io/library/app*", "registry.example.com/ci/*").
+    pub repositories: Vec<String>,
+    /// Registry allowlist: when not empty, only pulls from these registry hosts count as
+    /// provenance ("docker.io", "127.0.0.1:5000").
+    pub registries: Vec<String>,
+}
+
+impl Allow {
+    /// Every pattern and network parses.
+    pub fn validate(&self) -> anyhow::Result<()> {
+        Allowlist::compile(self).map(drop)
+    }
+}
 
 #[derive(Debug, Default)]
 pub struct Allowlist {

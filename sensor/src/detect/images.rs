@@ -313,3 +313,47 @@ impl Detector {
         }
     }
 }
+
+/// Image names in a `docker save` archive, as far as it was captured (`manifest.json`'s
+/// RepoTags, or the legacy `repositories` file).
+pub fn loaded_images(tar_bytes: &[u8]) -> Vec<ImageRef> {
+    use std::io::Read as _;
+    let mut names = Vec::new();
+    let mut archive = tar::Archive::new(tar_bytes);
+    let Ok(entries) = archive.entries() else {
+        return names;
+    };
+    for entry in entries {
+        let Ok(mut entry) = entry else { break };
+        let path = entry
+            .path()
+            .map(|p| p.to_string_lossy().into_owned())
+            .unwrap_or_default();
+        if path != "manifest.json" && path != "repositories" {
+            continue;
+        }
+        let mut text = String::new();
+        if (&mut entry).take(1 << 20).read_to_string(&mut text).is_err() {
+            break;
+        }
+        let Ok(json) = serde_json::from_str::<serde_json::Value>(&text) else {
+            continue;
+        };
+        if path == "manifest.json" {
+            for image in json.as_array().into_iter().flatten() {
+                for tag in image["RepoTags"].as_array().into_iter().flatten() {
+                    names.extend(tag.as_str().and_then(ImageRef::parse));
+                }
+            }
+        } else if let Some(repos) = json.as_object() {
+            for (repo, tags) in repos {
+                for tag in tags.as_object().into_iter().flat_map(|t| t.keys()) {
+                    names.extend(ImageRef::parse(&format!("{repo}:{tag}")));
+                }
+            }
+        }
+    }
+    names.sort();
+    names.dedup();
+    names
+}

@@ -11,7 +11,7 @@ use serde_json::Value;
 
 use super::*;
 use crate::{
-    config::Allow,
+    detect::allow::Allow,
     detect::{allow::Allowlist, ledger::Ledger},
     process_table::Ancestor,
 };

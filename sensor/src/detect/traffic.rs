@@ -1,6 +1,6 @@
 //! The API traffic side of correlation: per-direction byte streams into HTTP requests, requests
-//! into operations waiting for their other half, BuildKit sessions after an upgrade, and a
-//! daemon's own registry (and other) connections.
+//! into operations waiting for their other half (BuildKit sessions after an upgrade go to
+//! `sessions`), and a daemon's own registry (and other) connections.
 use std::collections::VecDeque;
 
 use super::{
@@ -13,13 +13,13 @@ use super::{
 use crate::{
     decode::{Endpoint, Role},
     docker::{
-        api::{self, ApiRequest, BuildParams, Builder, Operation},
+        api::{self, ApiRequest},
         dockerfile,
         reference::{registry_host, ImageRef},
     },
     protocol::{
-        buildkit::{Marker, SessionScanner},
-        buildkit_grpc::{SessionDecoder, SyncedDockerfile},
+        buildkit::SessionScanner,
+        buildkit_grpc::SessionDecoder,
         dns,
         http::{HttpEvent, RequestHead, RequestStream},
         tls,
@@ -32,17 +32,17 @@ pub(super) struct Stream {
     /// Bytes seen so far (captured and not).
     offset: u64,
     /// (start, end, line id) of recent data lines.
-    carriers: VecDeque<(u64, u64, String)>,
-    session: Option<SessionScanner>,
+    pub(super) carriers: VecDeque<(u64, u64, String)>,
+    pub(super) session: Option<SessionScanner>,
     /// The session decoded (HTTP/2, gRPC), on the daemon's side only: what it reads.
-    decoded: Option<SessionDecoder>,
+    pub(super) decoded: Option<SessionDecoder>,
     /// The pending operation waiting for this stream's next body.
     awaiting_body: Option<String>,
     /// The build this stream's last request opened.
     pub(super) build: Option<String>,
     /// The load or import this stream's last request started.
     pub(super) transfer: Option<String>,
-    grpc_solve_reported: bool,
+    pub(super) grpc_solve_reported: bool,
     /// A TLS connection: nothing after the ClientHello is readable.
     opaque: bool,
 }
@@ -147,7 +147,7 @@ impl Detector {
         }
     }
 
-    fn origin_of(&self, input: &DataInput<'_>) -> Origin {
+    pub(super) fn origin_of(&self, input: &DataInput<'_>) -> Origin {
         let transport = |endpoint: &Endpoint| match endpoint {
             Endpoint::Tcp(..) => Transport::Tcp,
             _ => Transport::Unix,
@@ -299,134 +299,6 @@ impl Detector {
             build.instructions = dockerfile::from_context(&bytes, build.params.dockerfile.as_deref());
             add_dockerfile_bases(build);
         }
-    }
-
-    fn upgraded(&mut self, input: &DataInput<'_>, bytes: &[u8]) {
-        let key = (input.conn_id, input.direction);
-        let Some(stream) = self.streams.get_mut(&key) else {
-            return;
-        };
-        let scanner = stream.session.get_or_insert_with(SessionScanner::default);
-        let mut learned = scanner.scan(bytes);
-        let mut dockerfiles = Vec::new();
-        if input.role == Role::DaemonAccepted {
-            let decoder = stream.decoded.get_or_insert_with(SessionDecoder::default);
-            learned |= decoder.feed(bytes, &mut scanner.facts);
-            dockerfiles = std::mem::take(&mut decoder.dockerfiles);
-        }
-        for dockerfile in dockerfiles {
-            self.synced_dockerfile(input, dockerfile);
-        }
-        let Some(stream) = self.streams.get_mut(&key) else {
-            return;
-        };
-        let Some(scanner) = &stream.session else {
-            return;
-        };
-        if !learned {
-            return;
-        }
-        let facts = scanner.facts.clone();
-        if !facts.markers.contains(&Marker::Solve) {
-            return;
-        }
-        let now = input.header.boot_ns;
-        let params = BuildParams {
-            tags: facts.tags.iter().filter_map(|t| ImageRef::parse(t)).collect(),
-            dockerfile: facts.dockerfile.clone(),
-            remote_context: facts.remote_context.clone(),
-            build_arg_keys: facts.build_arg_keys.clone(),
-            ..BuildParams::default()
-        };
-        let first = !stream.grpc_solve_reported;
-        stream.grpc_solve_reported = true;
-        let evidence = stream
-            .carriers
-            .back()
-            .map(|c| vec![c.2.clone()])
-            .unwrap_or_default();
-        let pair_key = "h2 /moby.buildkit.v1.Control/Solve".to_string();
-        let learned = !facts.tags.is_empty() || facts.markers.contains(&Marker::DockerfileFrontend);
-        // Update a solve still waiting for its facts, or start one.
-        let is_client = input.role == Role::Client;
-        let daemon_origin = self.origin_of(input);
-        if let Some(pending) = self
-            .pending
-            .iter_mut()
-            .find(|p| p.key == pair_key && now.saturating_sub(p.first_ns) < 2 * BODY_WAIT_NS)
-        {
-            if let Operation::Build { params: known, .. } = &mut pending.operation {
-                for tag in params.tags {
-                    if !known.tags.contains(&tag) {
-                        known.tags.push(tag);
-                    }
-                }
-                known.dockerfile = known.dockerfile.take().or(params.dockerfile);
-                known.remote_context = known.remote_context.take().or(params.remote_context);
-                known.build_arg_keys.extend(params.build_arg_keys);
-            }
-            if learned {
-                pending.body = Some((Vec::new(), true));
-            }
-            let half = Half {
-                conn_id: input.conn_id,
-                evidence,
-            };
-            let missing = if is_client {
-                pending.client.is_none()
-            } else {
-                pending.daemon.is_none()
-            };
-            if missing {
-                pending.join(half, is_client, &input.process, daemon_origin);
-            }
-        } else if first {
-            let half = Half {
-                conn_id: input.conn_id,
-                evidence,
-            };
-            let mut pending = Pending {
-                id: stable_id("op", &[&input.conn_id.to_string(), "solve"]),
-                key: pair_key,
-                operation: Operation::Build {
-                    builder: Builder::Buildx,
-                    params,
-                },
-                request: None,
-                first_ns: now,
-                client: None,
-                daemon: None,
-                origin: daemon_origin.clone(),
-                body: learned.then(|| (Vec::new(), true)),
-                needs_body: true,
-            };
-            pending.join(half, is_client, &input.process, daemon_origin);
-            self.pending.push(pending);
-        }
-        self.tick(now);
-    }
-
-    /// A Dockerfile a client sent through a session's file sync: the instructions of the latest
-    /// open buildx build on that daemon that has none yet and names that file, or of the build
-    /// about to open (its request may still wait for its other half).
-    fn synced_dockerfile(&mut self, input: &DataInput<'_>, synced: SyncedDockerfile) {
-        let tgid = input.header.tgid;
-        let name = super::file_name(&synced.path);
-        if let Some(build) = self.builds.iter_mut().rev().find(|b| {
-            b.builder == Builder::Buildx
-                && b.instructions.is_none()
-                && b.daemon_tgid == Some(tgid)
-                && super::dockerfile_name(b) == name
-        }) {
-            build.instructions = Some(dockerfile::parse(&synced.path, &synced.text));
-            add_dockerfile_bases(build);
-            return;
-        }
-        if self.synced_dockerfiles.len() >= super::MAX_SYNCED_DOCKERFILES {
-            self.synced_dockerfiles.pop_front();
-        }
-        self.synced_dockerfiles
-            .push_back((tgid, input.header.boot_ns, synced));
     }
 
     /// A daemon's own request to a registry (or elsewhere).

@@ -17,10 +17,13 @@ use sensor_common::{
     TABLE_FULL_NAMES, UNIX_PATH_LEN,
 };
 
-use super::tracefs;
+use super::{
+    settings::{Capture, Kernel},
+    tracefs,
+};
 use crate::{
-    config::Config,
     decode::{sockaddr, Endpoint, Role},
+    watch::Watch,
 };
 
 static EBPF_OBJECT: &[u8] = aya::include_bytes_aligned!(concat!(env!("OUT_DIR"), "/sensor"));
@@ -105,7 +108,12 @@ pub struct KernelSensor {
 }
 
 impl KernelSensor {
-    pub fn load(config: &Config, tracefs_root: &Path) -> anyhow::Result<Self> {
+    pub fn load(
+        watch: &Watch,
+        kernel: &Kernel,
+        capture: &Capture,
+        tracefs_root: &Path,
+    ) -> anyhow::Result<Self> {
         if EBPF_OBJECT.is_empty() {
             bail!("this buildwatch binary was built without its eBPF programs (bpf-linker was missing at build time); rebuild it with `cargo xtask build`");
         }
@@ -121,18 +129,18 @@ impl KernelSensor {
         let exit_group_dead =
             tracefs::field_offset(tracefs_root, "sched", "sched_process_exit", "group_dead")?.unwrap_or(0);
         let self_tgid = std::process::id();
-        let log_level: u8 = if config.kernel.log { 5 } else { 0 };
+        let log_level: u8 = if kernel.log { 5 } else { 0 };
 
         let ebpf = EbpfLoader::new()
             .override_global(GLOBAL_SELF_TGID, &self_tgid, true)
-            .override_global(GLOBAL_CAPTURE_BYTES, &config.capture.bytes, true)
+            .override_global(GLOBAL_CAPTURE_BYTES, &capture.bytes, true)
             .override_global(GLOBAL_FORK_CHILD_PID_OFFSET, &fork_child_pid, true)
             .override_global(GLOBAL_EXEC_FILENAME_OFFSET, &exec_filename, true)
             .override_global(GLOBAL_EXEC_OLD_PID_OFFSET, &exec_old_pid, true)
             .override_global(GLOBAL_EXIT_GROUP_DEAD_OFFSET, &exit_group_dead, true)
             .override_global(aya_log::LEVEL, &log_level, false)
-            .map_max_entries("EVENTS", config.kernel.ring_buffer_bytes)
-            .map_max_entries("CLIENT_EVENTS", config.kernel.client_ring_buffer_bytes)
+            .map_max_entries("EVENTS", kernel.ring_buffer_bytes)
+            .map_max_entries("CLIENT_EVENTS", kernel.client_ring_buffer_bytes)
             .load(EBPF_OBJECT)
             .map_err(|err| anyhow!("loading the eBPF object failed: {err} (buildwatch needs Linux >= 5.8 with BPF ring buffer support, and root)"))?;
 
@@ -141,7 +149,7 @@ impl KernelSensor {
             attached: Vec::new(),
             skipped: Vec::new(),
         };
-        sensor.fill_watch_maps(config)?;
+        sensor.fill_watch_maps(watch)?;
         sensor.attach_all(tracefs_root)?;
         Ok(sensor)
     }
@@ -193,15 +201,15 @@ impl KernelSensor {
         Ok(())
     }
 
-    fn fill_watch_maps(&mut self, config: &Config) -> anyhow::Result<()> {
+    fn fill_watch_maps(&mut self, watch: &Watch) -> anyhow::Result<()> {
         let mut paths: HashMap<_, UnixPathKey, u8> = HashMap::try_from(self.map_mut("WATCHED_UNIX_PATHS")?)?;
-        for path in &config.watch.unix_sockets {
+        for path in &watch.unix_sockets {
             paths
                 .insert(unix_path_key(&path.to_string_lossy()), 1, 0)
                 .with_context(|| format!("watching {}", path.display()))?;
         }
         let mut ports: HashMap<_, u16, u8> = HashMap::try_from(self.map_mut("WATCHED_TCP_PORTS")?)?;
-        for port in &config.watch.remote_tcp_ports {
+        for port in &watch.remote_tcp_ports {
             ports
                 .insert(port, 1, 0)
                 .with_context(|| format!("watching TCP port {port}"))?;

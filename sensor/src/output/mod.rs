@@ -3,6 +3,7 @@
 pub mod ecs;
 pub mod queue;
 pub mod schema;
+pub mod settings;
 pub mod sink;
 pub mod writer;
 

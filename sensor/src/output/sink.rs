@@ -5,12 +5,12 @@ use std::io::{self, BufWriter, Write as _};
 use anyhow::Context as _;
 use serde::Serialize;
 
+use super::settings::Format;
 use super::{
     ecs,
     queue::{LineQueue, QueuedLine},
     schema::Line,
 };
-use crate::config::Format;
 
 enum Target {
     Queue(LineQueue),

@@ -1,0 +1,135 @@
+//! Detections out: allowlists and suppressions, the finding lines, and `api_exposed`.
+use super::{
+    rules::{self, Verdict},
+    views::{DetectionView, OperationView, Origin, Transport},
+    Detector, Finding, Subject, MAX_EXPOSED,
+};
+use crate::docker::{api::Operation, reference::ImageRef};
+
+impl Detector {
+    pub(super) fn check_exposed(&mut self, origin: &Origin, now: u64, evidence: &[String]) {
+        if origin.transport != Transport::Tcp {
+            return;
+        }
+        let Some(ip) = origin.peer_ip().filter(|ip| !ip.is_loopback()) else {
+            return;
+        };
+        let endpoint = origin.endpoint.clone().unwrap_or_else(|| "tcp".into());
+        if self.exposed.len() >= MAX_EXPOSED {
+            self.exposed.clear();
+        }
+        if !self.exposed.insert((endpoint.clone(), ip)) {
+            return;
+        }
+        let verdict = rules::api_exposed(&endpoint, ip);
+        let allowed = self.settings.allow.peer(ip);
+        self.report(
+            now,
+            verdict,
+            Subject::Api(Box::new(origin.clone())),
+            evidence.to_vec(),
+            allowed,
+        );
+    }
+
+    /// Counts and logs a suppressed detection; true when it was suppressed.
+    pub(super) fn suppress(&mut self, verdict: &Verdict, reason: Option<String>) -> bool {
+        let Some(reason) = reason else {
+            return false;
+        };
+        *self.stats.suppressed.entry(verdict.rule.name()).or_default() += 1;
+        tracing::debug!(rule = verdict.rule.name(), %reason, summary = %verdict.summary, "detection suppressed by the allowlist");
+        true
+    }
+
+    pub(super) fn report(
+        &mut self,
+        at: u64,
+        verdict: Verdict,
+        subject: Subject,
+        evidence: Vec<String>,
+        suppressed: Option<String>,
+    ) {
+        if self.suppress(&verdict, suppressed) {
+            return;
+        }
+        let subject_id = match &subject {
+            Subject::Build(build) => build.id.clone(),
+            Subject::Operation(operation) => operation.id.clone(),
+            Subject::Api(origin) => format!(
+                "{} {}",
+                origin.endpoint.as_deref().unwrap_or_default(),
+                origin.peer_ip().map(|ip| ip.to_string()).unwrap_or_default()
+            ),
+        };
+        let detection = DetectionView::new(verdict, &subject_id, evidence);
+        *self.stats.detections.entry(detection.rule).or_default() += 1;
+        let (build, operation, api) = match subject {
+            Subject::Build(build) => (Some(build), None, None),
+            Subject::Operation(operation) => (None, Some(operation), None),
+            Subject::Api(origin) => (None, None, Some(origin)),
+        };
+        self.findings.push((
+            at,
+            Finding::Detection {
+                detection,
+                build,
+                operation,
+                api,
+            },
+        ));
+    }
+
+    /// A detection about an operation, unless its client or target is allowlisted.
+    pub(super) fn report_operation(
+        &mut self,
+        now: u64,
+        verdict: Verdict,
+        view: OperationView,
+        evidence: Vec<String>,
+    ) {
+        let allowed = self.allowed(&view);
+        self.report(
+            now,
+            verdict,
+            Subject::Operation(Box::new(view)),
+            evidence,
+            allowed,
+        );
+    }
+
+    /// Rule 3 for a load or import.
+    pub(super) fn side_loaded(
+        &mut self,
+        now: u64,
+        view: OperationView,
+        how: &str,
+        images: &[String],
+        evidence: Vec<String>,
+    ) {
+        let verdict = rules::image_side_loaded(&view.origin, how, images);
+        self.report_operation(now, verdict, view, evidence);
+    }
+
+    /// Why an operation's client or target is allowlisted, if it is.
+    pub(super) fn allowed(&self, operation: &OperationView) -> Option<String> {
+        let container_image = |id: &str| self.host.container_image(id);
+        self.settings
+            .allow
+            .origin(&operation.origin, &container_image)
+            .or_else(|| {
+                image_of(&operation.operation)
+                    .and_then(|target| self.settings.allow.all_repositories(&[target]))
+            })
+    }
+}
+
+/// The repository and reference an operation targets, for the repository allowlist.
+pub(super) fn image_of(operation: &Operation) -> Option<(String, String)> {
+    let image = match operation {
+        Operation::ContainerCreate(params) => ImageRef::parse(params.image.as_deref()?)?,
+        Operation::Import { image, .. } => image.clone()?,
+        _ => return None,
+    };
+    Some((image.repository(), image.to_string()))
+}

@@ -1,0 +1,71 @@
+//! `[kernel]` and `[capture]`: what the kernel programs are loaded with.
+use anyhow::bail;
+use sensor_common::CAPTURE_MAX;
+use serde::{Deserialize, Serialize};
+
+pub const DEFAULT_RING_BUFFER_BYTES: u32 = 16 * 1024 * 1024;
+const PAGE_SIZE: u32 = 4096;
+
+#[derive(Debug, Clone, PartialEq, Deserialize, Serialize)]
+#[serde(deny_unknown_fields, default)]
+pub struct Capture {
+    /// Bytes copied per read/write syscall (at most 4096).
+    pub bytes: u32,
+}
+
+#[derive(Debug, Clone, PartialEq, Deserialize, Serialize)]
+#[serde(deny_unknown_fields, default)]
+pub struct Kernel {
+    /// Forward aya-log diagnostics from the kernel programs to stderr.
+    pub log: bool,
+    /// Size of the ring buffer of process events and the daemons' side in bytes: a power of
+    /// two, at least one page.
+    pub ring_buffer_bytes: u32,
+    /// Size of the ring buffer of client-side data (anyone's to shape, so apart from the
+    /// daemons' view): a power of two, at least one page.
+    pub client_ring_buffer_bytes: u32,
+}
+
+impl Default for Kernel {
+    fn default() -> Self {
+        Self {
+            log: false,
+            ring_buffer_bytes: DEFAULT_RING_BUFFER_BYTES,
+            client_ring_buffer_bytes: DEFAULT_RING_BUFFER_BYTES / 2,
+        }
+    }
+}
+
+impl Default for Capture {
+    fn default() -> Self {
+        Self {
+            bytes: CAPTURE_MAX as u32,
+        }
+    }
+}
+
+impl Capture {
+    pub fn validate(&self) -> anyhow::Result<()> {
+        if self.bytes == 0 || self.bytes as usize > CAPTURE_MAX {
+            bail!(
+                "capture.bytes must be between 1 and {CAPTURE_MAX}, not {}",
+                self.bytes
+            );
+        }
+        Ok(())
+    }
+}
+
+impl Kernel {
+    pub fn validate(&self) -> anyhow::Result<()> {
+        for (key, ring) in [
+            ("ring_buffer_bytes", self.ring_buffer_bytes),
+            ("client_ring_buffer_bytes", self.client_ring_buffer_bytes),
+        ] {
+            if ring < PAGE_SIZE || !ring.is_power_of_two() {
+                bail!("kernel.{key} must be a power of two of at least {PAGE_SIZE}, not {ring}");
+            }
+        }
+        Ok(())
+    }
+}

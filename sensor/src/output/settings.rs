@@ -1,0 +1,88 @@
+//! `[output]`: where lines go, in which format, and which kinds.
+use std::{path::PathBuf, time::Duration};
+
+use anyhow::bail;
+use serde::{Deserialize, Serialize};
+
+#[derive(Debug, Clone, Copy, Default, PartialEq, Eq, Deserialize, Serialize)]
+#[serde(rename_all = "snake_case")]
+pub enum Format {
+    /// buildwatch's own schema (docs/events.md).
+    #[default]
+    Json,
+    /// Elastic Common Schema field names, the buildwatch line under `buildwatch`.
+    Ecs,
+}
+
+#[derive(Debug, Clone, PartialEq, Deserialize, Serialize)]
+#[serde(deny_unknown_fields, default)]
+pub struct Output {
+    /// Append JSON lines to this file (0600, directory 0700). `--output` overrides it.
+    pub path: Option<PathBuf>,
+    /// Write to stdout too. Default: stdout only when no file is set.
+    pub stdout: Option<bool>,
+    /// Rotate the file when it would grow past this many bytes (0: never; logrotate with
+    /// SIGHUP works either way).
+    pub max_size: u64,
+    /// Rotated files kept (`events.jsonl.1` newest .. `.N`).
+    pub max_backups: u32,
+    /// Lines waiting for the sinks at most; beyond it lines are dropped and reported.
+    pub queue_lines: usize,
+    /// Interval of `sensor.health` lines ("60s"; "0s" turns them off).
+    #[serde(with = "humantime_serde")]
+    pub health_interval: Duration,
+    pub format: Format,
+    /// Line kinds to write; empty: all. `sensor.*` lines are always written. For example
+    /// ["detection", "build", "docker.operation"] leaves out the raw process and socket events
+    /// (detections still cite their ids; a `--record` recording holds them).
+    pub kinds: Vec<String>,
+}
+
+impl Default for Output {
+    fn default() -> Self {
+        Self {
+            path: None,
+            stdout: None,
+            max_size: 0,
+            max_backups: 5,
+            queue_lines: super::queue::DEFAULT_CAPACITY,
+            health_interval: Duration::from_secs(60),
+            format: Format::Json,
+            kinds: Vec::new(),
+        }
+    }
+}
+
+impl Output {
+    pub fn writes_stdout(&self) -> bool {
+        self.stdout.unwrap_or(self.path.is_none())
+    }
+}
+
+impl Output {
+    pub fn validate(&self) -> anyhow::Result<()> {
+        if self.max_size > 0 && self.path.is_none() {
+            bail!("output.max_size rotates the output file: set output.path too");
+        }
+        if self.max_backups == 0 {
+            bail!("output.max_backups must be at least 1");
+        }
+        if let Some(unknown) = self
+            .kinds
+            .iter()
+            .find(|kind| !super::schema::KINDS.contains(&kind.as_str()))
+        {
+            bail!(
+                "output.kinds: {unknown:?} is not a line kind (one of {})",
+                super::schema::KINDS.join(", ")
+            );
+        }
+        if self.queue_lines == 0 {
+            bail!("output.queue_lines must be at least 1");
+        }
+        if !self.writes_stdout() && self.path.is_none() {
+            bail!("output.stdout = false needs output.path: events would go nowhere");
+        }
+        Ok(())
+    }
+}
