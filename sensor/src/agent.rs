@@ -29,7 +29,10 @@ use crate::{
     notify::notify,
     output::{
         queue::LineQueue,
-        schema::{selected_kinds, HealthBody, LossView, SensorInfo, StartBody, Stats, StopBody, WarningBody},
+        schema::{
+            selected_kinds, HealthBody, LineKind, LossView, SensorInfo, StartBody, Stats, StopBody,
+            WarningBody,
+        },
         writer::{self, FileSettings, Targets},
         Emitter, Sink,
     },
@@ -211,7 +214,7 @@ pub async fn run(options: RunOptions) -> anyhow::Result<()> {
             recording: record.as_ref().map(|p| p.display().to_string()),
         },
     };
-    let line = inputs.engine.emitter.line("sensor.start", None, start);
+    let line = inputs.engine.emitter.line(LineKind::SensorStart, None, start);
     sink.write(&line)?;
     if let Some(warning) = &ledger_warning {
         tracing::warn!("{}", warning.message);
@@ -219,7 +222,7 @@ pub async fn run(options: RunOptions) -> anyhow::Result<()> {
             warning: &warning.message,
             moved_to: warning.moved_to.as_deref(),
         };
-        let line = inputs.engine.emitter.line("sensor.warning", None, body);
+        let line = inputs.engine.emitter.line(LineKind::SensorWarning, None, body);
         sink.write(&line)?;
     }
     adopt_existing_connections(&mut inputs, &mut tracked, &mut sink)?;
@@ -253,7 +256,7 @@ pub async fn run(options: RunOptions) -> anyhow::Result<()> {
     let stop = StopBody {
         stats: full_stats(&inputs.engine, &losses, &queue, started, stall_max),
     };
-    let line = inputs.engine.emitter.line("sensor.stop", None, stop);
+    let line = inputs.engine.emitter.line(LineKind::SensorStop, None, stop);
     sink.write(&line)?;
     queue.close();
     if writer.join().is_err() {
@@ -358,7 +361,7 @@ async fn read_events(
                 let body = HealthBody {
                     health: full_stats(&inputs.engine, state.losses, state.queue, state.started, stall_max),
                 };
-                let line = inputs.engine.emitter.line("sensor.health", None, body);
+                let line = inputs.engine.emitter.line(LineKind::SensorHealth, None, body);
                 sink.write(&line)?;
             }
             _ = watchdog.tick(), if watchdog_period.is_some() => {

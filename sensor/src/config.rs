@@ -102,6 +102,7 @@ mod tests {
     use std::time::Duration;
 
     use super::*;
+    use crate::output::schema::LineKind;
 
     #[test]
     fn empty_file_gives_defaults() {
@@ -183,7 +184,9 @@ mod tests {
         );
         let kinds = crate::output::schema::selected_kinds(&["detection".into()]);
         assert!(
-            kinds.contains(&"detection") && kinds.contains(&"sensor.loss") && !kinds.contains(&"socket.data")
+            kinds.contains(&LineKind::Detection)
+                && kinds.contains(&LineKind::SensorLoss)
+                && !kinds.contains(&LineKind::SocketData)
         );
         assert!(Config::parse("[log]\nlevel = \"info,buildwatch=debug\"\n").is_ok());
         assert!(Config::parse("[log]\nlevel = \"buildwatch=loudest\"\n").is_err());

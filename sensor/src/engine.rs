@@ -12,8 +12,8 @@ use crate::{
     existing::ExistingConnection,
     output::{
         schema::{
-            DaemonBody, DataBody, DataView, LossBody, LossView, ProcessBody, ProcessView, SocketBody,
-            SocketView, Stats,
+            DaemonBody, DataBody, DataView, LineKind, LossBody, LossView, ProcessBody, ProcessView,
+            SocketBody, SocketView, Stats,
         },
         Emitter, Sink,
     },
@@ -185,14 +185,14 @@ impl Engine {
 
     fn write_findings(&mut self, sink: &mut Sink) -> anyhow::Result<()> {
         for (at, daemon) in self.daemons.take_changes() {
-            *self.events.entry("sensor.daemon").or_default() += 1;
+            *self.events.entry(LineKind::SensorDaemon.as_str()).or_default() += 1;
             let line = self
                 .emitter
-                .line("sensor.daemon", Some(at), DaemonBody { daemon });
+                .line(LineKind::SensorDaemon, Some(at), DaemonBody { daemon });
             sink.write(&line)?;
         }
         for (at, finding) in self.detector.take_findings() {
-            *self.events.entry(finding.kind()).or_default() += 1;
+            *self.events.entry(finding.kind().as_str()).or_default() += 1;
             let line = self.emitter.line(finding.kind(), Some(at), &finding);
             sink.write(&line)?;
         }
@@ -206,7 +206,7 @@ impl Engine {
                 let process = ProcessView::new(&header, self.processes.get(header.tgid));
                 self.write(
                     sink,
-                    "process.fork",
+                    LineKind::ProcessFork,
                     &header,
                     ProcessBody {
                         process,
@@ -239,7 +239,7 @@ impl Engine {
                     old_pid: (old_pid != header.tgid).then_some(old_pid),
                     filename: Some(filename),
                 };
-                let id = self.write(sink, "process.exec", &header, body)?;
+                let id = self.write(sink, LineKind::ProcessExec, &header, body)?;
                 self.check_daemon(header.tgid, header.boot_ns, Some(&id));
                 if let Some(builder) = self.detector.on_exec(&header, &id, &view) {
                     // A daemon-less builder's own registry traffic is followed like a daemon's.
@@ -256,7 +256,7 @@ impl Engine {
                 self.detector.on_exit(header.tgid, header.boot_ns);
                 self.write(
                     sink,
-                    "process.exit",
+                    LineKind::ProcessExit,
                     &header,
                     ProcessBody {
                         process,
@@ -268,9 +268,11 @@ impl Engine {
                 .map(drop)
             }
             RawEvent::Connect { header, socket } => {
-                self.socket_opened(sink, "socket.connect", header, socket)
+                self.socket_opened(sink, LineKind::SocketConnect, header, socket)
             }
-            RawEvent::Accept { header, socket } => self.socket_opened(sink, "socket.accept", header, socket),
+            RawEvent::Accept { header, socket } => {
+                self.socket_opened(sink, LineKind::SocketAccept, header, socket)
+            }
             RawEvent::Data { header, data } => self.data(sink, header, data),
             RawEvent::Close {
                 header,
@@ -298,8 +300,13 @@ impl Engine {
                     existing: false,
                 };
                 let process = ProcessView::new(&header, self.processes.get(header.tgid));
-                self.write(sink, "socket.close", &header, SocketBody { process, socket })
-                    .map(drop)
+                self.write(
+                    sink,
+                    LineKind::SocketClose,
+                    &header,
+                    SocketBody { process, socket },
+                )
+                .map(drop)
             }
         }
     }
@@ -307,7 +314,7 @@ impl Engine {
     fn socket_opened(
         &mut self,
         sink: &mut Sink,
-        kind: &'static str,
+        kind: LineKind,
         header: Header,
         socket: SocketOpen,
     ) -> anyhow::Result<()> {
@@ -336,7 +343,7 @@ impl Engine {
             peer: socket.peer.to_string(),
             local: local.map(|l| l.to_string()),
             listen_fd: socket.listen_fd,
-            result: (kind == "socket.connect").then_some(socket.result),
+            result: (kind == LineKind::SocketConnect).then_some(socket.result),
             existing: false,
         };
         let id = self.write(
@@ -400,9 +407,9 @@ impl Engine {
             existing: true,
         };
         let kind = if connection.role == Role::DaemonAccepted {
-            "socket.accept"
+            LineKind::SocketAccept
         } else {
-            "socket.connect"
+            LineKind::SocketConnect
         };
         self.write(sink, kind, &header, SocketBody { process, socket })
             .map(drop)
@@ -442,7 +449,7 @@ impl Engine {
             )
             .after_skipping(data.skipped_before),
         };
-        let id = self.write(sink, "socket.data", &header, body)?;
+        let id = self.write(sink, LineKind::SocketData, &header, body)?;
         let daemon_store = match data.role {
             Role::DaemonAccepted | Role::DaemonOutbound => {
                 self.daemons.get(header.tgid).map(|d| d.store.clone())
@@ -470,11 +477,11 @@ impl Engine {
     fn write<B: serde::Serialize>(
         &mut self,
         sink: &mut Sink,
-        kind: &'static str,
+        kind: LineKind,
         header: &Header,
         body: B,
     ) -> anyhow::Result<String> {
-        *self.events.entry(kind).or_default() += 1;
+        *self.events.entry(kind.as_str()).or_default() += 1;
         let line = self.emitter.line(kind, Some(header.boot_ns), body);
         sink.write(&line)?;
         Ok(line.id)
@@ -492,10 +499,10 @@ impl Engine {
             return Ok(());
         }
         let body = LossBody { loss: loss.clone() };
-        let line = self.emitter.line("sensor.loss", None, body);
+        let line = self.emitter.line(LineKind::SensorLoss, None, body);
         // A report the full queue dropped is retried at the next check.
         if sink.write(&line)? {
-            *self.events.entry("sensor.loss").or_default() += 1;
+            *self.events.entry(LineKind::SensorLoss.as_str()).or_default() += 1;
             self.kernel_drops = loss.kernel_drops.clone();
             self.reported_loss = loss;
         }

@@ -10,7 +10,7 @@ use crate::{
     detect::{allow::Allowlist, ledger::Ledger, Detector, Settings},
     engine::Engine,
     host::{ReplayHost, SharedHost},
-    output::{Emitter, Sink},
+    output::{schema::LineKind, Emitter, Sink},
     process_table::ProcessTable,
     recording::{Input, Reader},
 };
@@ -28,7 +28,7 @@ pub fn replay(options: ReplayOptions) -> anyhow::Result<()> {
     let mut sink = if options.all {
         sink
     } else {
-        sink.only(vec!["detection"])
+        sink.only(vec![LineKind::Detection])
     };
     let mismatches = replay_into(&options.recording, options.config, &mut sink)?;
     if mismatches > 0 {
@@ -107,7 +107,7 @@ mod tests {
 
     fn detections(recording: &std::path::Path, tuned: Option<Config>) -> Vec<serde_json::Value> {
         let captured = Captured::default();
-        let mut sink = Sink::writer(captured.clone()).only(vec!["detection"]);
+        let mut sink = Sink::writer(captured.clone()).only(vec![LineKind::Detection]);
         let mismatches = replay_into(recording, tuned, &mut sink).unwrap();
         assert_eq!(mismatches, 0, "every host question has its recorded answer");
         captured.lines()
@@ -127,7 +127,7 @@ mod tests {
 
     fn captured_builds(recording: &std::path::Path) -> Vec<serde_json::Value> {
         let captured = Captured::default();
-        let mut sink = Sink::writer(captured.clone()).only(vec!["build"]);
+        let mut sink = Sink::writer(captured.clone()).only(vec![LineKind::Build]);
         replay_into(recording, None, &mut sink).unwrap();
         captured.lines()
     }

@@ -46,7 +46,7 @@ use crate::{
         reference::ImageRef,
     },
     host::SharedHost,
-    output::schema::ProcessView,
+    output::schema::{LineKind, ProcessView},
     protocol::buildkit_grpc::SyncedDockerfile,
 };
 
@@ -119,11 +119,11 @@ pub enum Finding {
 }
 
 impl Finding {
-    pub fn kind(&self) -> &'static str {
+    pub fn kind(&self) -> LineKind {
         match self {
-            Finding::Operation { .. } => "docker.operation",
-            Finding::Detection { .. } => "detection",
-            Finding::Build { .. } => "build",
+            Finding::Operation { .. } => LineKind::DockerOperation,
+            Finding::Detection { .. } => LineKind::Detection,
+            Finding::Build { .. } => LineKind::Build,
         }
     }
 }

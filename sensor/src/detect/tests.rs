@@ -256,7 +256,7 @@ impl Harness {
             .iter()
             .map(|f| {
                 let mut value = serde_json::to_value(f).unwrap();
-                value["kind"] = f.kind().into();
+                value["kind"] = f.kind().as_str().into();
                 value
             })
             .collect()

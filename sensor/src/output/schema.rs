@@ -14,25 +14,98 @@ use crate::{
     procfs,
 };
 
-/// Every line kind buildwatch writes (docs/events.md, docs/detections.md).
-pub const KINDS: [&str; 16] = [
-    "process.fork",
-    "process.exec",
-    "process.exit",
-    "socket.connect",
-    "socket.accept",
-    "socket.data",
-    "socket.close",
-    "docker.operation",
-    "build",
-    "detection",
-    "sensor.start",
-    "sensor.health",
-    "sensor.loss",
-    "sensor.warning",
-    "sensor.daemon",
-    "sensor.stop",
-];
+/// Every kind of line buildwatch writes (docs/events.md, docs/detections.md).
+#[derive(Debug, Clone, Copy, PartialEq, Eq, PartialOrd, Ord, Hash)]
+pub enum LineKind {
+    ProcessFork,
+    ProcessExec,
+    ProcessExit,
+    SocketConnect,
+    SocketAccept,
+    SocketData,
+    SocketClose,
+    DockerOperation,
+    Build,
+    Detection,
+    SensorStart,
+    SensorHealth,
+    SensorLoss,
+    SensorWarning,
+    SensorDaemon,
+    SensorStop,
+}
+
+impl LineKind {
+    pub const ALL: [LineKind; 16] = [
+        Self::ProcessFork,
+        Self::ProcessExec,
+        Self::ProcessExit,
+        Self::SocketConnect,
+        Self::SocketAccept,
+        Self::SocketData,
+        Self::SocketClose,
+        Self::DockerOperation,
+        Self::Build,
+        Self::Detection,
+        Self::SensorStart,
+        Self::SensorHealth,
+        Self::SensorLoss,
+        Self::SensorWarning,
+        Self::SensorDaemon,
+        Self::SensorStop,
+    ];
+
+    /// The `kind` field of its lines.
+    pub const fn as_str(self) -> &'static str {
+        match self {
+            Self::ProcessFork => "process.fork",
+            Self::ProcessExec => "process.exec",
+            Self::ProcessExit => "process.exit",
+            Self::SocketConnect => "socket.connect",
+            Self::SocketAccept => "socket.accept",
+            Self::SocketData => "socket.data",
+            Self::SocketClose => "socket.close",
+            Self::DockerOperation => "docker.operation",
+            Self::Build => "build",
+            Self::Detection => "detection",
+            Self::SensorStart => "sensor.start",
+            Self::SensorHealth => "sensor.health",
+            Self::SensorLoss => "sensor.loss",
+            Self::SensorWarning => "sensor.warning",
+            Self::SensorDaemon => "sensor.daemon",
+            Self::SensorStop => "sensor.stop",
+        }
+    }
+
+    pub fn parse(text: &str) -> Option<Self> {
+        Self::ALL.into_iter().find(|kind| kind.as_str() == text)
+    }
+
+    /// The sensor's own lines (start, health, loss, warning, daemon, stop).
+    pub const fn is_sensor(self) -> bool {
+        matches!(
+            self,
+            Self::SensorStart
+                | Self::SensorHealth
+                | Self::SensorLoss
+                | Self::SensorWarning
+                | Self::SensorDaemon
+                | Self::SensorStop
+        )
+    }
+}
+
+impl Serialize for LineKind {
+    fn serialize<S: serde::Serializer>(&self, serializer: S) -> Result<S::Ok, S::Error> {
+        serializer.serialize_str(self.as_str())
+    }
+}
+
+impl std::fmt::Display for LineKind {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        f.write_str(self.as_str())
+    }
+}
 
 /// A daemon the sensor began or stopped trusting, or whose endpoints changed: what its
 /// provenance is kept under and which endpoints it serves.
@@ -60,17 +133,17 @@ pub struct WarningBody<'a> {
 
 /// The kinds to write for an `output.kinds` selection: those listed, and always the `sensor.*`
 /// lines (start, health, loss, stop), so the pipeline's own state is never filtered out.
-pub fn selected_kinds(selection: &[String]) -> Vec<&'static str> {
-    KINDS
+pub fn selected_kinds(selection: &[String]) -> Vec<LineKind> {
+    LineKind::ALL
         .into_iter()
-        .filter(|kind| kind.starts_with("sensor.") || selection.iter().any(|s| s == kind))
+        .filter(|kind| kind.is_sensor() || selection.iter().any(|s| s == kind.as_str()))
         .collect()
 }
 
 #[derive(Debug, Serialize)]
 pub struct Line<B: Serialize> {
     pub id: String,
-    pub kind: &'static str,
+    pub kind: LineKind,
     pub time: String,
     pub host: String,
     #[serde(flatten)]
@@ -114,8 +187,8 @@ impl Emitter {
         &self.host
     }
 
-    pub fn line<B: Serialize>(&mut self, kind: &'static str, boot_ns: Option<u64>, body: B) -> Line<B> {
-        let id = if kind.starts_with("sensor.") {
+    pub fn line<B: Serialize>(&mut self, kind: LineKind, boot_ns: Option<u64>, body: B) -> Line<B> {
+        let id = if kind.is_sensor() {
             self.next_sensor += 1;
             format!("{}-s{}", self.run_id, self.next_sensor)
         } else {
@@ -417,7 +490,7 @@ mod tests {
     fn lines_have_the_common_fields() {
         let mut emitter = Emitter::new("host1".into());
         let line = emitter.line(
-            "sensor.loss",
+            LineKind::SensorLoss,
             Some(1),
             LossBody {
                 loss: LossView {

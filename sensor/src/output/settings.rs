@@ -4,6 +4,8 @@ use std::{path::PathBuf, time::Duration};
 use anyhow::bail;
 use serde::{Deserialize, Serialize};
 
+use super::schema::LineKind;
+
 #[derive(Debug, Clone, Copy, Default, PartialEq, Eq, Deserialize, Serialize)]
 #[serde(rename_all = "snake_case")]
 pub enum Format {
@@ -67,14 +69,11 @@ impl Output {
         if self.max_backups == 0 {
             bail!("output.max_backups must be at least 1");
         }
-        if let Some(unknown) = self
-            .kinds
-            .iter()
-            .find(|kind| !super::schema::KINDS.contains(&kind.as_str()))
-        {
+        if let Some(unknown) = self.kinds.iter().find(|kind| LineKind::parse(kind).is_none()) {
+            let known: Vec<&str> = LineKind::ALL.iter().map(|k| k.as_str()).collect();
             bail!(
                 "output.kinds: {unknown:?} is not a line kind (one of {})",
-                super::schema::KINDS.join(", ")
+                known.join(", ")
             );
         }
         if self.queue_lines == 0 {

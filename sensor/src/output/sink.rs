@@ -9,7 +9,7 @@ use super::settings::Format;
 use super::{
     ecs,
     queue::{LineQueue, QueuedLine},
-    schema::Line,
+    schema::{Line, LineKind},
 };
 
 enum Target {
@@ -20,7 +20,7 @@ enum Target {
 pub struct Sink {
     target: Target,
     /// Only lines of these kinds are written (replay prints detections only by default).
-    only: Option<Vec<&'static str>>,
+    only: Option<Vec<LineKind>>,
     format: Format,
 }
 
@@ -47,7 +47,7 @@ impl Sink {
         self
     }
 
-    pub fn only(mut self, kinds: Vec<&'static str>) -> Self {
+    pub fn only(mut self, kinds: Vec<LineKind>) -> Self {
         self.only = Some(kinds);
         self
     }
@@ -72,7 +72,7 @@ impl Sink {
         bytes.push(b'\n');
         match &mut self.target {
             Target::Queue(queue) => Ok(queue.push(QueuedLine {
-                kind: line.kind,
+                kind: line.kind.as_str(),
                 bytes,
             })),
             Target::Direct(writer) => {
