@@ -129,7 +129,7 @@ pub async fn run(options: RunOptions) -> anyhow::Result<()> {
     }
 
     if let Some(why) = store::classic_store_missing(&config.detect.docker_data_root) {
-        tracing::warn!("{why}");
+        tracing::info!("{why}");
     }
     let api_marker = random_marker()?;
     let live = LiveHost::new(&procfs::proc_root())

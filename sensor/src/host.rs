@@ -7,7 +7,7 @@ use std::{
     collections::{BTreeMap, VecDeque},
     path::{Path, PathBuf},
     rc::Rc,
-    time::Duration,
+    time::{Duration, Instant},
 };
 
 use serde::{Deserialize, Serialize};
@@ -30,6 +30,8 @@ use crate::{
 const PROC_DEADLINE: Duration = Duration::from_millis(250);
 /// How long reading an image store may take.
 const STORE_DEADLINE: Duration = Duration::from_millis(900);
+/// How long a daemon whose API did not answer is left alone.
+const API_REST: Duration = Duration::from_secs(10);
 
 pub trait Host {
     /// Every process now running.
@@ -101,6 +103,9 @@ pub struct LiveHost {
     daemons: DaemonPolicy,
     /// The API socket of each trusted daemon's store.
     apis: RefCell<BTreeMap<String, ApiSocket>>,
+    /// Stores whose daemon did not answer in time, not asked again before then: a slow API
+    /// must not hold the event loop question after question.
+    api_resting: RefCell<BTreeMap<String, Instant>>,
     /// Sent with every API request, so the engine knows the sensor's own connections.
     marker: String,
 }
@@ -112,6 +117,7 @@ impl LiveHost {
             docker_data_root: PathBuf::from("/var/lib/docker"),
             daemons: DaemonPolicy::default(),
             apis: RefCell::new(BTreeMap::new()),
+            api_resting: RefCell::new(BTreeMap::new()),
             marker: String::new(),
         }
     }
@@ -130,7 +136,29 @@ impl LiveHost {
     }
 
     fn api(&self, store: &str) -> Option<ApiSocket> {
+        if self
+            .api_resting
+            .borrow()
+            .get(store)
+            .is_some_and(|until| Instant::now() < *until)
+        {
+            return None;
+        }
         self.apis.borrow().get(store).cloned()
+    }
+
+    /// A question to `store`'s daemon failed. Only silence (a deadline, no connection, an I/O
+    /// error) rests the API: an error status is an answer, and a client who can make the daemon
+    /// refuse a reference must not be able to turn the questions off.
+    fn api_failed(&self, store: &str, why: &dyn std::fmt::Display, silent: bool) {
+        if !silent {
+            tracing::debug!("{store}'s API refused a question: {why}");
+            return;
+        }
+        tracing::warn!("{store}'s API did not answer ({why}); not asked for {API_REST:?}");
+        self.api_resting
+            .borrow_mut()
+            .insert(store.to_string(), Instant::now() + API_REST);
     }
 
     pub fn with_daemon_policy(mut self, policy: DaemonPolicy) -> Self {
@@ -212,7 +240,8 @@ impl Host for LiveHost {
         let data_roots: Vec<PathBuf> = std::iter::once(self.docker_data_root.clone())
             .chain(self.apis.borrow().keys().map(|store| self.data_root(store)))
             .collect();
-        let apis: Vec<ApiSocket> = self.apis.borrow().values().cloned().collect();
+        let stores: Vec<String> = self.apis.borrow().keys().cloned().collect();
+        let apis: Vec<ApiSocket> = stores.iter().filter_map(|store| self.api(store)).collect();
         let (id, marker) = (container_id.to_string(), self.marker.clone());
         self.proc(STORE_DEADLINE, move |proc_root| {
             apis.iter()
@@ -236,7 +265,11 @@ impl Host for LiveHost {
         let boot_to_wall = procfs::boot_to_wall_ns();
         let listed = self.proc(STORE_DEADLINE, move |proc_root| {
             daemon_api::list_images(&api, &marker, proc_root)
-        })?;
+        });
+        let Some(listed) = listed else {
+            self.api_failed(store, &"deadline", true);
+            return None;
+        };
         match listed {
             Ok(images) => Some(
                 images
@@ -250,7 +283,7 @@ impl Host for LiveHost {
                     .collect(),
             ),
             Err(err) => {
-                tracing::warn!("cannot list the images of {store}: {err}");
+                self.api_failed(store, &err, err.is_silence());
                 None
             }
         }
@@ -308,14 +341,18 @@ impl Host for LiveHost {
             let marker = self.marker.clone();
             let answer = self.proc(STORE_DEADLINE, move |proc_root| {
                 daemon_api::inspect_image(&api, &marker, proc_root, &reference)
-            })?;
+            });
+            let Some(answer) = answer else {
+                self.api_failed(store, &"deadline", true);
+                return None;
+            };
             return match answer {
                 Ok(image) => image.map(|image| TaggedImage {
                     registry_digest: image.has_registry_digest(),
                     id: image.id,
                 }),
                 Err(err) => {
-                    tracing::warn!("cannot ask {store} about an image: {err}");
+                    self.api_failed(store, &err, err.is_silence());
                     None
                 }
             };
@@ -548,6 +585,71 @@ pub mod tests {
     use std::{cell::RefCell, collections::HashMap};
 
     use super::*;
+
+    /// A daemon API that accepts and never answers is asked once, then left alone for a while;
+    /// one that answers with an error status stays asked.
+    #[test]
+    fn a_silent_api_is_rested_and_a_refusing_one_is_not() {
+        use std::{io::Write as _, os::unix::net::UnixListener};
+        let dir = std::env::temp_dir().join(format!("bw-api-{}", std::process::id()));
+        std::fs::create_dir_all(&dir).unwrap();
+        let silent_path = dir.join("silent.sock");
+        let refusing_path = dir.join("refusing.sock");
+        let _ = std::fs::remove_file(&silent_path);
+        let _ = std::fs::remove_file(&refusing_path);
+        let silent = UnixListener::bind(&silent_path).unwrap();
+        let refusing = UnixListener::bind(&refusing_path).unwrap();
+        std::thread::spawn(move || {
+            let mut held = Vec::new();
+            for stream in silent.incoming().flatten() {
+                held.push(stream);
+            }
+        });
+        std::thread::spawn(move || {
+            for mut stream in refusing.incoming().flatten() {
+                let mut request = [0u8; 512];
+                let _ = std::io::Read::read(&mut stream, &mut request);
+                let _ = stream.write_all(b"HTTP/1.0 400 Bad Request\r\n\r\n{}");
+            }
+        });
+        let host = LiveHost::new(Path::new("/proc")).with_api_marker("m");
+        let me = std::process::id();
+        host.serve_api(
+            "docker:/silent",
+            Some(ApiSocket {
+                tgid: me,
+                path: silent_path,
+            }),
+        );
+        host.serve_api(
+            "docker:/refusing",
+            Some(ApiSocket {
+                tgid: me,
+                path: refusing_path,
+            }),
+        );
+        let started = Instant::now();
+        assert_eq!(host.store_images("docker:/silent"), None);
+        assert!(
+            started.elapsed() >= Duration::from_millis(500),
+            "asked, and waited"
+        );
+        let again = Instant::now();
+        assert_eq!(host.store_images("docker:/silent"), None);
+        assert_eq!(host.tagged_image("docker:/silent", "app:1"), None);
+        assert!(
+            again.elapsed() < Duration::from_millis(50),
+            "rested: not asked again"
+        );
+        for _ in 0..2 {
+            assert_eq!(host.tagged_image("docker:/refusing", "app:1"), None);
+        }
+        assert!(
+            host.api("docker:/refusing").is_some(),
+            "an error status is an answer"
+        );
+        let _ = std::fs::remove_dir_all(&dir);
+    }
 
     /// A host whose answers a test scripts; everything unscripted is unknown.
     #[derive(Default)]

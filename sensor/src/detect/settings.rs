@@ -14,8 +14,9 @@ pub struct Detect {
     pub state_dir: PathBuf,
     /// Bound on ledger records; the oldest go first.
     pub ledger_max_records: usize,
-    /// Docker's data root, where a client container's configuration (its image) is read for
-    /// `allow.container_images`, and a finished build's image ids (runs by id).
+    /// Docker's data root, read only when a daemon cannot be asked over its API: a client
+    /// container's configuration (its image) for `allow.container_images`, and a finished
+    /// build's image ids. Each trusted dockerd's own root is used for its store.
     pub docker_data_root: PathBuf,
 }
 

@@ -41,6 +41,16 @@ pub enum ApiError {
     Status(u16),
 }
 
+impl ApiError {
+    /// The daemon did not answer (as opposed to answering with an error).
+    pub fn is_silence(&self) -> bool {
+        matches!(
+            self,
+            Self::Connect { .. } | Self::NotTheDaemon { .. } | Self::Io(_)
+        )
+    }
+}
+
 /// One daemon's API socket.
 #[derive(Debug, Clone, PartialEq, Eq)]
 pub struct ApiSocket {

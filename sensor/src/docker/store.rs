@@ -27,7 +27,7 @@ pub fn classic_store_missing(data_root: &Path) -> Option<String> {
         .unwrap_or(false);
     (!has_imagedb).then(|| {
         format!(
-            "no classic image store under {} (containerd image store, or another data root?): runs by image id and of loaded images will not be linked to their build or load; set detect.docker_data_root if dockerd uses another root",
+            "no classic image store under {} (containerd image store, or another data root?): image ids are asked of each trusted dockerd over its API; a daemon that cannot be asked has its runs by id and of loaded images unlinked unless detect.docker_data_root names its root",
             data_root.display()
         )
     })
