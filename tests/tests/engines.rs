@@ -82,6 +82,7 @@ fn main() -> ExitCode {
         local_buildx_build_is_detected,
         pull_then_build_is_not_flagged,
         a_pulled_name_built_over_then_run_is_caught,
+        a_cached_rebuild_of_a_pulled_name_stays_quiet,
         run_by_short_id_of_an_untagged_build,
         docker_load_names_the_image,
     ]
@@ -419,6 +420,64 @@ fn a_pulled_name_built_over_then_run_is_caught(world: &World, engine: &ModernEng
         |e| e["operation"]["image"] == app.as_str(),
     );
     assert_eq!(found["detection"]["severity"], "critical", "{found}");
+}
+
+/// Pull X, then build X from a Dockerfile that is only `FROM X` with the classic builder: the
+/// result is the pulled content itself (in containerd's store too, where no manifest digest
+/// tells pulled content apart), so a run of X is not a run of a build's image. (BuildKit writes
+/// a new image config even then: that is new content, judged as a build's.)
+fn a_cached_rebuild_of_a_pulled_name_stays_quiet(world: &World, engine: &ModernEngine) {
+    let env = &world.env;
+    let nonce = &env.nonce;
+    let cached = format!("{REGISTRY}/cached-{}:{nonce}", engine.label);
+    publish_as(engine, &cached);
+    let mark = world.sensor.mark();
+    run_command(engine.docker().args(["pull", &cached]));
+    let pulled = run_command(
+        engine
+            .docker()
+            .args(["image", "inspect", "-f", "{{.Id}}", &cached]),
+    );
+    let same = context(env, engine, "cached", &format!("FROM {cached}\n"));
+    run_command(
+        engine
+            .docker()
+            .env("DOCKER_BUILDKIT", "0")
+            .args(["build", "-t", &cached])
+            .arg(&same),
+    );
+    let rebuilt = run_command(
+        engine
+            .docker()
+            .args(["image", "inspect", "-f", "{{.Id}}", &cached]),
+    );
+    assert_eq!(
+        pulled.trim(),
+        rebuilt.trim(),
+        "a FROM-only build gives the pulled image itself"
+    );
+    build_summary(&world.sensor, mark, "the cached rebuild", |b| has_tag(b, &cached));
+    let run_mark = world.sensor.mark();
+    create_and_remove(
+        engine,
+        engine
+            .docker()
+            .args(["create", "--network", "none", &cached, "true"]),
+    );
+    let create = world
+        .sensor
+        .wait_for(run_mark, TIMEOUT, "the create of the cached rebuild", |e| {
+            kind(e) == "docker.operation"
+                && e["operation"]["type"] == "container_create"
+                && e["operation"]["image"] == cached.as_str()
+        });
+    let flagged = world.sensor.all(run_mark, |e| {
+        kind(e) == "detection" && e["operation"]["id"] == create["operation"]["id"]
+    });
+    assert!(
+        flagged.is_empty(),
+        "a cached rebuild of pulled content was flagged: {flagged:?}"
+    );
 }
 
 fn run_by_short_id_of_an_untagged_build(world: &World, engine: &ModernEngine) {

@@ -236,8 +236,13 @@ impl Detector {
             build.builder.uses_docker_image_store() && images::served_by_dockerd(&build.origin),
             build.store.clone(),
         ) {
-            build.images =
-                self.record_build_images(&store, &build.id, build.start_ns, build.store_before.take(), now);
+            build.images = self.record_build_images(
+                &store,
+                &build.id,
+                build.start_ns,
+                build.store_before.as_ref(),
+                now,
+            );
             self.record_registry_content(&store, &build, now);
         }
         for conn_id in &build.conn_ids {

@@ -93,11 +93,11 @@ impl Detector {
     fn images_entered(
         &self,
         store: &str,
-        before: Option<StoreSnapshot>,
+        before: Option<&StoreSnapshot>,
         start_ns: u64,
         now: u64,
     ) -> Vec<WrittenImage> {
-        let after = before.as_ref().and_then(|_| self.host.store_images(store));
+        let after = before.and_then(|_| self.host.store_images(store));
         let (Some(before), Some(after)) = (before, after) else {
             return self.host.images_written(store, start_ns, now);
         };
@@ -123,7 +123,7 @@ impl Detector {
         store: &str,
         build_id: &str,
         start_ns: u64,
-        before: Option<StoreSnapshot>,
+        before: Option<&StoreSnapshot>,
         now: u64,
     ) -> Vec<String> {
         // A daemon's listing dates images to the second.
@@ -144,13 +144,24 @@ impl Detector {
 
     /// A build that ended with a tag naming content a registry served (a fully cached
     /// `--cache-from` build gives the pulled image itself): the name is the registry's again.
+    /// Registry content is known by its manifest digest in the classic store; in containerd's
+    /// store (which names every image by its own digest) by the tag still naming, after the
+    /// build, the pulled image it named before.
     pub(super) fn record_registry_content(&mut self, store: &str, build: &super::builds::Build, now: u64) {
         let wall = self.wall_ns(now);
         for tag in &build.params.tags {
             let Some(target) = self.host.tagged_image(store, &tag.to_string()) else {
                 continue;
             };
-            if target.registry_digest && !build.images.contains(&target.id) {
+            let unmoved = build.replaced_pulled.contains(&tag.to_string())
+                && build.store_before.as_ref().is_some_and(|before| {
+                    before.get(&target.id).is_some_and(|names| {
+                        names
+                            .iter()
+                            .any(|name| ImageRef::parse(name).as_ref() == Some(tag))
+                    })
+                });
+            if (target.registry_digest || unmoved) && !build.images.contains(&target.id) {
                 self.ledger.record(
                     store,
                     tag,
@@ -248,7 +259,7 @@ impl Detector {
         let wall = self.wall_ns(now);
         let mut side_load = transfer.side_load;
         let entered = match &transfer.store {
-            Some(store) => self.images_entered(store, transfer.store_before, transfer.start_ns, now),
+            Some(store) => self.images_entered(store, transfer.store_before.as_ref(), transfer.start_ns, now),
             None => self.host.images_written("", transfer.start_ns, now),
         };
         for image in entered {
