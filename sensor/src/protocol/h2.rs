@@ -1,6 +1,7 @@
 //! One direction of an HTTP/2 connection (h2c after an upgrade, or prior knowledge), decoded as
-//! far as gRPC needs: frames, header blocks through a real HPACK decoder (dynamic table,
-//! Huffman, CONTINUATION), and the length-prefixed gRPC messages each stream's DATA carries.
+//! far as gRPC needs: frames, header blocks (with their CONTINUATIONs) through a real HPACK
+//! decoder (`hpack.rs`: dynamic table, Huffman), and the length-prefixed gRPC messages each
+//! stream's DATA carries.
 //! The capture keeps at most 4 KiB of each read, and says how many bytes it left out. A gap
 //! inside a DATA frame loses only the gRPC message it cuts (its length says where the next one
 //! starts); a gap in a header block loses the HPACK state of the whole connection, which ends the
@@ -9,6 +10,8 @@
 //! Every size is bounded: the peer writing these bytes may be an attacker.
 use std::collections::BTreeMap;
 
+use super::hpack::HpackDecoder;
+
 const PREFACE: &[u8] = b"PRI * HTTP/2.0\r\n\r\nSM\r\n\r\n";
 const FRAME_HEADER: usize = 9;
 /// Larger than any frame a gRPC peer sends (its default maximum is 16 KiB).
@@ -16,7 +19,7 @@ const MAX_FRAME: usize = 1 << 20;
 /// A header block, CONTINUATIONs included.
 const MAX_HEADER_BLOCK: usize = 256 * 1024;
 /// The dynamic table the decoder allows (Go's default is 4 KiB).
-const MAX_DYNAMIC_TABLE: u32 = 64 * 1024;
+const MAX_DYNAMIC_TABLE: usize = 64 * 1024;
 /// gRPC messages kept whole; larger ones are skipped (counted, not buffered).
 const MAX_MESSAGE: usize = 4 << 20;
 /// Streams followed at once.
@@ -94,7 +97,7 @@ pub struct H2Reader {
     buffer: Vec<u8>,
     started: bool,
     position: Position,
-    hpack: httlib_hpack::Decoder<'static>,
+    hpack: HpackDecoder,
     /// A HEADERS or PUSH_PROMISE block waiting for its CONTINUATIONs.
     block: Option<(u32, Vec<u8>)>,
     streams: BTreeMap<u32, Stream>,
@@ -107,7 +110,7 @@ impl Default for H2Reader {
             buffer: Vec::new(),
             started: false,
             position: Position::Header,
-            hpack: httlib_hpack::Decoder::with_dynamic_size(MAX_DYNAMIC_TABLE),
+            hpack: HpackDecoder::new(MAX_DYNAMIC_TABLE),
             block: None,
             streams: BTreeMap::new(),
             failed: None,
@@ -352,16 +355,13 @@ impl H2Reader {
     }
 
     fn end_block(&mut self, events: &mut Vec<H2Event>) -> Result<(), H2Error> {
-        let Some((stream, mut block)) = self.block.take() else {
+        let Some((stream, block)) = self.block.take() else {
             return Ok(());
         };
-        let mut decoded = Vec::new();
-        self.hpack
-            .decode(&mut block, &mut decoded)
-            .map_err(|_| H2Error::Hpack)?;
+        let decoded = self.hpack.decode(&block).map_err(|_| H2Error::Hpack)?;
         let fields: Vec<(String, String)> = decoded
             .into_iter()
-            .map(|(name, value, _)| {
+            .map(|(name, value)| {
                 (
                     String::from_utf8_lossy(&name).into_owned(),
                     String::from_utf8_lossy(&value).into_owned(),

@@ -4,6 +4,7 @@ pub mod buildkit;
 pub mod buildkit_grpc;
 pub mod dns;
 pub mod h2;
+pub mod hpack;
 pub mod http;
 pub mod protobuf;
 pub mod tls;
