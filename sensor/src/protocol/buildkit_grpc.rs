@@ -332,6 +332,26 @@ mod tests {
         );
     }
 
+    /// Inputs the fuzz target crashed on (an HPACK integer cut by the end of its block), fed
+    /// the way the target feeds them.
+    #[test]
+    fn fuzz_crashes_stay_fixed() {
+        let dir = std::path::PathBuf::from(env!("CARGO_MANIFEST_DIR")).join("testdata/crashes");
+        for name in ["buildkit_grpc-truncated-integer.bin", "buildkit_grpc-ci-2.bin"] {
+            let data = std::fs::read(dir.join(name)).unwrap();
+            let (&shape, stream) = data.split_first().unwrap();
+            let piece = usize::from(shape % 61) * 71 + 1;
+            let mut decoder = SessionDecoder::default();
+            let mut facts = SessionFacts::default();
+            for (i, chunk) in stream.chunks(piece).enumerate() {
+                decoder.feed(chunk, &mut facts);
+                if shape & 0x80 != 0 && i % 3 == 2 {
+                    decoder.gap(u64::from(chunk[0]));
+                }
+            }
+        }
+    }
+
     #[test]
     fn names_of_dockerfiles() {
         for name in [
