@@ -2,6 +2,7 @@
 //! and the images the build wrote.
 use super::{
     builds::{BaseImage, Build, BuildState, Egress},
+    ids::{BuildId, OperationId},
     images,
     ledger::Source,
     rules,
@@ -150,7 +151,7 @@ impl Detector {
                     build.replaced_pulled.push(tag.to_string());
                 }
                 self.ledger
-                    .record(store, tag, Source::Build, wall, Some(id.clone()));
+                    .record(store, tag, Source::Build, wall, Some(id.to_string()));
             }
         }
         if let Some(verdict) = &mut verdict {
@@ -168,7 +169,7 @@ impl Detector {
                 .origin(&build.origin, &|id| self.host.container_image(id))
                 .or_else(|| self.settings.allow.all_repositories(&targets));
             if !self.suppress(&verdict, suppressed) {
-                let detection = DetectionView::new(verdict, &id, evidence);
+                let detection = DetectionView::new(verdict, id.as_str(), evidence);
                 build.detection_id = Some(detection.id.clone());
                 build.severity = Some(detection.severity);
                 build.raised_for_egress = !build.egress.is_empty();
@@ -198,8 +199,14 @@ impl Detector {
         self.builds.push(build);
     }
 
-    pub(super) fn build_egress(&mut self, build_id: &str, now: u64, egress: Egress, evidence: Vec<String>) {
-        let Some(build) = self.builds.iter_mut().find(|b| b.id == build_id) else {
+    pub(super) fn build_egress(
+        &mut self,
+        build_id: &BuildId,
+        now: u64,
+        egress: Egress,
+        evidence: Vec<String>,
+    ) {
+        let Some(build) = self.builds.iter_mut().find(|b| b.id == *build_id) else {
             return;
         };
         if !build.add_egress(egress) {
@@ -216,15 +223,15 @@ impl Detector {
             build.raised_for_egress = true;
             build.severity = Some(severity);
         }
-        let verdict = rules::build_egress(severity, build_id, &build.egress_details());
+        let verdict = rules::build_egress(severity, build_id.as_str(), &build.egress_details());
         let snapshot = build.clone();
         let mut evidence = evidence;
         evidence.extend(snapshot.evidence.iter().cloned());
         self.report(now, verdict, Subject::Build(Box::new(snapshot)), evidence, None);
     }
 
-    pub(super) fn finish_build(&mut self, id: &str, now: u64, state: BuildState) {
-        let Some(index) = self.builds.iter().position(|b| b.id == id) else {
+    pub(super) fn finish_build(&mut self, id: &BuildId, now: u64, state: BuildState) {
+        let Some(index) = self.builds.iter().position(|b| b.id == *id) else {
             return;
         };
         let mut build = self.builds.remove(index);
@@ -283,8 +290,8 @@ pub(super) fn file_name(path: &str) -> &str {
     path.rsplit('/').next().unwrap_or(path)
 }
 
-pub(super) fn build_id_of(operation_id: &str) -> String {
-    operation_id.replacen("op-", "build-", 1)
+pub(super) fn build_id_of(operation_id: &OperationId) -> BuildId {
+    BuildId::of(operation_id)
 }
 
 pub(super) fn add_dockerfile_bases(build: &mut Build) {

@@ -5,7 +5,7 @@ use std::collections::HashMap;
 
 use serde::Serialize;
 
-use super::{rules::Severity, views::Origin};
+use super::{ids::BuildId, rules::Severity, views::Origin};
 use crate::{
     docker::{
         api::{BuildParams, Builder},
@@ -86,7 +86,7 @@ pub struct Egress {
 
 #[derive(Debug, Clone, Serialize)]
 pub struct Build {
-    pub id: String,
+    pub id: BuildId,
     pub builder: Builder,
     pub state: BuildState,
     #[serde(flatten)]
@@ -214,25 +214,25 @@ pub fn runs(dockerfile: &Dockerfile, argv: &[String]) -> bool {
 /// its connections stay with its build when several builds are open.
 #[derive(Default)]
 pub struct StepOwners {
-    pub by_container: HashMap<String, String>,
-    pub by_pid: HashMap<u32, String>,
+    pub by_container: HashMap<String, BuildId>,
+    pub by_pid: HashMap<u32, BuildId>,
 }
 
 impl StepOwners {
-    pub fn remember(&mut self, process: &ProcessView, build_id: &str) {
+    pub fn remember(&mut self, process: &ProcessView, build_id: &BuildId) {
         if self.by_pid.len() >= MAX_STEP_OWNERS {
             self.by_pid.clear();
         }
         if self.by_container.len() >= MAX_STEP_OWNERS {
             self.by_container.clear();
         }
-        self.by_pid.insert(process.pid, build_id.to_string());
+        self.by_pid.insert(process.pid, build_id.clone());
         if let Some(container) = &process.container_id {
-            self.by_container.insert(container.clone(), build_id.to_string());
+            self.by_container.insert(container.clone(), build_id.clone());
         }
     }
 
-    pub fn forget(&mut self, build_id: &str) {
+    pub fn forget(&mut self, build_id: &BuildId) {
         self.by_pid.retain(|_, b| b != build_id);
         self.by_container.retain(|_, b| b != build_id);
     }

@@ -2,8 +2,9 @@
 //! build steps exec'd under the container runtime, builders exiting.
 use super::{
     builds::{self, BuildState, Egress, Step},
+    ids::{BuildId, OperationId},
     rules,
-    views::{stable_id, Origin},
+    views::Origin,
     BuilderStart, Detector, Half, Pending, MAX_STEP_CONNECTIONS,
 };
 
@@ -67,7 +68,7 @@ impl Detector {
     /// whose daemon or builder is among its ancestors claim it: when several are open on one
     /// daemon, the one whose Dockerfile has this RUN command, else the latest (else the latest
     /// API build).
-    pub(super) fn build_of_step(&mut self, process: &ProcessView, now: u64) -> Option<String> {
+    pub(super) fn build_of_step(&mut self, process: &ProcessView, now: u64) -> Option<BuildId> {
         if self.builds.is_empty() || !builds::runs_under_runtime(process) {
             return None;
         }
@@ -83,7 +84,7 @@ impl Detector {
             .as_ref()
             .and_then(|c| self.steps.by_container.get(c))
             .or_else(|| ancestors.iter().find_map(|pid| self.steps.by_pid.get(pid)))
-            .filter(|id| self.builds.iter().any(|b| &b.id == *id))
+            .filter(|id| self.builds.iter().any(|b| b.id == **id))
             .cloned();
         let build_id = known.or_else(|| {
             let command = process.argv.as_deref().unwrap_or_default();
@@ -164,10 +165,7 @@ impl Detector {
         // images of that user's builder.
         let origin = Origin::exec(process, Some(store.to_string()));
         let pending = Pending {
-            id: stable_id(
-                "op",
-                &[&header.tgid.to_string(), &header.boot_ns.to_string(), "exec"],
-            ),
+            id: OperationId::new(&[&header.tgid.to_string(), &header.boot_ns.to_string(), "exec"]),
             key: String::new(),
             operation,
             request: None,
@@ -188,7 +186,7 @@ impl Detector {
     }
 
     pub fn on_exit(&mut self, tgid: u32, now: u64) {
-        let ids: Vec<String> = self
+        let ids: Vec<BuildId> = self
             .builds
             .iter()
             .filter(|b| b.builder_tgid == Some(tgid))

@@ -3,6 +3,7 @@
 //! and a `docker load` archive names its images in `manifest.json`, at its end, past what the
 //! sensor captures.
 use super::{
+    ids::{BuildId, OperationId},
     ledger::Source,
     views::{OperationView, Origin},
     Detector,
@@ -29,7 +30,7 @@ pub type StoreSnapshot = HashMap<String, Vec<String>>;
 /// A load or import whose response is still streaming.
 pub struct Transfer {
     /// The operation's id.
-    pub id: String,
+    pub id: OperationId,
     /// The daemon's image store (confirmed transfers only record anything).
     pub store: Option<String>,
     pub source: Source,
@@ -121,7 +122,7 @@ impl Detector {
     pub(super) fn record_build_images(
         &mut self,
         store: &str,
-        build_id: &str,
+        build_id: &BuildId,
         start_ns: u64,
         before: Option<&StoreSnapshot>,
         now: u64,
@@ -243,8 +244,8 @@ impl Detector {
 
     /// The load or import ended: what the store took in meanwhile came from it, unless it is
     /// tied to a registry manifest or a registry pull of the same name happened then too.
-    pub(super) fn finish_transfer(&mut self, id: &str, now: u64) {
-        let Some(index) = self.transfers.iter().position(|t| t.id == id) else {
+    pub(super) fn finish_transfer(&mut self, id: &OperationId, now: u64) {
+        let Some(index) = self.transfers.iter().position(|t| t.id == *id) else {
             return;
         };
         let transfer = self.transfers.remove(index);
@@ -286,7 +287,7 @@ impl Detector {
                     &image.id,
                     transfer.source,
                     wall,
-                    Some(transfer.id.clone()),
+                    Some(transfer.id.to_string()),
                 );
                 for name in &names {
                     self.ledger
@@ -313,7 +314,7 @@ impl Detector {
 
     /// Closes the transfers a connection carried (it closed, or sent its next request).
     pub(super) fn finish_transfers_on(&mut self, conn_id: u64, now: u64) {
-        let ids: Vec<String> = self
+        let ids: Vec<OperationId> = self
             .transfers
             .iter()
             .filter(|t| t.conn_ids.contains(&conn_id))

@@ -10,6 +10,9 @@ pub mod allow;
 mod building;
 pub mod builds;
 mod execs;
+pub mod ids;
+
+use self::ids::{BuildId, OperationId};
 mod images;
 pub mod ledger;
 mod operations;
@@ -169,7 +172,7 @@ struct Half {
 }
 
 struct Reported {
-    id: String,
+    id: OperationId,
     key: String,
     first_ns: u64,
     had_client: bool,
@@ -178,7 +181,7 @@ struct Reported {
 const MAX_REPORTED: usize = 256;
 
 struct Pending {
-    id: String,
+    id: OperationId,
     key: String,
     operation: Operation,
     request: Option<ApiRequest>,
@@ -228,7 +231,7 @@ pub struct Detector {
     exposed: HashSet<(String, IpAddr)>,
     started: VecDeque<(String, u64)>,
     /// Build-step connections: conn_id -> build id.
-    step_connections: HashMap<u64, String>,
+    step_connections: HashMap<u64, BuildId>,
     /// Which build each step container and process belongs to.
     steps: builds::StepOwners,
     /// Operations reported recently, so a half that arrives after its operation was reported
@@ -321,7 +324,7 @@ impl Detector {
             self.streams.remove(&(conn_id, dir));
         }
         self.step_connections.remove(&conn_id);
-        let ids: Vec<String> = self
+        let ids: Vec<BuildId> = self
             .builds
             .iter()
             .filter(|b| b.conn_ids.contains(&conn_id))
@@ -344,7 +347,7 @@ impl Detector {
                 i += 1;
             }
         }
-        let expired: Vec<String> = self
+        let expired: Vec<BuildId> = self
             .builds
             .iter()
             .filter(|b| now.saturating_sub(b.start_ns) > MAX_BUILD_NS)
@@ -400,11 +403,11 @@ impl Detector {
         for pending in std::mem::take(&mut self.pending) {
             self.finalize(pending, now);
         }
-        let open: Vec<String> = self.builds.iter().map(|b| b.id.clone()).collect();
+        let open: Vec<BuildId> = self.builds.iter().map(|b| b.id.clone()).collect();
         for id in open {
             self.finish_build(&id, now, BuildState::Unfinished);
         }
-        let transfers: Vec<String> = self.transfers.iter().map(|t| t.id.clone()).collect();
+        let transfers: Vec<OperationId> = self.transfers.iter().map(|t| t.id.clone()).collect();
         for id in transfers {
             self.finish_transfer(&id, now);
         }

@@ -54,8 +54,8 @@ impl Detector {
             return;
         }
         let subject_id = match &subject {
-            Subject::Build(build) => build.id.clone(),
-            Subject::Operation(operation) => operation.id.clone(),
+            Subject::Build(build) => build.id.to_string(),
+            Subject::Operation(operation) => operation.id.to_string(),
             Subject::Api(origin) => format!(
                 "{} {}",
                 origin.endpoint.as_deref().unwrap_or_default(),

@@ -2,7 +2,7 @@
 //! scanner on both sides, the decoder on the daemon's, builds opened from `Solve` requests, and
 //! Dockerfiles from the session's file sync given to their build.
 use super::{
-    add_dockerfile_bases, views::stable_id, BuildParams, Builder, DataInput, Detector, Half, ImageRef,
+    add_dockerfile_bases, ids::OperationId, BuildParams, Builder, DataInput, Detector, Half, ImageRef,
     Operation, Pending, Role, BODY_WAIT_NS,
 };
 use crate::{
@@ -99,7 +99,7 @@ impl Detector {
                 evidence,
             };
             let mut pending = Pending {
-                id: stable_id("op", &[&input.conn_id.to_string(), "solve"]),
+                id: OperationId::new(&[&input.conn_id.to_string(), "solve"]),
                 key: pair_key,
                 operation: Operation::Build {
                     builder: Builder::Buildx,

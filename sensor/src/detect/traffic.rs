@@ -6,8 +6,9 @@ use std::collections::VecDeque;
 use super::{
     add_dockerfile_bases, build_id_of,
     builds::{BaseImage, BuildState, Egress},
+    ids::{BuildId, OperationId},
     ledger::Source,
-    views::{stable_id, DaemonView, Origin, Transport},
+    views::{DaemonView, Origin, Transport},
     DataInput, Detector, Half, Pending, BODY_WAIT_NS, MAX_CARRIERS, MAX_PENDING, MAX_STREAMS,
 };
 use crate::{
@@ -37,11 +38,11 @@ pub(super) struct Stream {
     /// The session decoded (HTTP/2, gRPC), on the daemon's side only: what it reads.
     pub(super) decoded: Option<SessionDecoder>,
     /// The pending operation waiting for this stream's next body.
-    awaiting_body: Option<String>,
+    awaiting_body: Option<OperationId>,
     /// The build this stream's last request opened.
-    pub(super) build: Option<String>,
+    pub(super) build: Option<BuildId>,
     /// The load or import this stream's last request started.
-    pub(super) transfer: Option<String>,
+    pub(super) transfer: Option<OperationId>,
     pub(super) grpc_solve_reported: bool,
     /// A TLS connection: nothing after the ClientHello is readable.
     opaque: bool,
@@ -251,10 +252,7 @@ impl Detector {
                 pending.id.clone()
             }
             None => {
-                let id = stable_id(
-                    "op",
-                    &[&input.conn_id.to_string(), &head.offset.to_string(), &pair_key],
-                );
+                let id = OperationId::new(&[&input.conn_id.to_string(), &head.offset.to_string(), &pair_key]);
                 let needs_body = operation.needs_body();
                 let mut pending = Pending {
                     id: id.clone(),
@@ -282,8 +280,8 @@ impl Detector {
         }
     }
 
-    fn body(&mut self, now: u64, id: &str, bytes: Vec<u8>, complete: bool) {
-        if let Some(pending) = self.pending.iter_mut().find(|p| p.id == id) {
+    fn body(&mut self, now: u64, id: &OperationId, bytes: Vec<u8>, complete: bool) {
+        if let Some(pending) = self.pending.iter_mut().find(|p| p.id == *id) {
             if pending.body.is_none() {
                 pending.body = Some((bytes, complete));
             }
@@ -445,7 +443,7 @@ impl Detector {
     }
 
     fn daemon_egress(&mut self, tgid: u32, now: u64, egress: Egress) {
-        let ids: Vec<String> = self
+        let ids: Vec<BuildId> = self
             .builds
             .iter()
             .filter(|b| b.daemon_tgid == Some(tgid) || b.builder_tgid == Some(tgid))

@@ -4,7 +4,10 @@ use std::net::{IpAddr, SocketAddr};
 
 use serde::Serialize;
 
-use super::rules::{Attack, Severity, Verdict};
+use super::{
+    ids::{stable_id, OperationId},
+    rules::{Attack, Severity, Verdict},
+};
 use crate::{
     docker::api::{Api, Operation},
     output::schema::ProcessView,
@@ -101,7 +104,7 @@ impl Origin {
 /// One API request (or command line) that buildwatch follows.
 #[derive(Debug, Clone, Serialize)]
 pub struct OperationView {
-    pub id: String,
+    pub id: OperationId,
     #[serde(flatten)]
     pub operation: Operation,
     #[serde(skip_serializing_if = "Option::is_none")]
@@ -157,17 +160,4 @@ impl DetectionView {
             evidence,
         }
     }
-}
-
-/// `prefix-<16 hex>` from the parts (FNV-1a: stable across runs and versions, unlike std's
-/// hasher).
-pub fn stable_id(prefix: &str, parts: &[&str]) -> String {
-    let mut hash: u64 = 0xcbf2_9ce4_8422_2325;
-    for part in parts {
-        for byte in part.bytes().chain([0xff]) {
-            hash ^= u64::from(byte);
-            hash = hash.wrapping_mul(0x0100_0000_01b3);
-        }
-    }
-    format!("{prefix}-{hash:016x}")
 }
