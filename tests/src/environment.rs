@@ -62,6 +62,9 @@ pub struct Environment {
     pub remote_ip: String,
     pub socket: PathBuf,
     pub dockerd_pid: u32,
+    /// The main daemon's engine (`BUILDWATCH_TEST_ENGINE`): Debian's 20.10 unless a Docker
+    /// 26.1 store is asked for.
+    pub engine: MainEngine,
     veth: String,
     children: Vec<Child>,
 }
@@ -80,6 +83,7 @@ impl Environment {
             daemon_ip: format!("10.253.{subnet}.1"),
             remote_ip: format!("10.253.{subnet}.2"),
             dockerd_pid: 0,
+            engine: MainEngine::from_env(),
             veth: format!("bwv{pid}"),
             children: Vec::new(),
         };
@@ -183,7 +187,17 @@ impl Environment {
     }
 
     fn start_dockerd(&mut self) {
-        let mut command = self.in_daemon_ns("dockerd");
+        let mut command = match &self.engine {
+            MainEngine::Debian => self.in_daemon_ns("dockerd"),
+            MainEngine::Docker26 { prefix, store } => {
+                let (prefix, store) = (prefix.clone(), *store);
+                self.docker26_command(&prefix, store, &format!("bwm{}", std::process::id()), 3, "main")
+            }
+        };
+        if !matches!(self.engine, MainEngine::Debian) {
+            // Its own bridge (see docker26_command) instead of none.
+            command.args(["--iptables=false", "--ip6tables=false", "--log-level=warn"]);
+        }
         command
             .arg("--data-root")
             .arg(self.dir.join("data"))
@@ -194,15 +208,65 @@ impl Environment {
             .arg("-H")
             .arg(format!("unix://{}", self.socket.display()))
             .arg("-H")
-            .arg(format!("tcp://{}:2375", self.daemon_ip))
-            .args([
+            .arg(format!("tcp://{}:2375", self.daemon_ip));
+        if matches!(self.engine, MainEngine::Debian) {
+            command.args([
                 "--bridge=none",
                 "--iptables=false",
                 "--ip6tables=false",
                 "--log-level=warn",
             ]);
+        }
         let socket = self.socket.clone();
-        self.dockerd_pid = self.spawn_daemon(command, DOCKER, &socket, "dockerd");
+        let client = self.engine.client();
+        self.dockerd_pid = self.spawn_daemon(command, &client.to_string_lossy(), &socket, "dockerd");
+    }
+
+    /// A Docker 26.1 dockerd from `prefix` in the daemon namespace: its containerd and shims from
+    /// the same prefix (runc is bookworm's: trixie's needs glibc 2.38), a bridge of its own
+    /// (`--bridge=none` would delete `docker0` for everyone), the image store `store`.
+    fn docker26_command(
+        &mut self,
+        prefix: &Path,
+        store: ImageStore,
+        bridge: &str,
+        subnet: u8,
+        name: &str,
+    ) -> Command {
+        let ns = self.daemon_ns.clone();
+        run("ip", &["-n", &ns, "link", "add", bridge, "type", "bridge"]);
+        run(
+            "ip",
+            &[
+                "-n",
+                &ns,
+                "addr",
+                "add",
+                &format!("172.31.{subnet}.1/24"),
+                "dev",
+                bridge,
+            ],
+        );
+        run("ip", &["-n", &ns, "link", "set", bridge, "up"]);
+        let config = self.dir.join(format!("{name}-daemon.json"));
+        let settings = match store {
+            ImageStore::Classic => "{}",
+            ImageStore::Containerd => r#"{"features": {"containerd-snapshotter": true}}"#,
+        };
+        fs::write(&config, settings).expect("writing daemon.json");
+        let mut command = self.in_daemon_ns(&prefix.join("usr/sbin/dockerd").to_string_lossy());
+        let path = format!(
+            "{}:{}:{}",
+            prefix.join("usr/bin").display(),
+            prefix.join("usr/sbin").display(),
+            std::env::var("PATH").unwrap_or_default()
+        );
+        command
+            .env("PATH", path)
+            .arg("--config-file")
+            .arg(&config)
+            .arg(format!("--bridge={bridge}"));
+        command
     }
 
     /// Spawns a dockerd (through nsenter, which execs it), waits until `client` gets an answer
@@ -364,7 +428,8 @@ impl Environment {
 
     /// The Debian docker client talking to the test daemon over its unix socket.
     pub fn docker(&self) -> Command {
-        let mut command = Command::new(DOCKER);
+        let mut command = Command::new(self.engine.client());
+        self.engine.client_env(&mut command);
         command
             .env("DOCKER_BUILDKIT", "0")
             .args(["-H", &format!("unix://{}", self.socket.display())]);
@@ -375,15 +440,11 @@ impl Environment {
     pub fn remote_docker(&self) -> Command {
         let mut command = Command::new("ip");
         command
-            .args([
-                "netns",
-                "exec",
-                &self.remote_ns,
-                DOCKER,
-                "-H",
-                &format!("tcp://{}:2375", self.daemon_ip),
-            ])
+            .args(["netns", "exec", &self.remote_ns])
+            .arg(self.engine.client())
+            .args(["-H", &format!("tcp://{}:2375", self.daemon_ip)])
             .env("DOCKER_BUILDKIT", "0");
+        self.engine.client_env(&mut command);
         command
     }
 
@@ -426,6 +487,88 @@ impl Environment {
         targets.sort_by_key(|t| std::cmp::Reverse(t.len()));
         for target in targets {
             quietly("umount", &["-l", target]);
+        }
+    }
+}
+
+/// Which dockerd the environment's main daemon is.
+#[derive(Debug, Clone)]
+pub enum MainEngine {
+    /// Debian bookworm's docker.io 20.10.
+    Debian,
+    /// Docker 26.1 from `cargo xtask test`'s prefix, with one of its stores.
+    Docker26 { prefix: PathBuf, store: ImageStore },
+}
+
+impl MainEngine {
+    /// `BUILDWATCH_TEST_ENGINE=docker26-classic|docker26-containerd` (with
+    /// `BUILDWATCH_DOCKER_26`), else Debian's.
+    pub fn from_env() -> Self {
+        let store = match std::env::var("BUILDWATCH_TEST_ENGINE").as_deref() {
+            Ok("docker26-classic") => ImageStore::Classic,
+            Ok("docker26-containerd") => ImageStore::Containerd,
+            Ok("" | "debian") | Err(_) => return Self::Debian,
+            Ok(other) => {
+                panic!("BUILDWATCH_TEST_ENGINE={other}: not debian, docker26-classic or docker26-containerd")
+            }
+        };
+        let prefix = std::env::var_os("BUILDWATCH_DOCKER_26")
+            .map(PathBuf::from)
+            .expect("BUILDWATCH_TEST_ENGINE names Docker 26.1: BUILDWATCH_DOCKER_26 must name its prefix");
+        Self::Docker26 { prefix, store }
+    }
+
+    pub fn label(&self) -> &'static str {
+        match self {
+            Self::Debian => "debian-20.10",
+            Self::Docker26 {
+                store: ImageStore::Classic,
+                ..
+            } => "docker26-classic",
+            Self::Docker26 {
+                store: ImageStore::Containerd,
+                ..
+            } => "docker26-containerd",
+        }
+    }
+
+    /// Its daemon's executable, for the sensor's `watch.daemon_binaries`.
+    pub fn dockerd(&self) -> PathBuf {
+        match self {
+            Self::Debian => PathBuf::from("/usr/sbin/dockerd"),
+            Self::Docker26 { prefix, .. } => prefix.join("usr/sbin/dockerd"),
+        }
+    }
+
+    /// The containerd it starts.
+    pub fn containerd(&self) -> PathBuf {
+        match self {
+            Self::Debian => PathBuf::from("/usr/bin/containerd"),
+            Self::Docker26 { prefix, .. } => prefix.join("usr/bin/containerd"),
+        }
+    }
+
+    pub fn client(&self) -> PathBuf {
+        match self {
+            Self::Debian => PathBuf::from(DOCKER),
+            Self::Docker26 { prefix, .. } => prefix.join("usr/bin/docker"),
+        }
+    }
+
+    /// The 26.1 CLI finds buildx through `DOCKER_CONFIG` (`DOCKER_BUILDKIT=1` builds are
+    /// buildx builds there).
+    fn client_env(&self, command: &mut Command) {
+        if let Self::Docker26 { prefix, .. } = self {
+            let config = prefix.join("client-config");
+            let plugins = config.join("cli-plugins");
+            if !plugins.join("docker-buildx").exists() {
+                let _ = fs::create_dir_all(&plugins);
+                let _ = std::os::unix::fs::symlink(
+                    prefix.join("usr/libexec/docker/cli-plugins/docker-buildx"),
+                    plugins.join("docker-buildx"),
+                );
+            }
+            command.env("DOCKER_CONFIG", config);
         }
     }
 }

@@ -9,7 +9,7 @@ use std::{
 
 use buildwatch_integration_tests::{
     command::{run, run_command},
-    environment::{Environment, BASE_IMAGE, REGISTRY},
+    environment::{Environment, MainEngine, BASE_IMAGE, REGISTRY},
     runner::{dump_events, prerequisites, run_all, Scenario},
     sensor::{event::*, Sensor},
     TempConfig,
@@ -146,8 +146,10 @@ fn sensor_config_with(env: &Environment, state_dir: &std::path::Path, extra: &st
     std::fs::write(
         &path,
         format!(
-            "[watch]\nunix_sockets = [\"{}\", \"/var/run/docker.sock\"]\ntcp_ports = [2375]\ndaemons = [\"dockerd\", \"containerd\", \"podman\"]\n[detect]\nstate_dir = \"{}\"\ndocker_data_root = \"{}\"\n{extra}",
+            "[watch]\nunix_sockets = [\"{}\", \"/var/run/docker.sock\"]\ntcp_ports = [2375]\ndaemons = [\"dockerd\", \"containerd\", \"podman\"]\ndaemon_binaries = [\"{}\", \"{}\", \"/usr/bin/podman\"]\n[detect]\nstate_dir = \"{}\"\ndocker_data_root = \"{}\"\n{extra}",
             env.socket.display(),
+            env.engine.dockerd().display(),
+            env.engine.containerd().display(),
             state_dir.display(),
             env.dir.join("data").display()
         ),
@@ -420,9 +422,19 @@ fn buildkit_build_is_detected(world: &World) {
         "build_without_pull for the BuildKit build",
         |e| has_tag(&e["build"], &format!("docker.io/{tag}")),
     );
-    assert_eq!(found["build"]["builder"], "buildkit", "{found}");
+    // Debian's 20.10 CLI speaks the legacy BuildKit protocol; 26.1's hands the build to buildx.
+    let builder = match env.engine {
+        MainEngine::Debian => "buildkit",
+        MainEngine::Docker26 { .. } => "buildx",
+    };
+    assert_eq!(found["build"]["builder"], builder, "{found}");
     assert_eq!(found["detection"]["severity"], "medium");
-    assert_eq!(found["build"]["client"]["comm"], "docker");
+    // buildx runs as the CLI's plugin process.
+    let client = match env.engine {
+        MainEngine::Debian => "docker",
+        MainEngine::Docker26 { .. } => "docker-buildx",
+    };
+    assert_eq!(found["build"]["client"]["comm"], client);
 }
 
 fn podman_build_is_detected(world: &World) {
@@ -1033,7 +1045,14 @@ fn crafted_archive_loaded_then_run(world: &World) {
         reasons.iter().any(|r| r.contains("came from load")),
         "{reasons:?}"
     );
-    let short = &config_id[..12];
+    // The image's id: its config digest in the classic store, the digest of the manifest the
+    // daemon wrote for it in containerd's.
+    let id = run_command(env.docker().args(["image", "inspect", "-f", "{{.Id}}", &name]));
+    let id = id.trim().trim_start_matches("sha256:").to_string();
+    if matches!(env.engine, MainEngine::Debian) {
+        assert_eq!(id, config_id);
+    }
+    let short = &id[..12];
     let mark = world.sensor.mark();
     create_and_remove(env, env.docker().args(["create", "--network", "none", short]));
     let found = detection(
@@ -1047,7 +1066,7 @@ fn crafted_archive_loaded_then_run(world: &World) {
         found["detection"]["summary"]
             .as_str()
             .unwrap_or_default()
-            .contains(&format!("sha256:{config_id}")),
+            .contains(&format!("sha256:{id}")),
         "{found}"
     );
 }
@@ -1284,8 +1303,9 @@ fn record(world: &World, file: &str, rules: &[&str], actions: impl FnOnce(&Envir
     let config = TempConfig::new(
         "recorded",
         &format!(
-            "[watch]\nunix_sockets = [\"{}\"]\ntcp_ports = [2375]\ndaemons = [\"dockerd\", \"podman\"]\n[detect]\nstate_dir = \"{}\"\ndocker_data_root = \"{}\"\n",
+            "[watch]\nunix_sockets = [\"{}\"]\ntcp_ports = [2375]\ndaemons = [\"dockerd\", \"podman\"]\ndaemon_binaries = [\"{}\", \"/usr/bin/podman\"]\n[detect]\nstate_dir = \"{}\"\ndocker_data_root = \"{}\"\n",
             env.socket.display(),
+            env.engine.dockerd().display(),
             env.dir.join(format!("state-{file}")).display(),
             env.dir.join("data").display()
         ),

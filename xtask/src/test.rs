@@ -47,6 +47,31 @@ pub fn test(unit_only: bool) -> anyhow::Result<()> {
     if !status.success() {
         bail!("integration tests failed");
     }
+    // The detection scenarios again, on Docker 26.1 as the test daemon: its classic image
+    // store, then containerd's.
+    if let Some(prefix) = &docker_26 {
+        for engine in ["docker26-classic", "docker26-containerd"] {
+            println!("xtask: the detection scenarios on {engine}");
+            let status = Command::new(env!("CARGO"))
+                .current_dir(&root)
+                .args([
+                    "test",
+                    "--release",
+                    "--package",
+                    "buildwatch-integration-tests",
+                    "--test",
+                    "detection",
+                ])
+                .env("BUILDWATCH_BIN", &binary)
+                .env("BUILDWATCH_DOCKER_26", prefix)
+                .env("BUILDWATCH_TEST_ENGINE", engine)
+                .status()
+                .context("running the detection scenarios on Docker 26.1")?;
+            if !status.success() {
+                bail!("the detection scenarios failed on {engine}");
+            }
+        }
+    }
     // Every parser attacker bytes reach, briefly (`cargo xtask fuzz` runs them longer).
     let seconds = std::env::var("BUILDWATCH_FUZZ_SECONDS")
         .ok()
