@@ -187,18 +187,20 @@ impl Environment {
     }
 
     fn start_dockerd(&mut self) {
+        let bridge = format!("bwm{}", std::process::id());
+        // A bridge of its own: BuildKit's RUN steps need a network, and `--bridge=none` would
+        // make a 26.1 daemon delete `docker0` for everyone.
+        self.create_bridge(&bridge, 3);
         let mut command = match &self.engine {
             MainEngine::Debian => self.in_daemon_ns("dockerd"),
             MainEngine::Docker26 { prefix, store } => {
                 let (prefix, store) = (prefix.clone(), *store);
-                self.docker26_command(&prefix, store, &format!("bwm{}", std::process::id()), 3, "main")
+                self.docker26_command(&prefix, store, "main")
             }
         };
-        if !matches!(self.engine, MainEngine::Debian) {
-            // Its own bridge (see docker26_command) instead of none.
-            command.args(["--iptables=false", "--ip6tables=false", "--log-level=warn"]);
-        }
         command
+            .arg(format!("--bridge={bridge}"))
+            .args(["--iptables=false", "--ip6tables=false", "--log-level=warn"])
             .arg("--data-root")
             .arg(self.dir.join("data"))
             .arg("--exec-root")
@@ -209,37 +211,19 @@ impl Environment {
             .arg(format!("unix://{}", self.socket.display()))
             .arg("-H")
             .arg(format!("tcp://{}:2375", self.daemon_ip));
-        if matches!(self.engine, MainEngine::Debian) {
-            command.args([
-                "--bridge=none",
-                "--iptables=false",
-                "--ip6tables=false",
-                "--log-level=warn",
-            ]);
-        }
         let socket = self.socket.clone();
         let client = self.engine.client();
         self.dockerd_pid = self.spawn_daemon(command, &client.to_string_lossy(), &socket, "dockerd");
     }
 
-    /// A Docker 26.1 dockerd from `prefix` in the daemon namespace: its containerd and shims from
-    /// the same prefix (runc is bookworm's: trixie's needs glibc 2.38), a bridge of its own
-    /// (`--bridge=none` would delete `docker0` for everyone), the image store `store`.
-    fn docker26_command(
-        &mut self,
-        prefix: &Path,
-        store: ImageStore,
-        bridge: &str,
-        subnet: u8,
-        name: &str,
-    ) -> Command {
-        let ns = self.daemon_ns.clone();
-        run("ip", &["-n", &ns, "link", "add", bridge, "type", "bridge"]);
+    fn create_bridge(&self, bridge: &str, subnet: u8) {
+        let ns = &self.daemon_ns;
+        run("ip", &["-n", ns, "link", "add", bridge, "type", "bridge"]);
         run(
             "ip",
             &[
                 "-n",
-                &ns,
+                ns,
                 "addr",
                 "add",
                 &format!("172.31.{subnet}.1/24"),
@@ -247,7 +231,12 @@ impl Environment {
                 bridge,
             ],
         );
-        run("ip", &["-n", &ns, "link", "set", bridge, "up"]);
+        run("ip", &["-n", ns, "link", "set", bridge, "up"]);
+    }
+
+    /// A Docker 26.1 dockerd from `prefix` in the daemon namespace: its containerd and shims from
+    /// the same prefix (runc is bookworm's: trixie's needs glibc 2.38), the image store `store`.
+    fn docker26_command(&mut self, prefix: &Path, store: ImageStore, name: &str) -> Command {
         let config = self.dir.join(format!("{name}-daemon.json"));
         let settings = match store {
             ImageStore::Classic => "{}",
@@ -261,11 +250,7 @@ impl Environment {
             prefix.join("usr/sbin").display(),
             std::env::var("PATH").unwrap_or_default()
         );
-        command
-            .env("PATH", path)
-            .arg("--config-file")
-            .arg(&config)
-            .arg(format!("--bridge={bridge}"));
+        command.env("PATH", path).arg("--config-file").arg(&config);
         command
     }
 
@@ -310,6 +295,32 @@ impl Environment {
     /// Starts Docker 26.1 from `prefix` (see `cargo xtask test`) beside the 20.10 daemon, in the
     /// same network namespace, with its own socket, roots, bridge and TCP port, and the base
     /// image pulled into nothing (each scenario pulls what it needs).
+    /// The main (Debian 20.10) daemon driven by the 26.1 CLI and buildx from `prefix`: buildx
+    /// builds on 20.10 (its BuildKit over `/grpc`), and the same handle as the other engines.
+    pub fn main_engine_with_buildx(&self, prefix: &Path) -> ModernEngine {
+        let client_config = self.dir.join("debian-20.10-client");
+        let plugins = client_config.join("cli-plugins");
+        fs::create_dir_all(&plugins).expect("creating the client's plugin directory");
+        let _ = std::os::unix::fs::symlink(
+            prefix.join("usr/libexec/docker/cli-plugins/docker-buildx"),
+            plugins.join("docker-buildx"),
+        );
+        ModernEngine {
+            label: "debian-20.10",
+            store: ImageStore::Classic,
+            pid: self.dockerd_pid,
+            client: prefix.join("usr/bin/docker"),
+            client_config,
+            socket: self.socket.clone(),
+            data_root: self.dir.join("data"),
+            dockerd: self.engine.dockerd(),
+            containerd: self.engine.containerd(),
+            port: 2375,
+            remote_ns: self.remote_ns.clone(),
+            daemon_ip: self.daemon_ip.clone(),
+        }
+    }
+
     pub fn start_modern_engine(&mut self, prefix: &Path, store: ImageStore) -> ModernEngine {
         let label = match store {
             ImageStore::Classic => "docker26-classic",
@@ -320,21 +331,7 @@ impl Environment {
             ImageStore::Containerd => (format!("bwd{}", std::process::id()), 2, 2377),
         };
         // With --bridge=none dockerd deletes docker0; a bridge of its own leaves the rest alone.
-        let ns = self.daemon_ns.clone();
-        run("ip", &["-n", &ns, "link", "add", &bridge, "type", "bridge"]);
-        run(
-            "ip",
-            &[
-                "-n",
-                &ns,
-                "addr",
-                "add",
-                &format!("172.31.{subnet}.1/24"),
-                "dev",
-                &bridge,
-            ],
-        );
-        run("ip", &["-n", &ns, "link", "set", &bridge, "up"]);
+        self.create_bridge(&bridge, subnet);
         let root = self.dir.join(label);
         fs::create_dir_all(&root).expect("creating the engine's directory");
         let socket = root.join("docker.sock");

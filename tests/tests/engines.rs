@@ -1,7 +1,8 @@
 //! The detection scenarios on the Docker people run today: Docker 26.1 with buildx (BuildKit over
 //! `/grpc` and `/session`), once with dockerd's classic image store and once with containerd's,
 //! both beside the 20.10 daemon of the detection suite and watched by one sensor. Every scenario
-//! runs on both 26.1 engines; the last one checks that each daemon keeps its own provenance.
+//! runs on all three (20.10 driven by the 26.1 CLI and buildx); the last ones check that each
+//! daemon keeps its own provenance and that a replay equals the live run.
 use std::{
     ffi::OsStr,
     path::PathBuf,
@@ -23,6 +24,8 @@ struct World {
     sensor: Sensor,
     binary: PathBuf,
     env: Environment,
+    /// The Debian 20.10 daemon, driven by the 26.1 CLI and buildx.
+    debian: ModernEngine,
     classic: ModernEngine,
     containerd: ModernEngine,
 }
@@ -46,6 +49,7 @@ fn main() -> ExitCode {
         }
     };
     let mut env = Environment::start();
+    let debian = env.main_engine_with_buildx(&prefix);
     let classic = env.start_modern_engine(&prefix, ImageStore::Classic);
     let containerd = env.start_modern_engine(&prefix, ImageStore::Containerd);
     let config = sensor_config(&env, &[&classic, &containerd]);
@@ -59,13 +63,18 @@ fn main() -> ExitCode {
         ),
         binary,
         env,
+        debian,
         classic,
         containerd,
     };
     wait_until_trusted(&world);
-    macro_rules! on_both {
+    macro_rules! on_every_engine {
         ($($scenario:ident),* $(,)?) => {
             [$(
+                Scenario {
+                    name: concat!(stringify!($scenario), "_debian_20_10"),
+                    run: |w: &World| $scenario(w, &w.debian),
+                },
                 Scenario {
                     name: concat!(stringify!($scenario), "_classic"),
                     run: |w: &World| $scenario(w, &w.classic),
@@ -77,7 +86,7 @@ fn main() -> ExitCode {
             )*]
         };
     }
-    let mut scenarios: Vec<Scenario<'_, World>> = on_both![
+    let mut scenarios: Vec<Scenario<'_, World>> = on_every_engine![
         remote_buildx_build_is_critical,
         local_buildx_build_is_detected,
         pull_then_build_is_not_flagged,
@@ -605,7 +614,7 @@ fn recording_path() -> PathBuf {
     dir.join("engines-run.jsonl")
 }
 
-/// Every line the live sensor wrote about the buildx builds on both 26.1 engines (their
+/// Every line the live sensor wrote about the buildx builds on the three engines (their
 /// decoded sessions, the daemons' answers about image ids included), from the replay of its
 /// recording.
 fn replay_of_the_buildx_builds_equals_live(world: &World) {
