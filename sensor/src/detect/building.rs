@@ -7,7 +7,7 @@ use super::{
     ledger::Source,
     rules,
     views::{DetectionView, OperationView, Transport},
-    Detector, Finding, Subject, MAX_OPEN_BUILDS, SYNCED_DOCKERFILE_KEEP_NS,
+    Detector, Finding, Subject, SyncedDockerfile, MAX_OPEN_BUILDS, SYNCED_DOCKERFILE_KEEP_NS,
 };
 use crate::{
     decode::Dir,
@@ -268,15 +268,28 @@ impl Detector {
     }
 
     /// A Dockerfile the build's daemon received through a session shortly before the build
-    /// opened (its request still waited for its other half).
+    /// opened (its request still waited for its other half): the one of the build's session,
+    /// else one whose session is unknown.
     pub(super) fn claim_synced_dockerfile(&mut self, build: &Build, at: u64) -> Option<Dockerfile> {
         self.synced_dockerfiles
-            .retain(|(_, received, _)| at.saturating_sub(*received) <= SYNCED_DOCKERFILE_KEEP_NS);
+            .retain(|(_, received, _, _)| at.saturating_sub(*received) <= SYNCED_DOCKERFILE_KEEP_NS);
         let wanted = dockerfile_name(build);
-        let index = self.synced_dockerfiles.iter().rposition(|(tgid, _, file)| {
+        let session = build.params.session.as_deref();
+        let fits = |tgid: &u32, file: &SyncedDockerfile| {
             Some(*tgid) == build.daemon_tgid && file_name(&file.path) == wanted
-        })?;
-        let (_, _, file) = self.synced_dockerfiles.remove(index)?;
+        };
+        let index = self
+            .synced_dockerfiles
+            .iter()
+            .rposition(|(tgid, _, from, file)| {
+                fits(tgid, file) && session.is_some() && from.as_deref() == session
+            })
+            .or_else(|| {
+                self.synced_dockerfiles.iter().rposition(|(tgid, _, from, file)| {
+                    fits(tgid, file) && (from.is_none() || session.is_none())
+                })
+            })?;
+        let (_, _, _, file) = self.synced_dockerfiles.remove(index)?;
         Some(dockerfile::parse(&file.path, &file.text))
     }
 }

@@ -241,7 +241,8 @@ pub struct Detector {
     stats: DetectStats,
     pulls: pulls::Pulls,
     /// Dockerfiles sessions sent before their build opened: (daemon tgid, time, file).
-    synced_dockerfiles: VecDeque<(u32, u64, SyncedDockerfile)>,
+    /// (daemon tgid, time, session, file).
+    synced_dockerfiles: VecDeque<(u32, u64, Option<String>, SyncedDockerfile)>,
 }
 
 impl Detector {

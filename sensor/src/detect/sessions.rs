@@ -27,8 +27,9 @@ impl Detector {
             learned |= decoder.feed(bytes, &mut scanner.facts);
             dockerfiles = std::mem::take(&mut decoder.dockerfiles);
         }
+        let session = stream.session_uuid.clone();
         for dockerfile in dockerfiles {
-            self.synced_dockerfile(input, dockerfile);
+            self.synced_dockerfile(input, session.as_deref(), dockerfile);
         }
         let Some(stream) = self.streams.get_mut(&key) else {
             return;
@@ -49,6 +50,7 @@ impl Detector {
             dockerfile: facts.dockerfile.clone(),
             remote_context: facts.remote_context.clone(),
             build_arg_keys: facts.build_arg_keys.clone(),
+            session: facts.session.clone(),
             ..BuildParams::default()
         };
         let first = !stream.grpc_solve_reported;
@@ -76,6 +78,7 @@ impl Detector {
                 }
                 known.dockerfile = known.dockerfile.take().or(params.dockerfile);
                 known.remote_context = known.remote_context.take().or(params.remote_context);
+                known.session = params.session.or(known.session.take());
                 known.build_arg_keys.extend(params.build_arg_keys);
             }
             if learned {
@@ -119,18 +122,38 @@ impl Detector {
         self.tick(now);
     }
 
-    /// A Dockerfile a client sent through a session's file sync: the instructions of the latest
-    /// open buildx build on that daemon that has none yet and names that file, or of the build
-    /// about to open (its request may still wait for its other half).
-    pub(super) fn synced_dockerfile(&mut self, input: &DataInput<'_>, synced: SyncedDockerfile) {
+    /// A Dockerfile a client sent through a session's file sync: the instructions of the open
+    /// buildx build on that daemon whose Solve named this session (else the latest one with
+    /// none yet that names that file), or of the build about to open (its request may still
+    /// wait for its other half).
+    pub(super) fn synced_dockerfile(
+        &mut self,
+        input: &DataInput<'_>,
+        session: Option<&str>,
+        synced: SyncedDockerfile,
+    ) {
         let tgid = input.header.tgid;
         let name = super::file_name(&synced.path);
-        if let Some(build) = self.builds.iter_mut().rev().find(|b| {
+        let candidate = |b: &&mut super::Build| {
             b.builder == Builder::Buildx
                 && b.instructions.is_none()
                 && b.daemon_tgid == Some(tgid)
                 && super::dockerfile_name(b) == name
-        }) {
+        };
+        let same_session =
+            |b: &&mut super::Build| session.is_some() && b.params.session.as_deref() == session;
+        let index = self
+            .builds
+            .iter_mut()
+            .rposition(|b| candidate(&b) && same_session(&b))
+            .or_else(|| {
+                // Without a session to match, only a build of no known session may take it.
+                self.builds
+                    .iter_mut()
+                    .rposition(|b| candidate(&b) && (session.is_none() || b.params.session.is_none()))
+            });
+        if let Some(index) = index {
+            let build = &mut self.builds[index];
             build.instructions = Some(dockerfile::parse(&synced.path, &synced.text));
             add_dockerfile_bases(build);
             return;
@@ -139,6 +162,6 @@ impl Detector {
             self.synced_dockerfiles.pop_front();
         }
         self.synced_dockerfiles
-            .push_back((tgid, input.header.boot_ns, synced));
+            .push_back((tgid, input.header.boot_ns, session.map(String::from), synced));
     }
 }

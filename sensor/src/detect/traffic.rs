@@ -14,7 +14,7 @@ use super::{
 use crate::{
     decode::{Endpoint, Role},
     docker::{
-        api::{self, ApiRequest},
+        api::{self, ApiRequest, Operation},
         dockerfile,
         reference::{registry_host, ImageRef},
     },
@@ -37,6 +37,9 @@ pub(super) struct Stream {
     pub(super) session: Option<SessionScanner>,
     /// The session decoded (HTTP/2, gRPC), on the daemon's side only: what it reads.
     pub(super) decoded: Option<SessionDecoder>,
+    /// The BuildKit session a `POST /session` upgrade exposes (`X-Docker-Expose-Session-Uuid`),
+    /// as its build's Solve request names it.
+    pub(super) session_uuid: Option<String>,
     /// The pending operation waiting for this stream's next body.
     awaiting_body: Option<OperationId>,
     /// The build this stream's last request opened.
@@ -56,6 +59,7 @@ impl Stream {
             carriers: VecDeque::new(),
             session: None,
             decoded: None,
+            session_uuid: None,
             awaiting_body: None,
             build: None,
             transfer: None,
@@ -210,6 +214,16 @@ impl Detector {
         let Some(operation) = api::classify(&request) else {
             return;
         };
+        if let (Role::DaemonAccepted, Operation::BuildkitSession { grpc: false }) = (input.role, &operation) {
+            let uuid = head
+                .headers
+                .iter()
+                .find(|(name, _)| name.eq_ignore_ascii_case("X-Docker-Expose-Session-Uuid"))
+                .map(|(_, value)| value.chars().take(128).collect());
+            if let Some(stream) = self.streams.get_mut(&key) {
+                stream.session_uuid = uuid;
+            }
+        }
         let pair_key = format!("{} {}", head.method, head.target);
         let half = Half {
             conn_id: input.conn_id,

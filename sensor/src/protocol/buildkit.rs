@@ -57,6 +57,8 @@ pub struct SessionFacts {
     pub dockerfile: Option<String>,
     /// A remote build context (`context` attribute that is a URL).
     pub remote_context: Option<String>,
+    /// The session the Solve request names (its file sync runs there).
+    pub session: Option<String>,
 }
 
 #[derive(Debug, Default)]

@@ -178,6 +178,7 @@ fn solve_request(message: &[u8], facts: &mut SessionFacts) {
         return;
     };
     let mut exporter_attrs = Vec::new();
+    let mut session = None;
     for (number, value) in fields {
         match (number, value) {
             (4, Value::Bytes(entry)) => exporter_attrs.extend(protobuf::string_entry(entry)),
@@ -187,6 +188,9 @@ fn solve_request(message: &[u8], facts: &mut SessionFacts) {
                         exporter_attrs.extend(protobuf::string_entry(entry));
                     }
                 }
+            }
+            (5, Value::Bytes(id)) if !id.is_empty() && id.len() <= 128 => {
+                session = Some(String::from_utf8_lossy(id).into_owned());
             }
             (6, Value::Bytes(frontend)) if frontend == b"dockerfile.v0" => {
                 facts.markers.insert(Marker::DockerfileFrontend);
@@ -211,6 +215,10 @@ fn solve_request(message: &[u8], facts: &mut SessionFacts) {
             }
             _ => {}
         }
+    }
+    // buildx makes smaller Solve calls first; the build's own names what it exports.
+    if !exporter_attrs.is_empty() {
+        facts.session = session.or(facts.session.take());
     }
     for (key, value) in exporter_attrs {
         if key == "name" {
@@ -238,6 +246,7 @@ mod tests {
             &entry("name", "127.0.0.1:5000/evil:1,evil:latest"),
         ));
         let mut message = bytes_field(1, b"ref-1");
+        message.extend(bytes_field(5, b"4g5kixlw8iszjfap3g67t78ig"));
         message.extend(bytes_field(13, &exporter));
         message.extend(bytes_field(6, b"dockerfile.v0"));
         message.extend(bytes_field(7, &entry("filename", "Dockerfile.evil")));
@@ -267,6 +276,17 @@ mod tests {
         );
         assert_eq!(facts.dockerfile.as_deref(), Some("Dockerfile.evil"));
         assert_eq!(facts.build_arg_keys.iter().collect::<Vec<_>>(), ["TOKEN"]);
+        assert_eq!(
+            facts.session.as_deref(),
+            Some("4g5kixlw8iszjfap3g67t78ig"),
+            "the build's session"
+        );
+        // A Solve that exports nothing (buildx's preliminary calls) names no build session.
+        let mut probe = bytes_field(1, b"ref-0");
+        probe.extend(bytes_field(5, b"otherotherotherotherother"));
+        let mut facts = SessionFacts::default();
+        solve_request(&probe, &mut facts);
+        assert_eq!(facts.session, None);
     }
 
     fn packet(kind: u64, id: u64, stat_path: Option<&str>, data: Option<&[u8]>) -> Vec<u8> {
