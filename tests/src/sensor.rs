@@ -344,9 +344,50 @@ fn truncate(text: &str, max: usize) -> String {
 }
 
 /// Helpers to read events.
+/// How long a scenario waits for a line it expects.
+pub const EXPECT_TIMEOUT: Duration = Duration::from_secs(60);
+
+impl Sensor {
+    /// The first detection of `rule` after `mark` that satisfies `predicate`.
+    pub fn detection(
+        &self,
+        mark: usize,
+        rule: &str,
+        what: &str,
+        predicate: impl Fn(&Value) -> bool,
+    ) -> Value {
+        self.wait_for(mark, EXPECT_TIMEOUT, what, |e| {
+            event::kind(e) == "detection" && e["detection"]["rule"] == rule && predicate(e)
+        })
+    }
+
+    /// The first `build` line (written when a build ends) after `mark` whose build satisfies
+    /// `predicate`.
+    pub fn build_summary(&self, mark: usize, what: &str, predicate: impl Fn(&Value) -> bool) -> Value {
+        self.wait_for(mark, EXPECT_TIMEOUT, what, |e| {
+            event::kind(e) == "build" && predicate(&e["build"])
+        })
+    }
+}
+
 pub mod event {
     use base64::Engine as _;
     use serde_json::Value;
+
+    /// A JSON array as strings (non-strings in their JSON form).
+    pub fn strings(value: &Value) -> Vec<String> {
+        value
+            .as_array()
+            .into_iter()
+            .flatten()
+            .map(|v| v.as_str().map(String::from).unwrap_or_else(|| v.to_string()))
+            .collect()
+    }
+
+    /// Whether a build lists `tag` among its tags.
+    pub fn has_tag(build: &Value, tag: &str) -> bool {
+        build["tags"].as_array().into_iter().flatten().any(|t| t == tag)
+    }
 
     pub fn kind(event: &Value) -> &str {
         event["kind"].as_str().unwrap_or_default()

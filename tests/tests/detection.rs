@@ -168,39 +168,6 @@ fn sensor_config(env: &Environment, state_dir: &std::path::Path) -> PathBuf {
     sensor_config_with(env, state_dir, "")
 }
 
-/// The first detection of `rule` after `mark` that satisfies `predicate`.
-fn detection(
-    sensor: &Sensor,
-    mark: usize,
-    rule: &str,
-    what: &str,
-    predicate: impl Fn(&Value) -> bool,
-) -> Value {
-    sensor.wait_for(mark, TIMEOUT, what, |e| {
-        kind(e) == "detection" && e["detection"]["rule"] == rule && predicate(e)
-    })
-}
-
-/// The `build` summary line written when a build ends.
-fn build_summary(sensor: &Sensor, mark: usize, what: &str, predicate: impl Fn(&Value) -> bool) -> Value {
-    sensor.wait_for(mark, TIMEOUT, what, |e| {
-        kind(e) == "build" && predicate(&e["build"])
-    })
-}
-
-fn has_tag(build: &Value, tag: &str) -> bool {
-    build["tags"].as_array().into_iter().flatten().any(|t| t == tag)
-}
-
-fn strings(value: &Value) -> Vec<String> {
-    value
-        .as_array()
-        .into_iter()
-        .flatten()
-        .map(|v| v.as_str().map(String::from).unwrap_or_else(|| v.to_string()))
-        .collect()
-}
-
 /// Asserts the detection names real evidence lines: every id is a line the sensor wrote.
 fn assert_evidence(sensor: &Sensor, detection: &Value) {
     let ids = strings(&detection["detection"]["evidence"]);
@@ -229,8 +196,7 @@ fn remote_tcp_build_is_critical(world: &World) {
     let mark = world.sensor.mark();
     run_command(env.remote_docker().args(["build", "-t", &tag]).arg(&context));
 
-    let found = detection(
-        &world.sensor,
+    let found = world.sensor.detection(
         mark,
         "build_without_pull",
         "build_without_pull for the remote build",
@@ -267,9 +233,9 @@ fn remote_tcp_build_is_critical(world: &World) {
     let delay = time_ns(&found) - time_ns(&request);
     assert!(delay < 1_000_000_000, "detection {delay} ns after the request");
 
-    let summary = build_summary(&world.sensor, mark, "the remote build's summary", |b| {
-        b["id"] == build["id"]
-    });
+    let summary = world
+        .sensor
+        .build_summary(mark, "the remote build's summary", |b| b["id"] == build["id"]);
     let summary = &summary["build"];
     assert_eq!(summary["state"], "finished");
     assert_eq!(summary["detection_id"], d["id"]);
@@ -339,9 +305,9 @@ fn pull_then_build_is_not_flagged(world: &World) {
             .args(["build", "--cache-from", BASE_IMAGE, "-t", &tag])
             .arg(&context),
     );
-    let summary = build_summary(&world.sensor, mark, "the CI build's summary", |b| {
-        has_tag(b, &tag)
-    });
+    let summary = world
+        .sensor
+        .build_summary(mark, "the CI build's summary", |b| has_tag(b, &tag));
     assert!(summary["build"]["detection_id"].is_null(), "flagged: {summary}");
     let flagged = world
         .sensor
@@ -368,8 +334,7 @@ fn local_untagged_build_is_medium(world: &World) {
             .args(["build", "--build-arg", &format!("TOKEN={secret}")])
             .arg(&context),
     );
-    let found = detection(
-        &world.sensor,
+    let found = world.sensor.detection(
         mark,
         "build_without_pull",
         "build_without_pull for the untagged build",
@@ -421,8 +386,7 @@ fn buildkit_build_is_detected(world: &World) {
             .args(["build", "--network", "none", "-t", &tag])
             .arg(&context),
     );
-    let found = detection(
-        &world.sensor,
+    let found = world.sensor.detection(
         mark,
         "build_without_pull",
         "build_without_pull for the BuildKit build",
@@ -476,8 +440,7 @@ fn podman_build_is_detected(world: &World) {
         .status()
         .expect("running podman");
     assert!(status.success(), "podman build failed: {status}");
-    let found = detection(
-        &world.sensor,
+    let found = world.sensor.detection(
         mark,
         "build_without_pull",
         "build_without_pull for podman build",
@@ -498,9 +461,11 @@ fn podman_build_is_detected(world: &World) {
         "Dockerfile read from the context: {found}"
     );
     assert_evidence(&world.sensor, &found);
-    let summary = build_summary(&world.sensor, mark, "the podman build's summary", |b| {
-        b["id"] == found["build"]["id"]
-    });
+    let summary = world
+        .sensor
+        .build_summary(mark, "the podman build's summary", |b| {
+            b["id"] == found["build"]["id"]
+        });
     let summary = &summary["build"];
     assert!(
         summary["base_images"]
@@ -566,8 +531,7 @@ fn curl_raw_build_is_detected(world: &World) {
             &format!("http://docker/build?t=bwdet%2Fcurl%3A{nonce}&t=bwdet%2Fcurl%3Alatest"),
         ],
     );
-    let found = detection(
-        &world.sensor,
+    let found = world.sensor.detection(
         mark,
         "build_without_pull",
         "build_without_pull for curl's POST /build",
@@ -583,9 +547,9 @@ fn curl_raw_build_is_detected(world: &World) {
         build["instructions"]["from"][0], BASE_IMAGE,
         "Dockerfile from the context: {build}"
     );
-    let summary = build_summary(&world.sensor, mark, "curl build summary", |b| {
-        b["id"] == build["id"]
-    });
+    let summary = world
+        .sensor
+        .build_summary(mark, "curl build summary", |b| b["id"] == build["id"]);
     assert_eq!(summary["build"]["state"], "finished");
 }
 
@@ -609,13 +573,11 @@ fn privileged_run_of_built_image(world: &World) {
             "true",
         ]),
     );
-    let found = detection(
-        &world.sensor,
-        mark,
-        "run_of_unpulled_image",
-        "run_of_unpulled_image",
-        |e| e["operation"]["image"] == tag.as_str(),
-    );
+    let found = world
+        .sensor
+        .detection(mark, "run_of_unpulled_image", "run_of_unpulled_image", |e| {
+            e["operation"]["image"] == tag.as_str()
+        });
     let d = &found["detection"];
     assert_eq!(d["severity"], "critical", "{found}");
     assert_eq!(d["attack"]["technique"], "T1610");
@@ -662,9 +624,9 @@ fn a_pulled_name_built_over_then_run_is_caught(world: &World) {
         &format!("FROM {BASE_IMAGE}\nRUN echo reused-{nonce} > /evil\n"),
     );
     run_command(env.docker().args(["build", "-t", &app]).arg(&evil));
-    let summary = build_summary(&world.sensor, mark, "the build over the pulled name", |b| {
-        has_tag(b, &app)
-    });
+    let summary = world
+        .sensor
+        .build_summary(mark, "the build over the pulled name", |b| has_tag(b, &app));
     assert!(
         summary["build"]["detection_id"].is_null(),
         "the CI pattern stays quiet: {summary}"
@@ -688,8 +650,7 @@ fn a_pulled_name_built_over_then_run_is_caught(world: &World) {
             "true",
         ]),
     );
-    let found = detection(
-        &world.sensor,
+    let found = world.sensor.detection(
         run_mark,
         "run_of_unpulled_image",
         "the run of the reused name",
@@ -707,7 +668,9 @@ fn a_pulled_name_built_over_then_run_is_caught(world: &World) {
     run_command(env.docker().args(["pull", &cached]));
     let same = env.context("det-cached", &format!("FROM {cached}\n"));
     run_command(env.docker().args(["build", "-t", &cached]).arg(&same));
-    build_summary(&world.sensor, mark, "the cached rebuild", |b| has_tag(b, &cached));
+    world
+        .sensor
+        .build_summary(mark, "the cached rebuild", |b| has_tag(b, &cached));
     let run_mark = world.sensor.mark();
     create_and_remove(
         env,
@@ -744,9 +707,11 @@ fn run_by_id_of_an_untagged_build(world: &World) {
         id.starts_with("sha256:") && id.len() == 71,
         "not an image id: {id}"
     );
-    let build = build_summary(&world.sensor, mark, "the untagged build's summary", |b| {
-        strings(&b["images"]).contains(&id)
-    });
+    let build = world
+        .sensor
+        .build_summary(mark, "the untagged build's summary", |b| {
+            strings(&b["images"]).contains(&id)
+        });
     assert!(
         build["build"]["tags"].as_array().is_some_and(Vec::is_empty),
         "{build}"
@@ -763,8 +728,7 @@ fn run_by_id_of_an_untagged_build(world: &World) {
         env,
         env.docker().args(["create", "--network", "none", short, "true"]),
     );
-    let found = detection(
-        &world.sensor,
+    let found = world.sensor.detection(
         mark,
         "run_of_unpulled_image",
         "run_of_unpulled_image for a create by short id",
@@ -788,8 +752,7 @@ fn run_by_id_of_an_untagged_build(world: &World) {
         env.docker()
             .args(["create", "--network", "none", &innocent, "true"]),
     );
-    detection(
-        &world.sensor,
+    world.sensor.detection(
         mark,
         "run_of_unpulled_image",
         "run_of_unpulled_image for the id tagged with an innocent name",
@@ -838,10 +801,10 @@ fn concurrent_builds_keep_their_own_steps(world: &World) {
     );
     assert!(evil.wait().expect("waiting for the first build").success());
 
-    let evil_build = build_summary(&world.sensor, mark, "the attacker's build", |b| {
+    let evil_build = world.sensor.build_summary(mark, "the attacker's build", |b| {
         has_tag(b, &format!("docker.io/{evil_tag}"))
     });
-    let benign_build = build_summary(&world.sensor, mark, "the benign build", |b| {
+    let benign_build = world.sensor.build_summary(mark, "the benign build", |b| {
         has_tag(b, &format!("docker.io/{benign_tag}"))
     });
     let argv0s = |build: &Value| -> Vec<String> {
@@ -891,7 +854,7 @@ fn build_step_dns_names_the_host(world: &World) {
     let tag = format!("bwdet/dns:{nonce}");
     let mark = world.sensor.mark();
     run_command(env.docker().args(["build", "-t", &tag]).arg(&context));
-    let build = build_summary(&world.sensor, mark, "the resolving build", |b| {
+    let build = world.sensor.build_summary(mark, "the resolving build", |b| {
         has_tag(b, &format!("docker.io/{tag}"))
     });
     let asked = build["build"]["egress"]
@@ -905,8 +868,7 @@ fn build_step_dns_names_the_host(world: &World) {
         "{asked}"
     );
     assert_eq!(asked["destination"], "127.0.0.1:53", "{asked}");
-    let egress = detection(
-        &world.sensor,
+    let egress = world.sensor.detection(
         mark,
         "build_egress",
         "build_egress for the resolving build",
@@ -930,8 +892,7 @@ fn docker_load_is_side_loading(world: &World) {
     );
     let mark = world.sensor.mark();
     run_command(env.docker().args(["load", "-i", &archive.to_string_lossy()]));
-    let found = detection(
-        &world.sensor,
+    let found = world.sensor.detection(
         mark,
         "image_side_loaded",
         "image_side_loaded for docker load",
@@ -1023,8 +984,7 @@ fn crafted_archive_loaded_then_run(world: &World) {
 
     let mark = world.sensor.mark();
     run_command(env.docker().args(["load", "-i", &archive.to_string_lossy()]));
-    let loaded = detection(
-        &world.sensor,
+    let loaded = world.sensor.detection(
         mark,
         "image_side_loaded",
         "image_side_loaded for the crafted archive",
@@ -1039,8 +999,7 @@ fn crafted_archive_loaded_then_run(world: &World) {
     );
     let mark = world.sensor.mark();
     create_and_remove(env, env.docker().args(["create", "--network", "none", &name]));
-    let found = detection(
-        &world.sensor,
+    let found = world.sensor.detection(
         mark,
         "run_of_unpulled_image",
         "run_of_unpulled_image for the loaded image, by name",
@@ -1061,8 +1020,7 @@ fn crafted_archive_loaded_then_run(world: &World) {
     let short = &id[..12];
     let mark = world.sensor.mark();
     create_and_remove(env, env.docker().args(["create", "--network", "none", short]));
-    let found = detection(
-        &world.sensor,
+    let found = world.sensor.detection(
         mark,
         "run_of_unpulled_image",
         "run_of_unpulled_image for the loaded image, by id",
@@ -1108,7 +1066,7 @@ fn ledger_survives_a_restart(world: &World) {
     );
     let tag = format!("{REGISTRY}/bwbase:restart-{nonce}");
     run_command(env.docker().args(["build", "-t", &tag]).arg(&context));
-    let summary = build_summary(&second, mark, "the build after the restart", |b| has_tag(b, &tag));
+    let summary = second.build_summary(mark, "the build after the restart", |b| has_tag(b, &tag));
     assert!(
         summary["build"]["detection_id"].is_null(),
         "flagged after restart: {summary}"
@@ -1179,13 +1137,11 @@ fn build_from_a_container_with_the_socket_mounted(world: &World) {
     ]));
     let id = run_command(env.docker().args(["inspect", "-f", "{{.Id}}", &name]));
     run_command(env.docker().args(["rm", &name]));
-    let found = detection(
-        &world.sensor,
-        mark,
-        "build_without_pull",
-        "the in-container build",
-        |e| has_tag(&e["build"], &format!("docker.io/{tag}")),
-    );
+    let found = world
+        .sensor
+        .detection(mark, "build_without_pull", "the in-container build", |e| {
+            has_tag(&e["build"], &format!("docker.io/{tag}"))
+        });
     let client = &found["build"]["client"];
     assert_eq!(
         client["container_id"],
@@ -1198,7 +1154,7 @@ fn build_from_a_container_with_the_socket_mounted(world: &World) {
         format!("unix:{}", env.socket.display())
     );
     // The allowlisting sensor saw the same build and suppressed it.
-    build_summary(&allowing, 0, "the in-container build (allowlisted)", |b| {
+    allowing.build_summary(0, "the in-container build (allowlisted)", |b| {
         has_tag(b, &format!("docker.io/{tag}"))
     });
     let flagged = allowing.all(0, |e| {

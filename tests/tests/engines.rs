@@ -188,37 +188,6 @@ fn wait_until_trusted(world: &World) {
     }
 }
 
-fn detection(
-    sensor: &Sensor,
-    mark: usize,
-    rule: &str,
-    what: &str,
-    predicate: impl Fn(&Value) -> bool,
-) -> Value {
-    sensor.wait_for(mark, TIMEOUT, what, |e| {
-        kind(e) == "detection" && e["detection"]["rule"] == rule && predicate(e)
-    })
-}
-
-fn build_summary(sensor: &Sensor, mark: usize, what: &str, predicate: impl Fn(&Value) -> bool) -> Value {
-    sensor.wait_for(mark, TIMEOUT, what, |e| {
-        kind(e) == "build" && predicate(&e["build"])
-    })
-}
-
-fn strings(value: &Value) -> Vec<String> {
-    value
-        .as_array()
-        .into_iter()
-        .flatten()
-        .map(|v| v.as_str().map(String::from).unwrap_or_else(|| v.to_string()))
-        .collect()
-}
-
-fn has_tag(build: &Value, tag: &str) -> bool {
-    strings(&build["tags"]).iter().any(|t| t == tag)
-}
-
 fn has_step(build: &Value, command: &str) -> bool {
     build["steps"]
         .as_array()
@@ -278,13 +247,11 @@ fn remote_buildx_build_is_critical(world: &World, engine: &ModernEngine) {
     let full_tag = format!("docker.io/{tag}");
     let mark = world.sensor.mark();
     run_command(engine.remote_docker().args(["build", "-t", &tag]).arg(&context));
-    let found = detection(
-        &world.sensor,
-        mark,
-        "build_without_pull",
-        "the remote buildx build",
-        |e| has_tag(&e["build"], &full_tag),
-    );
+    let found = world
+        .sensor
+        .detection(mark, "build_without_pull", "the remote buildx build", |e| {
+            has_tag(&e["build"], &full_tag)
+        });
     assert_eq!(found["detection"]["severity"], "critical", "{found}");
     let build = &found["build"];
     assert_eq!(build["builder"], "buildx", "{found}");
@@ -298,9 +265,9 @@ fn remote_buildx_build_is_critical(world: &World, engine: &ModernEngine) {
     );
     assert_eq!(build["endpoint"], format!("{}:{}", env.daemon_ip, engine.port));
     assert_eq!(build["daemon"]["pid"], engine.pid, "{found}");
-    let summary = build_summary(&world.sensor, mark, "the remote build's summary", |b| {
-        b["id"] == build["id"]
-    });
+    let summary = world
+        .sensor
+        .build_summary(mark, "the remote build's summary", |b| b["id"] == build["id"]);
     let summary = &summary["build"];
     assert_eq!(summary["state"], "finished", "{summary}");
     assert!(has_step(summary, &command), "RUN step missing: {summary}");
@@ -334,18 +301,18 @@ fn local_buildx_build_is_detected(world: &World, engine: &ModernEngine) {
     let tag = format!("bwdet/local-{}:{nonce}", engine.label);
     let mark = world.sensor.mark();
     run_command(engine.docker().args(["build", "-t", &tag]).arg(&context));
-    let found = detection(
-        &world.sensor,
-        mark,
-        "build_without_pull",
-        "the local buildx build",
-        |e| has_tag(&e["build"], &format!("docker.io/{tag}")),
-    );
+    let found = world
+        .sensor
+        .detection(mark, "build_without_pull", "the local buildx build", |e| {
+            has_tag(&e["build"], &format!("docker.io/{tag}"))
+        });
     assert_eq!(found["build"]["builder"], "buildx", "{found}");
     assert_eq!(found["build"]["transport"], "unix", "{found}");
-    let summary = build_summary(&world.sensor, mark, "the local build's summary", |b| {
-        b["id"] == found["build"]["id"]
-    });
+    let summary = world
+        .sensor
+        .build_summary(mark, "the local build's summary", |b| {
+            b["id"] == found["build"]["id"]
+        });
     assert!(
         has_step(&summary["build"], &command),
         "RUN step missing: {summary}"
@@ -364,9 +331,9 @@ fn pull_then_build_is_not_flagged(world: &World, engine: &ModernEngine) {
     let mark = world.sensor.mark();
     run_command(engine.docker().args(["pull", &name]));
     run_command(engine.docker().args(["build", "-t", &name]).arg(&context));
-    let summary = build_summary(&world.sensor, mark, "the CI build's summary", |b| {
-        has_tag(b, &name)
-    });
+    let summary = world
+        .sensor
+        .build_summary(mark, "the CI build's summary", |b| has_tag(b, &name));
     assert!(summary["build"]["detection_id"].is_null(), "{summary}");
     let flagged = world.sensor.all(mark, |e| {
         kind(e) == "detection" && e["detection"]["rule"] == "build_without_pull"
@@ -395,9 +362,9 @@ fn a_pulled_name_built_over_then_run_is_caught(world: &World, engine: &ModernEng
         &format!("FROM {BASE_IMAGE}\nRUN echo reused-{nonce} > /evil\n"),
     );
     run_command(engine.docker().args(["build", "-t", &app]).arg(&evil));
-    let summary = build_summary(&world.sensor, mark, "the build over the pulled name", |b| {
-        has_tag(b, &app)
-    });
+    let summary = world
+        .sensor
+        .build_summary(mark, "the build over the pulled name", |b| has_tag(b, &app));
     assert!(
         summary["build"]["detection_id"].is_null(),
         "the CI pattern stays quiet: {summary}"
@@ -421,8 +388,7 @@ fn a_pulled_name_built_over_then_run_is_caught(world: &World, engine: &ModernEng
             "true",
         ]),
     );
-    let found = detection(
-        &world.sensor,
+    let found = world.sensor.detection(
         run_mark,
         "run_of_unpulled_image",
         "the run of the reused name",
@@ -465,7 +431,9 @@ fn a_cached_rebuild_of_a_pulled_name_stays_quiet(world: &World, engine: &ModernE
         rebuilt.trim(),
         "a FROM-only build gives the pulled image itself"
     );
-    build_summary(&world.sensor, mark, "the cached rebuild", |b| has_tag(b, &cached));
+    world
+        .sensor
+        .build_summary(mark, "the cached rebuild", |b| has_tag(b, &cached));
     let run_mark = world.sensor.mark();
     create_and_remove(
         engine,
@@ -506,9 +474,11 @@ fn run_by_short_id_of_an_untagged_build(world: &World, engine: &ModernEngine) {
         id.starts_with("sha256:") && id.len() == 71,
         "not an image id: {id}"
     );
-    let summary = build_summary(&world.sensor, mark, "the untagged build's summary", |b| {
-        strings(&b["images"]).contains(&id)
-    });
+    let summary = world
+        .sensor
+        .build_summary(mark, "the untagged build's summary", |b| {
+            strings(&b["images"]).contains(&id)
+        });
     assert!(strings(&summary["build"]["tags"]).is_empty(), "{summary}");
     let short = &id["sha256:".len().."sha256:".len() + 12];
     let mark = world.sensor.mark();
@@ -518,13 +488,11 @@ fn run_by_short_id_of_an_untagged_build(world: &World, engine: &ModernEngine) {
             .docker()
             .args(["create", "--network", "none", short, "true"]),
     );
-    let found = detection(
-        &world.sensor,
-        mark,
-        "run_of_unpulled_image",
-        "the create by short id",
-        |e| e["operation"]["image"] == short,
-    );
+    let found = world
+        .sensor
+        .detection(mark, "run_of_unpulled_image", "the create by short id", |e| {
+            e["operation"]["image"] == short
+        });
     assert_eq!(found["detection"]["severity"], "high", "{found}");
 }
 
@@ -550,19 +518,15 @@ fn docker_load_names_the_image(world: &World, engine: &ModernEngine) {
     let mark = world.sensor.mark();
     run_command(engine.docker().args(["load", "-i", &archive.to_string_lossy()]));
     let full = format!("docker.io/{tag}");
-    let found = detection(
-        &world.sensor,
-        mark,
-        "image_side_loaded",
-        "the load, naming its image",
-        |e| {
+    let found = world
+        .sensor
+        .detection(mark, "image_side_loaded", "the load, naming its image", |e| {
             e["operation"]["type"] == "load"
                 && e["detection"]["summary"]
                     .as_str()
                     .unwrap_or_default()
                     .contains(&full)
-        },
-    );
+        });
     assert_eq!(found["detection"]["severity"], "medium", "{found}");
 }
 
@@ -598,8 +562,7 @@ fn each_daemon_keeps_its_own_provenance(world: &World) {
             .args(["build", "-t", &name])
             .arg(&context),
     );
-    let found = detection(
-        &world.sensor,
+    let found = world.sensor.detection(
         mark,
         "build_without_pull",
         "the build on the engine that pulled nothing",

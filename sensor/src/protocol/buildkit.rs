@@ -61,6 +61,34 @@ pub struct SessionFacts {
     pub session: Option<String>,
 }
 
+impl SessionFacts {
+    /// The image exporter's `name` attribute: comma-separated names, at most `MAX_TAGS` kept.
+    pub fn add_tags(&mut self, value: &str) {
+        for tag in value.split(',').map(str::trim).filter(|t| !t.is_empty()) {
+            if self.tags.len() < MAX_TAGS {
+                self.tags.insert(tag.to_string());
+            }
+        }
+    }
+
+    /// A frontend attribute (`filename`, `context`, `build-arg:*`).
+    pub fn add_frontend_attribute(&mut self, key: &str, value: String) {
+        match key {
+            "filename" => self.dockerfile = Some(value),
+            "context" if value.contains("://") || value.starts_with("git@") => {
+                self.remote_context = Some(value)
+            }
+            _ => {
+                if let Some(arg) = key.strip_prefix("build-arg:") {
+                    if self.build_arg_keys.len() < MAX_BUILD_ARG_KEYS {
+                        self.build_arg_keys.insert(arg.to_string());
+                    }
+                }
+            }
+        }
+    }
+}
+
 #[derive(Debug, Default)]
 pub struct SessionScanner {
     tail: Vec<u8>,
@@ -83,24 +111,8 @@ impl SessionScanner {
         }
         for (key, value) in string_map_entries(&window) {
             match key.as_str() {
-                "name" if !value.is_empty() => {
-                    for tag in value.split(',').map(str::trim).filter(|t| !t.is_empty()) {
-                        if self.facts.tags.len() < MAX_TAGS {
-                            self.facts.tags.insert(tag.to_string());
-                        }
-                    }
-                }
-                "filename" => self.facts.dockerfile = Some(value),
-                "context" if value.contains("://") || value.starts_with("git@") => {
-                    self.facts.remote_context = Some(value)
-                }
-                _ => {
-                    if let Some(arg) = key.strip_prefix("build-arg:") {
-                        if self.facts.build_arg_keys.len() < MAX_BUILD_ARG_KEYS {
-                            self.facts.build_arg_keys.insert(arg.to_string());
-                        }
-                    }
-                }
+                "name" => self.facts.add_tags(&value),
+                _ => self.facts.add_frontend_attribute(&key, value),
             }
         }
         let keep = window.len().min(OVERLAP);

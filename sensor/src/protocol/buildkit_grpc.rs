@@ -19,8 +19,6 @@ const MAX_DOCKERFILE: usize = 1 << 20;
 /// File-sync streams and file entries followed per connection.
 const MAX_SYNC_STREAMS: usize = 16;
 const MAX_STATS: usize = 4096;
-const MAX_TAGS: usize = 64;
-const MAX_BUILD_ARG_KEYS: usize = 256;
 
 /// fsutil's packet types.
 const PACKET_STAT: u64 = 0;
@@ -196,21 +194,8 @@ fn solve_request(message: &[u8], facts: &mut SessionFacts) {
                 facts.markers.insert(Marker::DockerfileFrontend);
             }
             (7, Value::Bytes(entry)) => {
-                let Some((key, value)) = protobuf::string_entry(entry) else {
-                    continue;
-                };
-                match key.as_str() {
-                    "filename" => facts.dockerfile = Some(value),
-                    "context" if value.contains("://") || value.starts_with("git@") => {
-                        facts.remote_context = Some(value);
-                    }
-                    _ => {
-                        if let Some(arg) = key.strip_prefix("build-arg:") {
-                            if facts.build_arg_keys.len() < MAX_BUILD_ARG_KEYS {
-                                facts.build_arg_keys.insert(arg.to_string());
-                            }
-                        }
-                    }
+                if let Some((key, value)) = protobuf::string_entry(entry) {
+                    facts.add_frontend_attribute(&key, value);
                 }
             }
             _ => {}
@@ -222,11 +207,7 @@ fn solve_request(message: &[u8], facts: &mut SessionFacts) {
     }
     for (key, value) in exporter_attrs {
         if key == "name" {
-            for tag in value.split(',').map(str::trim).filter(|t| !t.is_empty()) {
-                if facts.tags.len() < MAX_TAGS {
-                    facts.tags.insert(tag.to_string());
-                }
-            }
+            facts.add_tags(&value);
         }
     }
 }
