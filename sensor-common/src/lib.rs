@@ -251,8 +251,39 @@ pub struct TrackedSocket {
     /// Bytes moved but not captured since the last record (budget spent): the next record
     /// carries them, so stream positions stay exact.
     pub skipped: u64,
+    /// Times a quiet period of this connection ended (the other direction moved, or a chunked
+    /// body ended at a read's end): a [`QuietRequest`] made before the latest end is stale.
+    pub quiet_epoch: u32,
+    /// `DATA_FLAG_*` bits for the next record.
+    pub next_flags: u32,
     pub peer: SockAddr,
 }
+
+/// Modes of a [`QuietRequest`].
+/// Capture nothing until the other direction moves bytes (the reply to a request whose body
+/// is not needed).
+pub const QUIET_UNTIL_REPLY: u32 = 1;
+/// As [`QUIET_UNTIL_REPLY`], and also until a read or write that ends with the last chunk of a
+/// chunked body (`\r\n0\r\n\r\n`): the next request starts after it.
+pub const QUIET_CHUNKED: u32 = 2;
+/// Capture nothing more on this connection (a raw attach stream).
+pub const QUIET_UNTIL_CLOSE: u32 = 3;
+
+/// The agent's word that it needs none of a connection's next bytes in its captured
+/// direction, written to `QUIET` under the connection id. It holds while the connection's
+/// `quiet_epoch` equals `epoch` (the epoch of the last record the agent saw): a reply that
+/// happened after that record makes it stale, so it can never silence the next request.
+/// Skipped bytes are counted into the next record's `skipped_before`.
+#[repr(C)]
+#[derive(Clone, Copy, Debug, PartialEq, Eq)]
+pub struct QuietRequest {
+    pub epoch: u32,
+    pub mode: u32,
+}
+
+/// Set on a data record when the quiet period before it ended with the chunked terminator at
+/// the end of a read: the skipped bytes were exactly the rest of the message.
+pub const DATA_FLAG_CLEAN_END: u8 = 1;
 
 impl SocketRole {
     /// Which side of the API a role is on: the daemon's (trusted) or a client's (hostile).
@@ -300,6 +331,16 @@ pub struct ListenerKey {
     pub family: u16,
     pub port: u16,
     pub _pad: u32,
+}
+
+/// Longest executable path (with its NUL) matched against the builder paths.
+pub const EXEC_PATH_KEY_LEN: usize = 128;
+
+/// Key of the builder path map: an absolute executable path as passed to execve, NUL-padded.
+#[repr(C)]
+#[derive(Clone, Copy, Debug)]
+pub struct ExecPathKey {
+    pub path: [u8; EXEC_PATH_KEY_LEN],
 }
 
 /// Key of the watched unix socket path map: the path, NUL-padded.
@@ -395,10 +436,14 @@ pub struct DataEvent<const N: usize = CAPTURE_MAX> {
     pub direction: u8,
     /// iovec index for vectored calls, 0 otherwise.
     pub segment: u8,
-    pub _pad: u8,
+    /// `DATA_FLAG_*` bits.
+    pub flags: u8,
     /// Bytes this connection moved in this direction before this record and that no record
-    /// carried (its byte budget was spent).
+    /// carried (its byte budget was spent, or the agent asked for quiet).
     pub skipped_before: u64,
+    /// The connection's `quiet_epoch` when this record was written.
+    pub quiet_epoch: u32,
+    pub _pad: u32,
     pub peer: SockAddr,
     pub data: [u8; N],
 }
@@ -419,7 +464,9 @@ pub struct PendingIo {
     pub direction: u8,
     /// 0: plain buffer; 1: iovec array.
     pub vectored: u8,
-    pub _pad: [u8; 2],
+    /// 1: the direction the connection does not capture, watched only to end a quiet period.
+    pub reply: u8,
+    pub _pad: u8,
     pub buf: u64,
     /// Number of iovecs when `vectored`.
     pub iov_count: u64,
@@ -444,6 +491,7 @@ pub struct PendingSocket {
 pub const BUILD_GATE_OPEN: u32 = 0;
 
 pub const GLOBAL_SELF_TGID: &str = "SELF_TGID";
+pub const GLOBAL_PROCESS_ALL: &str = "PROCESS_ALL";
 pub const GLOBAL_CAPTURE_BYTES: &str = "CAPTURE_BYTES";
 pub const GLOBAL_FORK_CHILD_PID_OFFSET: &str = "FORK_CHILD_PID_OFFSET";
 pub const GLOBAL_EXEC_FILENAME_OFFSET: &str = "EXEC_FILENAME_OFFSET";
@@ -459,6 +507,8 @@ mod pod {
     unsafe impl aya::Pod for SockAddr {}
     unsafe impl aya::Pod for ListenerKey {}
     unsafe impl aya::Pod for ClientFds {}
+    unsafe impl aya::Pod for QuietRequest {}
+    unsafe impl aya::Pod for ExecPathKey {}
 }
 
 const _: () = {
@@ -469,6 +519,7 @@ const _: () = {
     assert!(core::mem::size_of::<DataEvent<0>>().is_multiple_of(8));
     assert!(core::mem::size_of::<DataEvent<64>>() == data_record_size(64));
     assert!(core::mem::size_of::<DataEvent<512>>() == data_record_size(512));
+    assert!(core::mem::size_of::<TrackedSocket>().is_multiple_of(8));
     assert!(core::mem::size_of::<ArgvEvent>().is_multiple_of(8));
     assert!(core::mem::size_of::<ExecEvent>().is_multiple_of(8));
     assert!(core::mem::size_of::<SocketEvent>().is_multiple_of(8));

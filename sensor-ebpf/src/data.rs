@@ -11,14 +11,16 @@ use aya_ebpf::{
 use sensor_common::{
     Bucket, DataEvent, Direction, EventKind, FdKey, PendingIo, SocketRole, TrackedSocket, AF_INET, AF_INET6,
     CAPTURE_MAX, CLIENT_BUDGET_BURST, CLIENT_BUDGET_PER_SECOND, DAEMON_BUDGET_BURST,
-    DAEMON_BUDGET_PER_SECOND, DATA_CAPACITIES, IOV_MAX_SEGMENTS, PEER_BUDGET_BURST, PEER_BUDGET_PER_SECOND,
-    SIDE_CLIENT, TABLE_PENDING,
+    DAEMON_BUDGET_PER_SECOND, DATA_CAPACITIES, DATA_FLAG_CLEAN_END, IOV_MAX_SEGMENTS, PEER_BUDGET_BURST,
+    PEER_BUDGET_PER_SECOND, QUIET_CHUNKED, QUIET_UNTIL_CLOSE, SIDE_CLIENT, TABLE_PENDING,
 };
 
 use crate::{
     event::{fill_header, reserve_on},
     maps,
-    maps::{table_full, BUDGET_SKIPPED, CAPTURE_BYTES, PEER_BUDGETS, PENDING_IO, TRACKED},
+    maps::{
+        table_full, BUDGET_SKIPPED, CAPTURE_BYTES, PEER_BUDGETS, PENDING_IO, QUIET, QUIET_SKIPPED, TRACKED,
+    },
     syscall,
 };
 
@@ -81,8 +83,17 @@ fn try_enter_io(ctx: &TracePointContext, direction: Direction, buffer: Buffer) -
         return Ok(());
     };
     // SAFETY: map value pointer valid for this program run.
-    if unsafe { (*tracked).capture_mask } & direction as u8 == 0 {
-        return Ok(());
+    let tracked = unsafe { &*tracked };
+    let reply = tracked.capture_mask & direction as u8 == 0;
+    if reply {
+        // The other direction matters only while the agent asked for quiet until a reply.
+        let Some(quiet) = QUIET.get_ptr(tracked.conn_id) else {
+            return Ok(());
+        };
+        // SAFETY: map value pointer valid for this program run.
+        if unsafe { (*quiet).mode } == QUIET_UNTIL_CLOSE {
+            return Ok(());
+        }
     }
     let ptr = syscall::arg(ctx, 1)?;
     let (buf, iov_count, vectored) = match buffer {
@@ -101,7 +112,8 @@ fn try_enter_io(ctx: &TracePointContext, direction: Direction, buffer: Buffer) -
         fd,
         direction: direction as u8,
         vectored,
-        _pad: [0; 2],
+        reply: reply as u8,
+        _pad: 0,
         buf,
         iov_count,
     };
@@ -139,6 +151,20 @@ fn try_exit_io(ctx: &TracePointContext) -> Result<(), i64> {
     };
     // SAFETY: map value pointer valid for this program run.
     let tracked = unsafe { &mut *tracked };
+    if pending.reply != 0 {
+        end_quiet(tracked, 0);
+        return Ok(());
+    }
+    if let Some(quiet) = QUIET.get_ptr(tracked.conn_id) {
+        // SAFETY: map value pointer valid for this program run; copied.
+        let quiet = unsafe { *quiet };
+        if quiet.epoch == tracked.quiet_epoch {
+            skip_quietly(tracked, &pending, quiet.mode, moved as u64);
+            return Ok(());
+        }
+        // Made before a reply the agent had not seen: it must not silence what follows.
+        let _ = QUIET.remove(tracked.conn_id);
+    }
     if pending.vectored == 0 {
         emit_data(tracked, &pending, pending.buf as *const u8, moved as u64, 0, true);
         return Ok(());
@@ -180,6 +206,38 @@ fn try_exit_io(ctx: &TracePointContext) -> Result<(), i64> {
     }
     Ok(())
 }
+
+/// Bytes moved while the agent asked for quiet: counted, not copied. A plain read or write that
+/// ends with the last chunk of a chunked body ends the quiet period after it.
+#[inline(always)]
+fn skip_quietly(tracked: &mut TrackedSocket, pending: &PendingIo, mode: u32, moved: u64) {
+    tracked.skipped += moved;
+    if let Some(skipped) = QUIET_SKIPPED.get_ptr_mut(0) {
+        // SAFETY: per-CPU slot, no concurrent writer on this CPU.
+        unsafe { *skipped += moved };
+    }
+    if mode != QUIET_CHUNKED || pending.vectored != 0 || moved < CHUNKED_END.len() as u64 {
+        return;
+    }
+    let tail = (pending.buf + moved - CHUNKED_END.len() as u64) as *const [u8; 7];
+    // SAFETY: user memory read through the helper.
+    if let Ok(tail) = unsafe { bpf_probe_read_user(tail) } {
+        if tail == CHUNKED_END {
+            end_quiet(tracked, u32::from(DATA_FLAG_CLEAN_END));
+        }
+    }
+}
+
+/// Ends the connection's quiet period (a reply moved, or the body ended).
+#[inline(always)]
+fn end_quiet(tracked: &mut TrackedSocket, flags: u32) {
+    tracked.quiet_epoch = tracked.quiet_epoch.wrapping_add(1);
+    tracked.next_flags = flags;
+    let _ = QUIET.remove(tracked.conn_id);
+}
+
+/// The end of a chunked body: the last data chunk's CRLF, the zero-size chunk, no trailers.
+const CHUNKED_END: [u8; 7] = *b"\r\n0\r\n\r\n";
 
 /// Writes one data record, in the smallest size class that holds what is captured, unless the
 /// connection spent its byte budget or the ring has no room: then the bytes are added to the
@@ -241,9 +299,12 @@ fn emit_sized<const N: usize>(
     event.role = tracked.role;
     event.direction = pending.direction;
     event.segment = segment;
-    event._pad = 0;
+    event.flags = tracked.next_flags as u8;
+    tracked.next_flags = 0;
     event.skipped_before = tracked.skipped;
     tracked.skipped = 0;
+    event.quiet_epoch = tracked.quiet_epoch;
+    event._pad = 0;
     event.peer = tracked.peer;
     let captured = core::cmp::min(captured, N);
     // SAFETY: user memory read through the helper; `captured` <= N.
@@ -279,7 +340,7 @@ fn spend_budget(tracked: &mut TrackedSocket, side: u32, cost: u64) -> bool {
         return true;
     }
     let peer = tracked.peer.addr;
-    let bucket = match PEER_BUDGETS.get_ptr_mut(&peer) {
+    let bucket = match PEER_BUDGETS.get_ptr_mut(peer) {
         Some(bucket) => bucket,
         None => {
             let fresh = Bucket {
@@ -287,8 +348,8 @@ fn spend_budget(tracked: &mut TrackedSocket, side: u32, cost: u64) -> bool {
                 _pad: 0,
                 stamp_ns: now,
             };
-            let _ = PEER_BUDGETS.insert(&peer, &fresh, 0);
-            match PEER_BUDGETS.get_ptr_mut(&peer) {
+            let _ = PEER_BUDGETS.insert(peer, fresh, 0);
+            match PEER_BUDGETS.get_ptr_mut(peer) {
                 Some(bucket) => bucket,
                 None => return true,
             }

@@ -4,8 +4,8 @@ use aya_ebpf::{
     maps::{Array, HashMap, LruHashMap, PerCpuArray, RingBuf},
 };
 use sensor_common::{
-    Bucket, ClientFds, FdKey, ListenerKey, PendingIo, PendingSocket, TrackedSocket, UnixPathKey, LOSS_SLOTS,
-    TABLE_FULL_NAMES, TRACKED_CAPACITY,
+    Bucket, ClientFds, ExecPathKey, FdKey, ListenerKey, PendingIo, PendingSocket, QuietRequest,
+    TrackedSocket, UnixPathKey, COMM_LEN, LOSS_SLOTS, TABLE_FULL_NAMES, TRACKED_CAPACITY,
 };
 
 /// Process events and the daemons' side (what they read, their own connections): the trusted
@@ -29,6 +29,15 @@ pub static TABLE_FULL: PerCpuArray<u64> = PerCpuArray::with_max_entries(TABLE_FU
 /// Bytes not captured because a connection spent its budget, by side.
 #[map]
 pub static BUDGET_SKIPPED: PerCpuArray<u64> = PerCpuArray::with_max_entries(2, 0);
+
+/// Connections whose next bytes the agent does not need (by connection id), written by the agent.
+/// An LRU: an entry lost to eviction only means capturing resumes.
+#[map]
+pub static QUIET: LruHashMap<u64, QuietRequest> = LruHashMap::with_max_entries(8192, 0);
+
+/// Bytes not captured because the agent asked for quiet.
+#[map]
+pub static QUIET_SKIPPED: PerCpuArray<u64> = PerCpuArray::with_max_entries(1, 0);
 
 /// Ring-byte budgets of daemon-side TCP peers (address), shared by all their connections.
 #[map]
@@ -87,6 +96,20 @@ pub static DAEMON_DESCENDANTS: LruHashMap<u32, u8> = LruHashMap::with_max_entrie
 #[map]
 pub static BUILD_GATE: Array<u32> = Array::with_max_entries(1, 0);
 
+/// Processes whose lifecycle is reported although they are neither daemons nor their
+/// descendants: those that executed a builder path, and their children.
+#[map]
+pub static REPORTED: LruHashMap<u32, u8> = LruHashMap::with_max_entries(16384, 0);
+
+/// Executable paths whose processes are reported (builders, daemons; filled by the agent).
+#[map]
+pub static EXEC_PATHS: HashMap<ExecPathKey, u8> = HashMap::with_max_entries(256, 0);
+
+/// Names (`comm`) daemons go by (`watch.daemons`): an exec that takes one is reported, whoever
+/// runs it, so the agent can tell a daemon from an impostor.
+#[map]
+pub static DAEMON_COMMS: HashMap<[u8; COMM_LEN], u8> = HashMap::with_max_entries(64, 0);
+
 /// Per-CPU scratch space for values too large for the 512-byte BPF stack.
 #[map]
 pub static SCRATCH_PENDING: PerCpuArray<PendingSocket> = PerCpuArray::with_max_entries(1, 0);
@@ -94,6 +117,8 @@ pub static SCRATCH_PENDING: PerCpuArray<PendingSocket> = PerCpuArray::with_max_e
 pub static SCRATCH_TRACKED: PerCpuArray<TrackedSocket> = PerCpuArray::with_max_entries(1, 0);
 #[map]
 pub static SCRATCH_LISTENER: PerCpuArray<ListenerKey> = PerCpuArray::with_max_entries(1, 0);
+#[map]
+pub static SCRATCH_EXEC_PATH: PerCpuArray<ExecPathKey> = PerCpuArray::with_max_entries(1, 0);
 
 /// Counts a refused insert into table `index`.
 #[inline(always)]
@@ -107,6 +132,9 @@ pub fn table_full(index: u32) {
 /// The agent's own tgid: never traced.
 #[unsafe(no_mangle)]
 pub static SELF_TGID: u32 = 0;
+/// Non-zero: every process's fork, exec, argv and exit is reported (`process.all`).
+#[unsafe(no_mangle)]
+pub static PROCESS_ALL: u32 = 0;
 /// Bytes copied per data record (at most `CAPTURE_MAX`).
 #[unsafe(no_mangle)]
 pub static CAPTURE_BYTES: u32 = 4096;

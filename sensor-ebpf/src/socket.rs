@@ -238,6 +238,8 @@ fn track(key: FdKey, role: SocketRole, pending: &sensor_common::PendingSocket) -
         },
         budget_ns: now,
         skipped: 0,
+        quiet_epoch: 0,
+        next_flags: 0,
         peer: pending.peer,
     };
     let replaced = TRACKED.get_ptr(&key).is_some();

@@ -25,14 +25,11 @@ use crate::{
     engine::Engine,
     existing,
     host::{DaemonPolicy, LiveHost, RecordingHost, SharedHost},
-    kernel::{preflight, BuildGate, KernelSensor, LossCounters, TrackedSockets},
+    kernel::{preflight, BuildGate, KernelSensor, LossCounters, QuietMap, TrackedSockets},
     notify::notify,
     output::{
         queue::LineQueue,
-        schema::{
-            selected_kinds, HealthBody, LineKind, LossView, SensorInfo, StartBody, Stats, StopBody,
-            WarningBody,
-        },
+        schema::{HealthBody, LineKind, LossView, SensorInfo, StartBody, Stats, StopBody, WarningBody},
         writer::{self, FileSettings, Targets},
         Emitter, Sink,
     },
@@ -62,6 +59,9 @@ struct Inputs {
     engine: Engine,
     recording: Option<(Recorder, Rc<RecordingHost>)>,
     build_gate: BuildGate,
+    quiet: QuietMap,
+    /// Bytes read from the rings, record headers included.
+    ring_bytes: u64,
 }
 
 impl Inputs {
@@ -76,6 +76,7 @@ impl Inputs {
             }
         }
         self.build_gate.set(self.engine.detector.has_open_builds());
+        self.quiet.apply(self.engine.detector.take_quiet_requests());
         Ok(())
     }
 
@@ -111,18 +112,23 @@ pub async fn run(options: RunOptions) -> anyhow::Result<()> {
     let reopen = Arc::new(AtomicBool::new(false));
     let writer = writer::spawn(queue.clone(), targets, Arc::clone(&reopen))?;
     let mut sink = Sink::queue(queue.clone()).format(config.output.format);
-    if !config.output.kinds.is_empty() {
-        sink = sink.only(selected_kinds(&config.output.kinds));
-    }
+    sink = sink.kinds(&config.output.kinds);
 
     let (ledger, ledger_warning) = Ledger::open(&config.detect.state_dir, config.detect.ledger_max_records)?;
     let allow = Allowlist::compile(&config.allow)?;
-    let mut kernel = KernelSensor::load(&config.watch, &config.kernel, &config.capture, &tracefs)?;
+    let mut kernel = KernelSensor::load(
+        &config.watch,
+        &config.kernel,
+        &config.capture,
+        &config.process,
+        &tracefs,
+    )?;
     let rings = kernel.take_rings()?;
     let losses = kernel.take_loss_counters()?;
     let daemon_map = kernel.take_daemon_map(&config.watch.unix_sockets)?;
     let mut tracked = kernel.take_tracked_sockets()?;
     let build_gate = kernel.take_build_gate()?;
+    let quiet = kernel.take_quiet_map()?;
     let mut descendants = kernel.take_daemon_descendants()?;
     if config.kernel.log {
         spawn_kernel_logger(&mut kernel);
@@ -180,6 +186,8 @@ pub async fn run(options: RunOptions) -> anyhow::Result<()> {
         engine,
         recording,
         build_gate,
+        quiet,
+        ring_bytes: 0,
     };
     inputs.apply(Input::Seed(procfs::boot_time_ns()), &mut sink)?;
     // Processes daemons started before the sensor (containerd under dockerd, shims) fork build
@@ -254,7 +262,7 @@ pub async fn run(options: RunOptions) -> anyhow::Result<()> {
     let loss = gather_loss(&inputs.engine, &losses, &queue);
     inputs.engine.report_loss(loss, &mut sink)?;
     let stop = StopBody {
-        stats: full_stats(&inputs.engine, &losses, &queue, started, stall_max),
+        stats: full_stats(&inputs, &losses, &queue, started, stall_max),
     };
     let line = inputs.engine.emitter.line(LineKind::SensorStop, None, stop);
     sink.write(&line)?;
@@ -359,7 +367,7 @@ async fn read_events(
             }
             _ = health.tick(), if !state.health_interval.is_zero() => {
                 let body = HealthBody {
-                    health: full_stats(&inputs.engine, state.losses, state.queue, state.started, stall_max),
+                    health: full_stats(inputs, state.losses, state.queue, state.started, stall_max),
                 };
                 let line = inputs.engine.emitter.line(LineKind::SensorHealth, None, body);
                 sink.write(&line)?;
@@ -412,15 +420,18 @@ fn gather_loss(engine: &Engine, losses: &LossCounters, queue: &LineQueue) -> Los
 }
 
 fn full_stats(
-    engine: &Engine,
+    inputs: &Inputs,
     losses: &LossCounters,
     queue: &LineQueue,
     started: Instant,
     stall_max: Duration,
 ) -> Stats {
+    let engine = &inputs.engine;
     let mut loss = gather_loss(engine, losses, queue);
     loss.decode_errors = engine.stats().decode_errors;
     Stats {
+        ring_bytes: Some(inputs.ring_bytes),
+        quiet_skipped_bytes: Some(losses.quiet_skipped()),
         queue: Some(queue.stats()),
         rss_bytes: procfs::rss_bytes(),
         uptime_seconds: Some(started.elapsed().as_secs()),
@@ -464,6 +475,8 @@ fn drain(
     tracked: &mut TrackedSockets,
 ) -> anyhow::Result<()> {
     while let Some(record) = ring.next() {
+        // Each record is preceded by the ring's 8-byte header and padded to 8 bytes.
+        inputs.ring_bytes += 8 + (record.len() as u64).next_multiple_of(8);
         match decode(&record) {
             Ok(event) => {
                 drop(record);

@@ -45,7 +45,8 @@ pub enum Command {
         /// ones (to see what a tuning change would do).
         #[arg(long, value_name = "PATH")]
         config: Option<PathBuf>,
-        /// Print every line (events, operations, builds), not only detections.
+        /// Print every line the live run wrote (events, operations, builds, as its
+        /// `output.kinds` chose), not only detections.
         #[arg(long)]
         all: bool,
     },

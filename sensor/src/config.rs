@@ -8,7 +8,7 @@ use serde::{Deserialize, Serialize};
 
 pub use crate::{
     detect::{allow::Allow, settings::Detect},
-    kernel::settings::{Capture, Kernel},
+    kernel::settings::{Capture, Kernel, Process},
     output::settings::{Format, Output},
     watch::Watch,
 };
@@ -22,6 +22,7 @@ pub struct Config {
     pub capture: Capture,
     pub output: Output,
     pub kernel: Kernel,
+    pub process: Process,
     pub detect: Detect,
     pub allow: Allow,
     pub log: Log,
@@ -75,6 +76,7 @@ impl Config {
         self.watch.validate()?;
         self.capture.validate()?;
         self.kernel.validate()?;
+        self.process.validate()?;
         self.output.validate()?;
         self.detect.validate()?;
         self.allow.validate()?;

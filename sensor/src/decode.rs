@@ -117,6 +117,13 @@ pub struct SocketData {
     /// (its budget was spent, or the ring had no room): a hole to skip before these bytes.
     #[serde(default, skip_serializing_if = "is_zero")]
     pub skipped_before: u64,
+    /// Quiet periods of this connection that had ended when the record was written (see
+    /// `sensor_common::QuietRequest`).
+    #[serde(default, skip_serializing_if = "is_zero_u32")]
+    pub quiet_epoch: u32,
+    /// The quiet period before this record ended exactly at the end of a chunked body.
+    #[serde(default, skip_serializing_if = "std::ops::Not::not")]
+    pub clean_end: bool,
     pub peer: Endpoint,
     /// The captured prefix (at most the capture size).
     #[serde(with = "base64_bytes")]
@@ -302,6 +309,8 @@ pub fn decode(record: &[u8]) -> Result<RawEvent, DecodeError> {
                     segment: raw.segment,
                     total_len: raw.total_len,
                     skipped_before: raw.skipped_before,
+                    quiet_epoch: raw.quiet_epoch,
+                    clean_end: raw.flags & sensor_common::DATA_FLAG_CLEAN_END != 0,
                     peer: endpoint(&raw.peer),
                     bytes: record[size_of::<DataEvent<0>>()..][..captured].to_vec(),
                     redacted: false,
@@ -420,6 +429,10 @@ fn is_zero(n: &u64) -> bool {
     *n == 0
 }
 
+fn is_zero_u32(n: &u32) -> bool {
+    *n == 0
+}
+
 #[cfg(test)]
 mod tests {
     use super::*;
@@ -462,8 +475,10 @@ mod tests {
             role: SocketRole::DaemonAccepted as u8,
             direction: Direction::Recv as u8,
             segment: 0,
-            _pad: 0,
+            flags: 0,
             skipped_before: 0,
+            quiet_epoch: 0,
+            _pad: 0,
             peer,
             data,
         }

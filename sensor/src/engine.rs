@@ -325,7 +325,7 @@ impl Engine {
         } else {
             None
         };
-        let process = match self.processes.get_or_load(header.tgid).cloned() {
+        let process = match self.processes.current(header.tgid).cloned() {
             Some(known) => {
                 let ancestry = self.processes.ancestry(header.tgid);
                 ProcessView::full(&header, &known, ancestry)
@@ -459,6 +459,8 @@ impl Engine {
         self.detector.on_data(DataInput {
             daemon_store: daemon_store.as_deref(),
             skipped_before: data.skipped_before,
+            quiet_epoch: data.quiet_epoch,
+            clean_end: data.clean_end,
             header: &header,
             line_id: &id,
             conn_id: data.conn_id,
@@ -638,6 +640,8 @@ mod tests {
             segment: 0,
             total_len: request.len() as u32,
             skipped_before: 0,
+            quiet_epoch: 0,
+            clean_end: false,
             peer,
             bytes: request.to_vec(),
             redacted: false,

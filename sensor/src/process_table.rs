@@ -35,6 +35,11 @@ pub struct Process {
     pub container_id: Option<String>,
     #[serde(skip)]
     pub exited_at: Option<u64>,
+    /// Known from the kernel's fork or exec record, so kept current by its events. Other
+    /// entries (seeded, read from /proc on demand) may be stale: the kernel reports only the
+    /// processes correlation uses, and may have exec'd or reused the pid since.
+    #[serde(skip)]
+    pub from_events: bool,
 }
 
 #[derive(Debug, Clone, PartialEq, Eq, Serialize)]
@@ -63,6 +68,7 @@ impl From<ProcSnapshot> for Process {
             cwd: snapshot.cwd,
             container_id: snapshot.container_id,
             exited_at: None,
+            from_events: false,
         }
     }
 }
@@ -117,6 +123,18 @@ impl ProcessTable {
         self.processes.get(&tgid)
     }
 
+    /// The process as it is now: the entry when the kernel's events keep it current, else
+    /// read again from /proc (the old entry when the process is gone).
+    pub fn current(&mut self, tgid: u32) -> Option<&Process> {
+        let stale = self.processes.get(&tgid).is_none_or(|p| !p.from_events);
+        if stale {
+            if let Some(snapshot) = self.host.snapshot(tgid) {
+                self.insert(snapshot.into());
+            }
+        }
+        self.processes.get(&tgid)
+    }
+
     pub fn iter(&self) -> impl Iterator<Item = &Process> {
         self.processes.values()
     }
@@ -127,6 +145,7 @@ impl ProcessTable {
                 pid: child_pid,
                 ppid: parent.tgid,
                 exited_at: None,
+                from_events: true,
                 ..parent_process.clone()
             },
             None => Process {
@@ -141,6 +160,7 @@ impl ProcessTable {
                 cwd: None,
                 container_id: None,
                 exited_at: None,
+                from_events: true,
             },
         };
         self.insert(child);
@@ -197,6 +217,7 @@ impl ProcessTable {
                 .container_id
                 .or_else(|| previous.and_then(|p| p.container_id.clone())),
             exited_at: None,
+            from_events: true,
         };
         self.insert(process);
         &self.processes[&header.tgid]
@@ -307,6 +328,7 @@ mod tests {
             cwd: None,
             container_id: None,
             exited_at: None,
+            from_events: true,
         });
     }
 

@@ -19,14 +19,15 @@ pub struct ReplayOptions {
     pub recording: PathBuf,
     /// Detection settings to replay with instead of the recorded ones (to try allowlists).
     pub config: Option<Config>,
-    /// Print every line, not only detections.
+    /// Print every line the live run wrote (its `output.kinds`), not only detections.
     pub all: bool,
 }
 
 pub fn replay(options: ReplayOptions) -> anyhow::Result<()> {
     let sink = Sink::writer(std::io::stdout());
     let mut sink = if options.all {
-        sink
+        // What the live run wrote.
+        sink.kinds(&Reader::open(&options.recording)?.header.config.output.kinds)
     } else {
         sink.only(vec![LineKind::Detection])
     };

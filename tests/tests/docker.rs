@@ -35,7 +35,7 @@ fn main() -> ExitCode {
     std::fs::write(
         &config,
         format!(
-            "[watch]\nunix_sockets = [\"{}\"]\ntcp_ports = [2375]\ndaemons = [\"dockerd\", \"containerd\"]\n[detect]\nstate_dir = \"{}\"\n",
+            "[output]\nkinds = [\"all\"]\n[watch]\nunix_sockets = [\"{}\"]\ntcp_ports = [2375]\ndaemons = [\"dockerd\", \"containerd\"]\n[detect]\nstate_dir = \"{}\"\n",
             env.socket.display(),
             env.dir.join("sensor-state").display()
         ),

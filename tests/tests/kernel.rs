@@ -25,7 +25,10 @@ fn prerequisites() -> Option<PathBuf> {
 fn ring_buffer_overflow_is_counted_and_reported() {
     let Some(binary) = prerequisites() else { return };
     // Two pages: room for one argv record (4.2 KiB) at a time.
-    let config = TempConfig::new("overflow", "[kernel]\nring_buffer_bytes = 8192\n");
+    let config = TempConfig::new(
+        "overflow",
+        "[kernel]\nring_buffer_bytes = 8192\n[process]\nall = true\n",
+    );
     let sensor = Sensor::start(&binary, &config.path);
     let mark = sensor.mark();
     // A burst of short processes: each one is a fork, an argv, an exec and an exit record.
@@ -89,7 +92,7 @@ fn connections_open_before_start_are_tracked() {
     let config = TempConfig::new(
         "existing",
         &format!(
-            "[watch]\nunix_sockets = []\ntcp_ports = [{}]\ndaemons = [\"{own_comm}\"]\ndaemon_binaries = [\"{}\"]\n",
+            "[output]\nkinds = [\"all\"]\n[watch]\nunix_sockets = []\ntcp_ports = [{}]\ndaemons = [\"{own_comm}\"]\ndaemon_binaries = [\"{}\"]\n",
             listener.local_addr().unwrap().port(),
             own_exe.display()
         ),
@@ -145,7 +148,7 @@ fn bytes_beyond_the_captured_iovecs_are_announced() {
     let config = TempConfig::new(
         "iovec",
         &format!(
-            "[watch]\nunix_sockets = [\"{}\"]\ntcp_ports = []\ndaemons = []\n",
+            "[output]\nkinds = [\"all\"]\n[watch]\nunix_sockets = [\"{}\"]\ntcp_ports = []\ndaemons = []\n",
             socket.display()
         ),
     );

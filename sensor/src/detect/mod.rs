@@ -34,6 +34,7 @@ use std::{
     net::IpAddr,
 };
 
+use sensor_common::QuietRequest;
 use serde::Serialize;
 
 use self::{
@@ -150,6 +151,10 @@ pub struct DataInput<'a> {
     /// Bytes this direction moved before these that the kernel did not capture (budget spent,
     /// ring full): skipped exactly, so parsing resynchronises.
     pub skipped_before: u64,
+    /// The kernel connection's quiet epoch at this record, and whether the quiet period before
+    /// it ended exactly at the end of a chunked body.
+    pub quiet_epoch: u32,
+    pub clean_end: bool,
 }
 
 #[derive(Debug, Default, Clone, Serialize)]
@@ -240,9 +245,10 @@ pub struct Detector {
     findings: Vec<(u64, Finding)>,
     stats: DetectStats,
     pulls: pulls::Pulls,
-    /// Dockerfiles sessions sent before their build opened: (daemon tgid, time, file).
-    /// (daemon tgid, time, session, file).
+    /// Dockerfiles sessions sent before their build opened: (daemon tgid, time, session, file).
     synced_dockerfiles: VecDeque<(u32, u64, Option<String>, SyncedDockerfile)>,
+    /// Connections whose next bytes are not needed, for the kernel (see `traffic`).
+    quiet_requests: Vec<(u64, QuietRequest)>,
 }
 
 impl Detector {
@@ -264,6 +270,7 @@ impl Detector {
             stats: DetectStats::default(),
             pulls: pulls::Pulls::default(),
             synced_dockerfiles: VecDeque::new(),
+            quiet_requests: Vec::new(),
         }
     }
 

@@ -210,6 +210,8 @@ impl Harness {
                     daemon_store: matches!(side.role, Role::DaemonAccepted | Role::DaemonOutbound)
                         .then_some(STORE),
                     skipped_before: 0,
+                    quiet_epoch: 0,
+                    clean_end: false,
                 });
                 self.collect();
             }
@@ -841,6 +843,8 @@ fn a_step_resolving_a_host_is_egress_named_by_its_question() {
             process: step.clone(),
             daemon_store: None,
             skipped_before: 0,
+            quiet_epoch: 0,
+            clean_end: false,
         });
     }
     h.collect();
@@ -993,6 +997,8 @@ fn malformed_streams_never_panic() {
             process: side.process.clone(),
             daemon_store: Some(STORE),
             skipped_before: 0,
+            quiet_epoch: 0,
+            clean_end: false,
         });
     }
     h.detector.flush(h.now);

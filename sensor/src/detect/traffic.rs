@@ -3,6 +3,8 @@
 //! `sessions`), and a daemon's own registry (and other) connections.
 use std::collections::VecDeque;
 
+use sensor_common::{QuietRequest, QUIET_CHUNKED, QUIET_UNTIL_CLOSE, QUIET_UNTIL_REPLY};
+
 use super::{
     add_dockerfile_bases, build_id_of,
     builds::{BaseImage, BuildState, Egress},
@@ -22,7 +24,7 @@ use crate::{
         buildkit::SessionScanner,
         buildkit_grpc::SessionDecoder,
         dns,
-        http::{HttpEvent, RequestHead, RequestStream},
+        http::{Framing, HttpEvent, RequestHead, RequestStream},
         tls,
     },
 };
@@ -49,6 +51,11 @@ pub(super) struct Stream {
     pub(super) grpc_solve_reported: bool,
     /// A TLS connection: nothing after the ClientHello is readable.
     opaque: bool,
+    /// The quiet epoch of the kernel's connection when this stream asked it to skip the rest
+    /// of the current message (`None`: capturing).
+    quiet_since: Option<u32>,
+    /// The last request upgraded to a raw stream (attach, exec), which nothing here reads.
+    raw_upgrade: bool,
 }
 
 impl Stream {
@@ -65,6 +72,8 @@ impl Stream {
             transfer: None,
             grpc_solve_reported: false,
             opaque: false,
+            quiet_since: None,
+            raw_upgrade: false,
         }
     }
 
@@ -97,6 +106,10 @@ impl Detector {
         if stream.opaque {
             return;
         }
+        let quiet_ended = stream.quiet_since.is_some_and(|epoch| epoch != input.quiet_epoch);
+        if quiet_ended {
+            stream.quiet_since = None;
+        }
         let outbound = matches!(input.role, Role::DaemonOutbound | Role::BuildStep);
         // Every datagram to a resolver is one query (retries, A then AAAA); none is HTTP.
         if outbound && matches!(input.peer, Endpoint::Tcp(_, dns::PORT)) {
@@ -107,6 +120,7 @@ impl Detector {
         }
         if start == 0 && outbound && tls::is_handshake(input.bytes) {
             stream.opaque = true;
+            self.ask_quiet(&input, QUIET_UNTIL_CLOSE);
             self.outbound_tls(&input);
             return;
         }
@@ -115,7 +129,11 @@ impl Detector {
                 decoder.gap(input.skipped_before);
             }
         }
-        let mut events = stream.http.gap(input.skipped_before);
+        let mut events = if quiet_ended && input.skipped_before > 0 {
+            stream.http.skipped_rest(input.skipped_before, input.clean_end)
+        } else {
+            stream.http.gap(input.skipped_before)
+        };
         events.extend(stream.http.feed(input.bytes));
         let missing = u64::from(input.total_len).saturating_sub(input.bytes.len() as u64);
         events.extend(stream.http.gap(missing));
@@ -127,17 +145,61 @@ impl Detector {
                 decoder.gap(missing);
             }
         }
+        self.quiet_if_unneeded(&input);
         self.tick(input.header.boot_ns);
+    }
+
+    /// Asks the kernel to stop copying what this stream will not read: the rest of a body not
+    /// kept (or whose kept prefix is in), a raw attach stream.
+    fn quiet_if_unneeded(&mut self, input: &DataInput<'_>) {
+        let Some(stream) = self.streams.get(&(input.conn_id, input.direction)) else {
+            return;
+        };
+        if stream.quiet_since.is_some() {
+            return;
+        }
+        let mode = if stream.http.is_upgraded() {
+            if !stream.raw_upgrade {
+                return;
+            }
+            QUIET_UNTIL_CLOSE
+        } else {
+            match stream.http.unneeded_rest() {
+                Some(Framing::Chunked) => QUIET_CHUNKED,
+                Some(Framing::Sized) => QUIET_UNTIL_REPLY,
+                None => return,
+            }
+        };
+        self.ask_quiet(input, mode);
+    }
+
+    fn ask_quiet(&mut self, input: &DataInput<'_>, mode: u32) {
+        if let Some(stream) = self.streams.get_mut(&(input.conn_id, input.direction)) {
+            stream.quiet_since = Some(input.quiet_epoch);
+        }
+        self.quiet_requests.push((
+            input.conn_id,
+            QuietRequest {
+                epoch: input.quiet_epoch,
+                mode,
+            },
+        ));
+    }
+
+    /// What the kernel may stop copying, by connection id, since the last call.
+    pub fn take_quiet_requests(&mut self) -> Vec<(u64, QuietRequest)> {
+        std::mem::take(&mut self.quiet_requests)
     }
 
     fn http_event(&mut self, input: &DataInput<'_>, event: HttpEvent) {
         let key = (input.conn_id, input.direction);
         match event {
-            HttpEvent::Head(head) => match input.role {
-                Role::DaemonOutbound => self.outbound_request(input, &head),
-                Role::BuildStep => self.step_request(input, &head),
-                Role::Client | Role::DaemonAccepted => self.api_request(input, head),
-            },
+            HttpEvent::Head(head) => {
+                if let Some(stream) = self.streams.get_mut(&key) {
+                    stream.raw_upgrade = head.upgrade && !carries_session(&head);
+                }
+                self.http_head(input, head);
+            }
             HttpEvent::Body { bytes, complete } => {
                 let awaiting = self.streams.get_mut(&key).and_then(|s| s.awaiting_body.take());
                 if let Some(id) = awaiting {
@@ -149,6 +211,14 @@ impl Detector {
                 self.stats.http_desyncs += 1;
                 tracing::debug!(conn_id = input.conn_id, reason, "HTTP stream out of sync");
             }
+        }
+    }
+
+    fn http_head(&mut self, input: &DataInput<'_>, head: RequestHead) {
+        match input.role {
+            Role::DaemonOutbound => self.outbound_request(input, &head),
+            Role::BuildStep => self.step_request(input, &head),
+            Role::Client | Role::DaemonAccepted => self.api_request(input, head),
         }
     }
 
@@ -495,4 +565,11 @@ fn truncate(text: &str, max: usize) -> &str {
         Some((at, _)) => &text[..at],
         None => text,
     }
+}
+
+/// An upgrade to a BuildKit session or gRPC stream (HTTP/2 the sensor decodes), not to a raw
+/// attach or exec stream.
+fn carries_session(head: &RequestHead) -> bool {
+    let path = head.target.split('?').next().unwrap_or_default();
+    path.ends_with("/session") || path.ends_with("/grpc")
 }

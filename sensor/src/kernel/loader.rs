@@ -11,15 +11,15 @@ use aya::{
 use std::collections::BTreeMap;
 
 use sensor_common::{
-    EventKind, FdKey, SocketRole, TrackedSocket, UnixPathKey, BUILD_GATE_OPEN, CLIENT_LOSS_OFFSET,
-    GLOBAL_CAPTURE_BYTES, GLOBAL_EXEC_FILENAME_OFFSET, GLOBAL_EXEC_OLD_PID_OFFSET,
-    GLOBAL_EXIT_GROUP_DEAD_OFFSET, GLOBAL_FORK_CHILD_PID_OFFSET, GLOBAL_SELF_TGID, SIDE_CLIENT, SIDE_DAEMON,
-    TABLE_FULL_NAMES,
+    EventKind, ExecPathKey, FdKey, QuietRequest, SocketRole, TrackedSocket, UnixPathKey, BUILD_GATE_OPEN,
+    CLIENT_LOSS_OFFSET, COMM_LEN, EXEC_PATH_KEY_LEN, GLOBAL_CAPTURE_BYTES, GLOBAL_EXEC_FILENAME_OFFSET,
+    GLOBAL_EXEC_OLD_PID_OFFSET, GLOBAL_EXIT_GROUP_DEAD_OFFSET, GLOBAL_FORK_CHILD_PID_OFFSET,
+    GLOBAL_PROCESS_ALL, GLOBAL_SELF_TGID, SIDE_CLIENT, SIDE_DAEMON, TABLE_FULL_NAMES,
 };
 
 use super::{
     daemon_map::{unix_path_key, DaemonMap, DAEMON_INSERTS_REFUSED},
-    settings::{Capture, Kernel},
+    settings::{Capture, Kernel, Process},
     tracefs,
 };
 use crate::{
@@ -113,6 +113,7 @@ impl KernelSensor {
         watch: &Watch,
         kernel: &Kernel,
         capture: &Capture,
+        process: &Process,
         tracefs_root: &Path,
     ) -> anyhow::Result<Self> {
         if EBPF_OBJECT.is_empty() {
@@ -131,9 +132,11 @@ impl KernelSensor {
             tracefs::field_offset(tracefs_root, "sched", "sched_process_exit", "group_dead")?.unwrap_or(0);
         let self_tgid = std::process::id();
         let log_level: u8 = if kernel.log { 5 } else { 0 };
+        let process_all = u32::from(process.all);
 
         let ebpf = EbpfLoader::new()
             .override_global(GLOBAL_SELF_TGID, &self_tgid, true)
+            .override_global(GLOBAL_PROCESS_ALL, &process_all, true)
             .override_global(GLOBAL_CAPTURE_BYTES, &capture.bytes, true)
             .override_global(GLOBAL_FORK_CHILD_PID_OFFSET, &fork_child_pid, true)
             .override_global(GLOBAL_EXEC_FILENAME_OFFSET, &exec_filename, true)
@@ -151,6 +154,7 @@ impl KernelSensor {
             skipped: Vec::new(),
         };
         sensor.fill_watch_maps(watch)?;
+        sensor.fill_process_maps(watch, process)?;
         sensor.attach_all(tracefs_root)?;
         Ok(sensor)
     }
@@ -218,6 +222,35 @@ impl KernelSensor {
         Ok(())
     }
 
+    /// The executables and daemon names whose processes the kernel reports.
+    fn fill_process_maps(&mut self, watch: &Watch, process: &Process) -> anyhow::Result<()> {
+        let mut paths: HashMap<_, ExecPathKey, u8> = HashMap::try_from(self.map_mut("EXEC_PATHS")?)?;
+        for path in process.builders.iter().chain(&watch.daemon_binaries) {
+            let bytes = path.as_os_str().as_encoded_bytes();
+            if bytes.len() >= EXEC_PATH_KEY_LEN {
+                continue;
+            }
+            let mut key = ExecPathKey {
+                path: [0; EXEC_PATH_KEY_LEN],
+            };
+            key.path[..bytes.len()].copy_from_slice(bytes);
+            paths
+                .insert(key, 1, 0)
+                .with_context(|| format!("reporting processes of {}", path.display()))?;
+        }
+        let mut comms: HashMap<_, [u8; COMM_LEN], u8> = HashMap::try_from(self.map_mut("DAEMON_COMMS")?)?;
+        for name in &watch.daemons {
+            // The kernel keeps the first 15 bytes of a process name.
+            let mut comm = [0u8; COMM_LEN];
+            let bytes = &name.as_bytes()[..name.len().min(COMM_LEN - 1)];
+            comm[..bytes.len()].copy_from_slice(bytes);
+            comms
+                .insert(comm, 1, 0)
+                .with_context(|| format!("reporting processes named {name}"))?;
+        }
+        Ok(())
+    }
+
     fn map_mut(&mut self, name: &str) -> anyhow::Result<&mut aya::maps::Map> {
         self.ebpf
             .map_mut(name)
@@ -274,7 +307,12 @@ impl KernelSensor {
             ring: PerCpuArray::try_from(self.take_map("LOSSES")?)?,
             tables: PerCpuArray::try_from(self.take_map("TABLE_FULL")?)?,
             budget: PerCpuArray::try_from(self.take_map("BUDGET_SKIPPED")?)?,
+            quiet: PerCpuArray::try_from(self.take_map("QUIET_SKIPPED")?)?,
         })
+    }
+
+    pub fn take_quiet_map(&mut self) -> anyhow::Result<QuietMap> {
+        Ok(QuietMap(HashMap::try_from(self.take_map("QUIET")?)?))
     }
 
     /// The aya-log reader, when the object logs at all.
@@ -334,6 +372,19 @@ impl BuildGate {
     }
 }
 
+/// Tells the kernel which connections' next bytes the agent does not need.
+pub struct QuietMap(HashMap<MapData, u64, QuietRequest>);
+
+impl QuietMap {
+    pub fn apply(&mut self, requests: Vec<(u64, QuietRequest)>) {
+        for (conn_id, request) in requests {
+            if let Err(err) = self.0.insert(conn_id, request, 0) {
+                tracing::debug!(conn_id, "cannot ask the kernel for quiet: {err}");
+            }
+        }
+    }
+}
+
 /// Processes descending from watched daemons. The kernel adds children at fork; the agent adds
 /// those that already existed when it started.
 pub struct DaemonDescendants(HashMap<MapData, u32, u8>);
@@ -377,6 +428,8 @@ impl TrackedSockets {
             },
             budget_ns: 0,
             skipped: 0,
+            quiet_epoch: 0,
+            next_flags: 0,
             peer: sockaddr(peer),
         };
         let key = FdKey { tgid, fd: fd as u32 };
@@ -422,6 +475,7 @@ pub struct LossCounters {
     ring: PerCpuArray<MapData, u64>,
     tables: PerCpuArray<MapData, u64>,
     budget: PerCpuArray<MapData, u64>,
+    quiet: PerCpuArray<MapData, u64>,
 }
 
 impl LossCounters {
@@ -463,6 +517,11 @@ impl LossCounters {
             })
             .filter(|(_, count)| *count > 0)
             .collect()
+    }
+
+    /// Bytes not copied because the agent did not need them (not a loss).
+    pub fn quiet_skipped(&self) -> u64 {
+        Self::total(&self.quiet, 0)
     }
 
     /// Bytes not captured because connections spent their budget, per side.

@@ -7,4 +7,4 @@ pub mod settings;
 pub mod tracefs;
 
 pub use daemon_map::DaemonMap;
-pub use loader::{BuildGate, KernelSensor, LossCounters, TrackedSockets};
+pub use loader::{BuildGate, KernelSensor, LossCounters, QuietMap, TrackedSockets};

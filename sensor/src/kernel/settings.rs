@@ -1,6 +1,8 @@
-//! `[kernel]` and `[capture]`: what the kernel programs are loaded with.
+//! `[kernel]`, `[capture]` and `[process]`: what the kernel programs are loaded with.
+use std::path::PathBuf;
+
 use anyhow::bail;
-use sensor_common::CAPTURE_MAX;
+use sensor_common::{CAPTURE_MAX, EXEC_PATH_KEY_LEN};
 use serde::{Deserialize, Serialize};
 
 pub const DEFAULT_RING_BUFFER_BYTES: u32 = 16 * 1024 * 1024;
@@ -64,6 +66,57 @@ impl Kernel {
         ] {
             if ring < PAGE_SIZE || !ring.is_power_of_two() {
                 bail!("kernel.{key} must be a power of two of at least {PAGE_SIZE}, not {ring}");
+            }
+        }
+        Ok(())
+    }
+}
+
+/// Which processes' fork, exec (with argv) and exit the kernel reports. By default, those
+/// correlation can use: daemons and everything they start, the builders below (and their
+/// children), processes with API connections, and anything taking a daemon's name. Any other
+/// process is read from /proc when it connects to an API.
+#[derive(Debug, Clone, PartialEq, Deserialize, Serialize)]
+#[serde(deny_unknown_fields, default)]
+pub struct Process {
+    /// Report every process on the host (the full exec stream; costs every exec a record).
+    pub all: bool,
+    /// Executables of build clients, as execve is given them (absolute paths, matched
+    /// exactly; `watch.daemon_binaries` are added).
+    pub builders: Vec<PathBuf>,
+}
+
+impl Default for Process {
+    fn default() -> Self {
+        Self {
+            all: false,
+            builders: [
+                "/usr/bin/docker",
+                "/usr/local/bin/docker",
+                "/usr/libexec/docker/cli-plugins/docker-buildx",
+                "/usr/lib/docker/cli-plugins/docker-buildx",
+                "/usr/local/lib/docker/cli-plugins/docker-buildx",
+                "/usr/bin/buildah",
+                "/usr/bin/buildctl",
+                "/usr/local/bin/buildctl",
+                "/usr/bin/nerdctl",
+                "/usr/local/bin/nerdctl",
+                "/kaniko/executor",
+            ]
+            .map(PathBuf::from)
+            .to_vec(),
+        }
+    }
+}
+
+impl Process {
+    pub fn validate(&self) -> anyhow::Result<()> {
+        for path in &self.builders {
+            if !path.is_absolute() || path.as_os_str().len() >= EXEC_PATH_KEY_LEN {
+                bail!(
+                    "process.builders: {} must be an absolute path shorter than {EXEC_PATH_KEY_LEN} bytes",
+                    path.display()
+                );
             }
         }
         Ok(())

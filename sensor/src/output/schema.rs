@@ -133,6 +133,9 @@ pub struct WarningBody<'a> {
 
 /// The kinds to write for an `output.kinds` selection: those listed, and always the `sensor.*`
 /// lines (start, health, loss, stop), so the pipeline's own state is never filtered out.
+/// `output.kinds = ["all"]`: every line, raw `socket.data` included.
+pub const ALL_KINDS: &str = "all";
+
 pub fn selected_kinds(selection: &[String]) -> Vec<LineKind> {
     LineKind::ALL
         .into_iter()
@@ -454,6 +457,13 @@ pub struct Stats {
     pub rss_bytes: Option<u64>,
     #[serde(skip_serializing_if = "Option::is_none")]
     pub uptime_seconds: Option<u64>,
+    /// Bytes read from the kernel's rings since start (record headers included).
+    #[serde(skip_serializing_if = "Option::is_none")]
+    pub ring_bytes: Option<u64>,
+    /// Bytes that moved on tracked connections and that the kernel did not copy because the
+    /// agent did not need them (bodies it does not read, raw attach streams, TLS).
+    #[serde(skip_serializing_if = "Option::is_none")]
+    pub quiet_skipped_bytes: Option<u64>,
     /// The longest the event loop spent on one wake-up since start, in milliseconds.
     #[serde(skip_serializing_if = "Option::is_none")]
     pub loop_stall_max_ms: Option<u64>,

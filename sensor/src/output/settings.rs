@@ -4,7 +4,7 @@ use std::{path::PathBuf, time::Duration};
 use anyhow::bail;
 use serde::{Deserialize, Serialize};
 
-use super::schema::LineKind;
+use super::schema::{LineKind, ALL_KINDS};
 
 #[derive(Debug, Clone, Copy, Default, PartialEq, Eq, Deserialize, Serialize)]
 #[serde(rename_all = "snake_case")]
@@ -34,9 +34,12 @@ pub struct Output {
     #[serde(with = "humantime_serde")]
     pub health_interval: Duration,
     pub format: Format,
-    /// Line kinds to write; empty: all. `sensor.*` lines are always written. For example
-    /// ["detection", "build", "docker.operation"] leaves out the raw process and socket events
-    /// (detections still cite their ids; a `--record` recording holds them).
+    /// Line kinds to write. Empty (the default): every kind but `socket.data`, whose lines are
+    /// written only when a detection, operation or build cites them (just before it).
+    /// `["all"]`: every line, every raw `socket.data` included. A list of kinds: those only
+    /// (`sensor.*` lines are always written); for example ["detection", "build",
+    /// "docker.operation"] leaves out the raw process and socket events (detections still cite
+    /// their ids; a `--record` recording holds them). Recordings always hold every event.
     pub kinds: Vec<String>,
 }
 
@@ -69,10 +72,17 @@ impl Output {
         if self.max_backups == 0 {
             bail!("output.max_backups must be at least 1");
         }
-        if let Some(unknown) = self.kinds.iter().find(|kind| LineKind::parse(kind).is_none()) {
+        if self.kinds.len() > 1 && self.kinds.iter().any(|kind| kind == ALL_KINDS) {
+            bail!("output.kinds: \"all\" stands alone");
+        }
+        if let Some(unknown) = self
+            .kinds
+            .iter()
+            .find(|kind| *kind != ALL_KINDS && LineKind::parse(kind).is_none())
+        {
             let known: Vec<&str> = LineKind::ALL.iter().map(|k| k.as_str()).collect();
             bail!(
-                "output.kinds: {unknown:?} is not a line kind (one of {})",
+                "output.kinds: {unknown:?} is not a line kind (one of {}, or \"all\")",
                 known.join(", ")
             );
         }

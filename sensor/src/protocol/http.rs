@@ -68,6 +68,13 @@ pub enum HttpEvent {
     Desync(&'static str),
 }
 
+/// How a request body is delimited.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub enum Framing {
+    Sized,
+    Chunked,
+}
+
 #[derive(Debug, Clone, Copy, PartialEq, Eq)]
 enum State {
     Head,
@@ -192,6 +199,73 @@ impl RequestStream {
             }
         }
         self.offset += len;
+        std::mem::take(&mut self.events)
+    }
+
+    /// How the rest of the current message is framed, when none of it is needed any more: the
+    /// body of a request whose body is not kept, or whose kept prefix was handed out. `None`
+    /// while the parser needs the bytes (heads, kept bodies, a body an upgrade follows).
+    pub fn unneeded_rest(&self) -> Option<Framing> {
+        if self.upgrade_after_body || !self.buffer.is_empty() || (self.keeping && !self.body_reported) {
+            return None;
+        }
+        match self.state {
+            State::Sized { .. } => Some(Framing::Sized),
+            State::ChunkSize | State::ChunkData { .. } | State::ChunkEnd | State::Trailers => {
+                Some(Framing::Chunked)
+            }
+            _ => None,
+        }
+    }
+
+    pub fn is_upgraded(&self) -> bool {
+        self.state == State::Upgraded
+    }
+
+    /// `len` bytes the kernel skipped because the rest of the message was not needed
+    /// ([`Self::unneeded_rest`]), until the other direction answered or, with `clean_end`, until
+    /// the chunked body ended at the end of a read. What follows starts a new request when
+    /// that end is certain; otherwise the stream resynchronises at the next request line.
+    pub fn skipped_rest(&mut self, len: u64, clean_end: bool) -> Vec<HttpEvent> {
+        let in_body = matches!(
+            self.state,
+            State::Sized { .. }
+                | State::ChunkSize
+                | State::ChunkData { .. }
+                | State::ChunkEnd
+                | State::Trailers
+        );
+        if !in_body || !self.buffer.is_empty() {
+            return self.gap(len);
+        }
+        match self.state {
+            State::Sized { remaining } if len < remaining => return self.gap(len),
+            State::Sized { remaining } if len > remaining => {
+                self.offset += remaining;
+                self.body_complete = false;
+                self.finish_body();
+                self.state = State::Head;
+                self.desync("bytes after a skipped body were not captured");
+                // The next captured read followed the reply: it may start a request.
+                self.line_start = true;
+                self.offset += len - remaining;
+            }
+            State::Sized { .. } => {
+                self.offset += len;
+                self.body_complete = false;
+                self.body_done();
+            }
+            _ if clean_end => {
+                self.offset += len;
+                self.body_complete = false;
+                self.body_done();
+            }
+            _ => {
+                self.desync("a skipped chunked body did not end at a read's end");
+                self.line_start = true;
+                self.offset += len;
+            }
+        }
         std::mem::take(&mut self.events)
     }
 
@@ -657,6 +731,62 @@ mod tests {
         let mut events = stream.feed(b"POST /images/load HTTP/1.1\r\nContent-Length: 5\r\n\r\nhello");
         events.extend(stream.feed(b"POST /containers/create HTTP/1.1\r\nContent-Length: 2\r\n\r\n{}"));
         assert_eq!(bodies(&events), [(Vec::new(), false), (b"{}".to_vec(), true)]);
+    }
+
+    #[test]
+    fn the_rest_of_an_unneeded_body_is_skipped_to_the_next_request() {
+        // Chunked, ended exactly: the next request parses at once.
+        let mut stream = RequestStream::with_body_filter(|_| false);
+        stream.feed(b"POST /images/load HTTP/1.1\r\nTransfer-Encoding: chunked\r\n\r\n5\r\nhel");
+        assert_eq!(stream.unneeded_rest(), Some(Framing::Chunked));
+        stream.skipped_rest(1_000_000, true);
+        assert_eq!(stream.unneeded_rest(), None);
+        let events = stream.feed(b"GET /_ping HTTP/1.1\r\n\r\n");
+        assert_eq!(heads(&events), ["GET /_ping"]);
+        assert!(matches!(&events[0], HttpEvent::Head(h) if h.after_previous));
+
+        // Sized: the exact remainder ends the body; more than it means unseen bytes.
+        let mut stream = RequestStream::with_body_filter(|_| false);
+        stream.feed(b"PUT /v2/x/blobs/uploads/1 HTTP/1.1\r\nContent-Length: 10\r\n\r\nabc");
+        assert_eq!(stream.unneeded_rest(), Some(Framing::Sized));
+        assert!(stream
+            .skipped_rest(7, false)
+            .iter()
+            .all(|e| !matches!(e, HttpEvent::Desync(_))));
+        assert_eq!(heads(&stream.feed(b"GET /v2/ HTTP/1.1\r\n\r\n")), ["GET /v2/"]);
+        let mut stream = RequestStream::with_body_filter(|_| false);
+        stream.feed(b"PUT /a HTTP/1.1\r\nContent-Length: 10\r\n\r\nabc");
+        let events = stream.skipped_rest(50, false);
+        assert!(
+            events.iter().any(|e| matches!(e, HttpEvent::Desync(_))),
+            "{events:?}"
+        );
+
+        // Chunked, ended by the reply alone: where it ended is unknown, so resync.
+        let mut stream = RequestStream::with_body_filter(|_| false);
+        stream.feed(b"POST /build HTTP/1.1\r\nTransfer-Encoding: chunked\r\n\r\n5\r\nhel");
+        let events = stream.skipped_rest(100, false);
+        assert!(
+            events.iter().any(|e| matches!(e, HttpEvent::Desync(_))),
+            "{events:?}"
+        );
+        assert_eq!(
+            heads(&stream.feed(b"GET /_ping HTTP/1.1\r\n\r\n")),
+            ["GET /_ping"]
+        );
+    }
+
+    #[test]
+    fn a_kept_body_is_needed_until_its_prefix_is_handed_out() {
+        let mut stream = RequestStream::default();
+        stream.feed(b"POST /build HTTP/1.1\r\nTransfer-Encoding: chunked\r\n\r\n5\r\nhello");
+        assert_eq!(stream.unneeded_rest(), None);
+        let big = vec![b'a'; MAX_BODY + 10];
+        let mut chunk = format!("\r\n{:x}\r\n", big.len()).into_bytes();
+        chunk.extend(&big[..MAX_BODY]);
+        let events = stream.feed(&chunk[..]);
+        assert!(events.iter().any(|e| matches!(e, HttpEvent::Body { .. })));
+        assert_eq!(stream.unneeded_rest(), Some(Framing::Chunked));
     }
 
     #[test]
