@@ -311,7 +311,7 @@ pub struct Bucket {
 
 /// Ring bytes a connection may use per second, and at most in a burst, per side.
 pub const DAEMON_BUDGET_PER_SECOND: u32 = 4 << 20;
-pub const DAEMON_BUDGET_BURST: u32 = 8 << 20;
+pub const DAEMON_BUDGET_BURST: u32 = 4 << 20;
 pub const CLIENT_BUDGET_PER_SECOND: u32 = 256 << 10;
 pub const CLIENT_BUDGET_BURST: u32 = 1 << 20;
 

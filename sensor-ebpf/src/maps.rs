@@ -11,11 +11,11 @@ use sensor_common::{
 /// Process events and the daemons' side (what they read, their own connections): the trusted
 /// view, which no client can crowd out.
 #[map]
-pub static EVENTS: RingBuf = RingBuf::with_byte_size(16 * 1024 * 1024, 0);
+pub static EVENTS: RingBuf = RingBuf::with_byte_size(8 * 1024 * 1024, 0);
 
 /// Client-side data and connections (anyone's to shape), apart from `EVENTS`.
 #[map]
-pub static CLIENT_EVENTS: RingBuf = RingBuf::with_byte_size(8 * 1024 * 1024, 0);
+pub static CLIENT_EVENTS: RingBuf = RingBuf::with_byte_size(2 * 1024 * 1024, 0);
 
 /// Failed ring buffer reserves, indexed by `EventKind` (+ `CLIENT_LOSS_OFFSET` on the client
 /// ring).

@@ -196,6 +196,7 @@ impl Engine {
             let line = self.emitter.line(finding.kind(), Some(at), &finding);
             sink.write(&line)?;
         }
+        self.detector.list_stores_of_new_builds();
         Ok(())
     }
 

@@ -21,6 +21,8 @@ pub struct Stream {
 #[derive(Default)]
 struct Collected {
     events: Vec<Value>,
+    /// When each event's line was read from the sensor's stdout.
+    arrivals: Vec<std::time::SystemTime>,
     /// Lines on stdout that were not JSON objects (there must be none).
     invalid: Vec<String>,
     closed: bool,
@@ -83,7 +85,10 @@ impl Sensor {
                 let (lock, ready) = &*sink;
                 let mut collected = lock.lock().unwrap_or_else(std::sync::PoisonError::into_inner);
                 match serde_json::from_str::<Value>(&line) {
-                    Ok(value) if value.is_object() => collected.events.push(value),
+                    Ok(value) if value.is_object() => {
+                        collected.events.push(value);
+                        collected.arrivals.push(std::time::SystemTime::now());
+                    }
                     _ => collected.invalid.push(line),
                 }
                 ready.notify_all();
@@ -114,6 +119,25 @@ impl Sensor {
             collected,
             stderr,
         }
+    }
+
+    /// The sensor's process id.
+    pub fn pid(&self) -> u32 {
+        self.child
+            .lock()
+            .unwrap_or_else(std::sync::PoisonError::into_inner)
+            .id()
+    }
+
+    /// When the line with this id came out of the sensor.
+    pub fn arrival(&self, id: &str) -> Option<std::time::SystemTime> {
+        let collected = self
+            .collected
+            .0
+            .lock()
+            .unwrap_or_else(std::sync::PoisonError::into_inner);
+        let index = collected.events.iter().position(|e| e["id"] == id)?;
+        collected.arrivals.get(index).copied()
     }
 
     /// Index of the next event; pass it to `wait_for` to only look at what happens after now.

@@ -579,11 +579,14 @@ fn a_full_output_file_system_is_counted_and_recovered(world: &World) {
     let config = sensor_config(
         env,
         &env.dir.join("fullfs-state"),
-        &format!("[output]\npath = \"{}\"\nstdout = true\n", output.display()),
+        &format!(
+            "[output]\npath = \"{}\"\nstdout = true\n[process]\nall = true\n",
+            output.display()
+        ),
     );
     let sensor = Sensor::start(&world.binary, &config);
     let mark = sensor.mark();
-    // Plenty of events: short processes.
+    // Plenty of events: short processes (every process is reported).
     for _ in 0..400 {
         let _ = std::process::Command::new("true").status();
     }

@@ -292,7 +292,7 @@ fn sighup_reopen_loses_no_line() {
     let config = TempConfig::new(
         "reopen",
         &format!(
-            "[output]\npath = \"{}\"\nhealth_interval = \"0s\"\n",
+            "[output]\npath = \"{}\"\nhealth_interval = \"0s\"\n[process]\nall = true\n",
             output.display()
         ),
     );
@@ -352,7 +352,7 @@ fn size_rotation_loses_no_line() {
     let config = TempConfig::new(
         "rotate",
         &format!(
-            "[output]\npath = \"{}\"\nmax_size = 65536\nmax_backups = 1000\nhealth_interval = \"0s\"\n",
+            "[output]\npath = \"{}\"\nmax_size = 65536\nmax_backups = 1000\nhealth_interval = \"0s\"\n[process]\nall = true\n",
             output.display()
         ),
     );
@@ -394,7 +394,7 @@ fn health_and_queue_loss_are_reported() {
     let Some(binary) = sensor_binary(true) else { return };
     let config = TempConfig::new(
         "health",
-        "[output]\nhealth_interval = \"1s\"\nqueue_lines = 100\n",
+        "[output]\nhealth_interval = \"1s\"\nqueue_lines = 100\n[process]\nall = true\n",
     );
     let scratch = Scratch::new("health");
     let notify_path = scratch.0.join("notify.sock");
@@ -489,7 +489,7 @@ fn ecs_format_keeps_every_line() {
     let config = TempConfig::new(
         "ecs",
         &format!(
-            "[output]\npath = \"{}\"\nformat = \"ecs\"\nhealth_interval = \"0s\"\n",
+            "[output]\npath = \"{}\"\nformat = \"ecs\"\nhealth_interval = \"0s\"\n[process]\nall = true\n",
             output.display()
         ),
     );
@@ -534,7 +534,7 @@ fn output_kinds_select_lines() {
     let Some(binary) = sensor_binary(true) else { return };
     let config = TempConfig::new(
         "kinds",
-        "[output]\nkinds = [\"process.exec\"]\nhealth_interval = \"0s\"\n",
+        "[output]\nkinds = [\"process.exec\"]\nhealth_interval = \"0s\"\n[process]\nall = true\n",
     );
     let sensor = Sensor::start(&binary, &config.path);
     burst(5);

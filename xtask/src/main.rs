@@ -78,15 +78,22 @@ enum Command {
         #[arg(long, default_value_t = 60)]
         seconds: u64,
     },
-    /// Measure what the attached programs cost unrelated workloads (dd, an exec storm), against
-    /// no sensor and optionally another build (needs root).
+    /// The performance suite (needs root): host workloads under this build, the previous
+    /// commit's build, bpftrace and auditd; a 64 MiB docker build; detection latency; RSS.
+    /// Writes docs/performance.md.
     Bench {
-        /// Rounds (each: bare, then every sensor, in rotating order).
-        #[arg(long, default_value_t = 7)]
-        pairs: usize,
-        /// Another `buildwatch` binary to compare with (the previous commit's, say).
-        #[arg(long)]
+        /// Rounds (each: bare, then every watcher, in rotating order).
+        #[arg(long, default_value_t = 5)]
+        rounds: usize,
+        /// A `buildwatch` binary to compare with instead of building the previous commit.
+        #[arg(long, conflicts_with_all = ["baseline_revision", "no_baseline"])]
         baseline: Option<std::path::PathBuf>,
+        /// The git revision built as the baseline.
+        #[arg(long, default_value = "HEAD~1")]
+        baseline_revision: String,
+        /// Compare with no other build.
+        #[arg(long)]
+        no_baseline: bool,
     },
 }
 
@@ -109,7 +116,19 @@ fn main() -> ExitCode {
             output,
         } => fixture::fixture(&events, conn_id, &direction, &output),
         Command::Fuzz { seconds } => fuzz::fuzz(seconds),
-        Command::Bench { pairs, baseline } => bench::bench(pairs, baseline),
+        Command::Bench {
+            rounds,
+            baseline,
+            baseline_revision,
+            no_baseline,
+        } => bench::bench(bench::Options {
+            rounds,
+            baseline: match (baseline, no_baseline) {
+                (_, true) => bench::Baseline::None,
+                (Some(path), false) => bench::Baseline::Binary(path),
+                (None, false) => bench::Baseline::Revision(baseline_revision),
+            },
+        }),
     };
     match result {
         Ok(()) => ExitCode::SUCCESS,

@@ -86,8 +86,8 @@ fn ensure_bpf_linker() -> anyhow::Result<()> {
     )
 }
 
-pub fn missing_test_packages() -> Vec<&'static str> {
-    TEST_PACKAGES
+pub fn missing_packages(packages: &[(&'static str, &'static str)]) -> Vec<&'static str> {
+    packages
         .iter()
         .filter(|(_, binary)| !on_path(binary))
         .map(|(package, _)| *package)
@@ -95,12 +95,20 @@ pub fn missing_test_packages() -> Vec<&'static str> {
 }
 
 pub fn install_test_packages() -> anyhow::Result<()> {
-    let missing = missing_test_packages();
+    install_packages(TEST_PACKAGES, "the integration tests")
+}
+
+/// Installs whichever of `packages` are missing, for `what` (named in the error).
+pub fn install_packages(packages: &[(&'static str, &'static str)], what: &str) -> anyhow::Result<()> {
+    let missing = missing_packages(packages);
     if missing.is_empty() {
         return Ok(());
     }
     if !is_root() {
-        bail!("the integration tests need the Debian packages {} and root to install them: run `sudo cargo xtask test`", missing.join(", "));
+        bail!(
+            "{what} need the Debian packages {} and root to install them: run it with sudo",
+            missing.join(", ")
+        );
     }
     println!("xtask: installing Debian packages {}", missing.join(" "));
     run("apt-get", &["update", "-qq"])?;

@@ -71,10 +71,8 @@ impl Detector {
             start_ns: at,
             daemon_tgid: view.origin.daemon.as_ref().map(|d| d.pid),
             store: view.store().map(String::from),
-            store_before: view
-                .store()
-                .filter(|_| builder.uses_docker_image_store() && images::served_by_dockerd(&view.origin))
-                .and_then(|store| self.snapshot_store(store)),
+            // Listed once the build's detection is out (`list_stores_of_new_builds`).
+            store_before: None,
             builder_tgid: (view.origin.transport == Transport::Exec)
                 .then(|| view.origin.client.as_ref().map(|c| c.pid))
                 .flatten(),
@@ -82,6 +80,12 @@ impl Detector {
             egress_detected: false,
             raised_for_egress: false,
         };
+        if view.store().is_some()
+            && builder.uses_docker_image_store()
+            && images::served_by_dockerd(&view.origin)
+        {
+            self.stores_to_list.push(id.clone());
+        }
         if build.builder == Builder::Buildx && build.instructions.is_none() {
             build.instructions = self.claim_synced_dockerfile(&build, at);
         }
@@ -321,6 +325,28 @@ pub(super) fn add_dockerfile_bases(build: &mut Build) {
                 fetched: false,
                 in_dockerfile: true,
             });
+        }
+    }
+}
+
+impl Detector {
+    /// Lists the image store of each build opened since the last call, the baseline its end is
+    /// compared with. Called after the build's lines are written: asking the daemon takes
+    /// tens of milliseconds while it receives the build, and the detection need not wait.
+    pub fn list_stores_of_new_builds(&mut self) {
+        for id in std::mem::take(&mut self.stores_to_list) {
+            let Some(store) = self
+                .builds
+                .iter()
+                .find(|b| b.id == id)
+                .and_then(|b| b.store.clone())
+            else {
+                continue;
+            };
+            let snapshot = self.snapshot_store(&store);
+            if let Some(build) = self.builds.iter_mut().find(|b| b.id == id) {
+                build.store_before = snapshot;
+            }
         }
     }
 }

@@ -249,6 +249,8 @@ pub struct Detector {
     synced_dockerfiles: VecDeque<(u32, u64, Option<String>, SyncedDockerfile)>,
     /// Connections whose next bytes are not needed, for the kernel (see `traffic`).
     quiet_requests: Vec<(u64, QuietRequest)>,
+    /// Builds opened whose store is still to be listed (see `building`).
+    stores_to_list: Vec<BuildId>,
 }
 
 impl Detector {
@@ -271,6 +273,7 @@ impl Detector {
             pulls: pulls::Pulls::default(),
             synced_dockerfiles: VecDeque::new(),
             quiet_requests: Vec::new(),
+            stores_to_list: Vec::new(),
         }
     }
 
