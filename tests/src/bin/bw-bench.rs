@@ -154,17 +154,25 @@ fn build_rounds(env: &Environment, options: &Options, context: &Path) -> Value {
     let mut results: Vec<Vec<Value>> = vec![Vec::new(); options.sensors.len()];
     for round in 0..options.rounds {
         let tag = |who: &str| format!("bench/big:{}-{round}-{who}", env.nonce);
-        let bare = timed_build(env, context, &tag("bare"), &format!("{round}-bare"));
-        for offset in 0..options.sensors.len() {
-            let index = (round + offset) % options.sensors.len();
+        // The bare build takes its turn in the rotation too (slot `sensors.len()`).
+        let slots = options.sensors.len() + 1;
+        let mut bare = None;
+        let mut measured = Vec::new();
+        for offset in 0..slots {
+            let index = (round + offset) % slots;
+            if index == options.sensors.len() {
+                bare = Some(timed_build(env, context, &tag("bare"), &format!("{round}-bare")));
+                continue;
+            }
             let (name, binary) = &options.sensors[index];
             let config = sensor_config(env, &format!("{round}-{index}"));
             let sensor = Sensor::start(binary, &config);
             let mark = sensor.mark();
             let pid = sensor.pid();
             let cpu_before = cpu_ns(pid);
-            let full_tag = format!("docker.io/{}", tag(name));
-            let wall = timed_build(env, context, &tag(name), &format!("{round}-{name}"));
+            let who = format!("s{index}");
+            let full_tag = format!("docker.io/{}", tag(&who));
+            let wall = timed_build(env, context, &tag(&who), &format!("{round}-{who}"));
             sensor.wait_for(mark, WAIT, "the build line", |e| {
                 kind(e) == "build" && has_tag(&e["build"], &full_tag)
             });
@@ -184,8 +192,8 @@ fn build_rounds(env: &Environment, options: &Options, context: &Path) -> Value {
                 .as_object()
                 .map(|m| m.values().filter_map(Value::as_u64).sum())
                 .unwrap_or(0);
+            measured.push((index, wall));
             results[index].push(json!({
-                "wall_ratio": wall.as_secs_f64() / bare.as_secs_f64(),
                 "sensor_cpu_ms": cpu as f64 / 1e6,
                 "ring_bytes": stats["ring_bytes"],
                 "quiet_skipped_bytes": stats["quiet_skipped_bytes"],
@@ -194,9 +202,14 @@ fn build_rounds(env: &Environment, options: &Options, context: &Path) -> Value {
                 "output_bytes": output_bytes,
                 "desyncs": stats["detect"]["http_desyncs"],
             }));
+        }
+        let bare = bare.expect("the bare build has a slot");
+        for (index, wall) in measured {
+            let result = results[index].last_mut().expect("measured");
+            result["wall_ratio"] = json!(wall.as_secs_f64() / bare.as_secs_f64());
             eprintln!(
-                "bw-bench: 64 MiB build, round {round}, {name}: {}",
-                results[index].last().unwrap()
+                "bw-bench: 64 MiB build, round {round}, {}: {result}",
+                options.sensors[index].0
             );
         }
     }

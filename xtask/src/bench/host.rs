@@ -31,7 +31,7 @@ pub fn workloads(dir: &Path) -> anyhow::Result<Vec<Workload>> {
             name: "mixed",
             script: format!(
                 "rm -rf {target} && cargo build --offline -q --manifest-path {manifest} --target-dir {target} \
-                 && for i in 1 2 3 4 5 6 7 8 9 10; do git -C {tree} status --porcelain >/dev/null; done",
+                 && for i in 1 2 3 4 5; do git -C {tree} status --porcelain >/dev/null; done",
                 manifest = crate_dir.join("Cargo.toml").display(),
                 target = dir.join("mixed-target").display(),
                 tree = tree.display(),

@@ -73,6 +73,8 @@ pub fn bench(options: Options) -> anyhow::Result<()> {
     }
 
     let host_results = host_workloads(&dir, &sensors, options.rounds)?;
+    // Shown now, so a failure of the Docker half does not lose them.
+    println!("{}", report::host_table(&host_results));
     let docker = docker_workloads(&root, &sensors, options.rounds)?;
     let commit = git_output(&root, &["rev-parse", "--short", "HEAD"]).unwrap_or_default();
     let section = report::render(&commit, options.rounds, &host_results, &docker);
@@ -107,18 +109,34 @@ fn host_workloads(dir: &Path, sensors: &[(String, PathBuf)], rounds: usize) -> a
                 ));
                 watchers.push(("auditd, execve rule".into(), Watcher::Auditd));
             }
-            _ => {}
+            // What one-program dispatch would cost work that is not reads and writes.
+            _ => watchers.push((
+                "raw sys_enter/sys_exit, empty".into(),
+                Watcher::Bpftrace(BPFTRACE_RAW),
+            )),
         }
         let mut ratios: Vec<Vec<f64>> = vec![Vec::new(); watchers.len()];
         for round in 0..rounds {
-            let bare = host::workload_cpu(&workload)?;
-            for offset in 0..watchers.len() {
-                let index = (round + offset) % watchers.len();
-                let label = format!("{round}-{index}");
-                let running = host::start(&watchers[index].1, dir, &label)?;
-                let attached = host::workload_cpu(&workload);
+            // The bare run takes its turn in the rotation too (slot `watchers.len()`).
+            let slots = watchers.len() + 1;
+            let mut bare = None;
+            let mut attached = vec![None; watchers.len()];
+            for offset in 0..slots {
+                let index = (round + offset) % slots;
+                if index == watchers.len() {
+                    bare = Some(host::workload_cpu(&workload)?);
+                    continue;
+                }
+                let running = host::start(&watchers[index].1, dir, &format!("{round}-{index}"))?;
+                let cpu = host::workload_cpu(&workload);
                 drop(running);
-                ratios[index].push(attached?.as_secs_f64() / bare.as_secs_f64());
+                attached[index] = Some(cpu?);
+            }
+            let bare = bare.expect("the bare run has a slot").as_secs_f64();
+            for (index, cpu) in attached.into_iter().enumerate() {
+                if let Some(cpu) = cpu {
+                    ratios[index].push(cpu.as_secs_f64() / bare);
+                }
             }
             println!("xtask: {} round {} of {rounds} done", workload.name, round + 1);
         }

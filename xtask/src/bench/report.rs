@@ -69,19 +69,7 @@ pub fn render(commit: &str, rounds: usize, host: &[Series], docker: &Value) -> S
         out,
         "Workload CPU time (user + system) under each watcher over the same round's bare run; median of {rounds} rounds, with the range.\n"
     );
-    let _ = writeln!(
-        out,
-        "| workload | watcher | CPU ratio | range |\n|---|---|---|---|"
-    );
-    for series in host {
-        if let Some((median, low, high)) = stats(&series.ratios) {
-            let _ = writeln!(
-                out,
-                "| {} | {} | {median:.2} | {low:.2}-{high:.2} |",
-                series.workload, series.watcher
-            );
-        }
-    }
+    out.push_str(&host_table(host));
     let _ = writeln!(
         out,
         "\n64 MiB `docker build` (classic builder, 20.10), per sensor: median of {rounds} rounds (range).\n"
@@ -223,6 +211,21 @@ pub fn render(commit: &str, rounds: usize, host: &[Series], docker: &Value) -> S
             },
             if target.met { "yes" } else { "**no**" }
         );
+    }
+    out
+}
+
+/// The host workloads' ratios as a Markdown table.
+pub fn host_table(host: &[Series]) -> String {
+    let mut out = String::from("| workload | watcher | CPU ratio | range |\n|---|---|---|---|\n");
+    for series in host {
+        if let Some((median, low, high)) = stats(&series.ratios) {
+            let _ = writeln!(
+                out,
+                "| {} | {} | {median:.2} | {low:.2}-{high:.2} |",
+                series.workload, series.watcher
+            );
+        }
     }
     out
 }
