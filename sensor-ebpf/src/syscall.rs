@@ -10,7 +10,14 @@ const ARGS_OFFSET: usize = 16;
 pub fn arg(ctx: &TracePointContext, index: usize) -> Result<u64, i64> {
     // SAFETY: syscall tracepoint records always hold six 8-byte arguments at this offset, and
     // the verifier checks every context load.
-    Ok(unsafe { core::ptr::read(ctx.as_ptr().cast::<u8>().add(ARGS_OFFSET + 8 * index).cast::<u64>()) })
+    Ok(unsafe {
+        core::ptr::read(
+            ctx.as_ptr()
+                .cast::<u8>()
+                .add(ARGS_OFFSET + 8 * index)
+                .cast::<u64>(),
+        )
+    })
 }
 
 #[inline(always)]

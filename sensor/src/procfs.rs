@@ -145,7 +145,7 @@ pub fn daemon_identity(
         .into_iter()
         .map(|(_, inode)| inode)
         .collect();
-    let tables = net_tables(root, tgid);
+    let tables = net_listeners(root, tgid, &owned);
     let mut serves: Vec<String> = tables
         .unix
         .iter()
@@ -319,6 +319,42 @@ pub fn net_tables(root: &Path, tgid: u32) -> NetTables {
     }
 }
 
+/// The unix sockets and the listening TCP sockets of a process's network namespace, for the
+/// sockets in `owned` (socket inodes). The TCP tables are read only when some owned socket is
+/// not a unix one, and only as far as their listening rows, which the kernel prints first:
+/// reading a whole table walks the kernel's entire established-connection hash (milliseconds
+/// on a large host), and daemons are checked every few seconds.
+pub fn net_listeners(root: &Path, tgid: u32, owned: &std::collections::HashSet<u64>) -> NetTables {
+    let net = root.join(tgid.to_string()).join("net");
+    let unix = parse_unix_table(&fs::read_to_string(net.join("unix")).unwrap_or_default());
+    let all_unix = owned.iter().all(|inode| unix.iter().any(|s| s.inode == *inode));
+    let mut tcp = Vec::new();
+    if !all_unix {
+        tcp = listening_rows(&net.join("tcp"));
+        tcp.extend(listening_rows(&net.join("tcp6")));
+    }
+    NetTables { unix, tcp }
+}
+
+fn listening_rows(path: &Path) -> Vec<TcpSocket> {
+    use std::io::BufRead as _;
+    let Ok(file) = fs::File::open(path) else {
+        return Vec::new();
+    };
+    let mut table = String::new();
+    // Small reads: the kernel prints only as many rows as each read asks for.
+    for line in std::io::BufReader::with_capacity(1024, file).lines() {
+        let Ok(line) = line else { break };
+        let listening = line.split_whitespace().nth(3) == Some("0A");
+        if !table.is_empty() && !listening {
+            break;
+        }
+        table.push_str(&line);
+        table.push('\n');
+    }
+    parse_tcp_table(&table)
+}
+
 /// (fd, socket inode) of every socket the process holds.
 pub fn socket_fds(root: &Path, tgid: u32) -> Vec<(i32, u64)> {
     let dir = root.join(tgid.to_string()).join("fd");
@@ -343,7 +379,7 @@ fn socket_inode(fd_link: &Path) -> Option<u64> {
 /// its socket inode, then finds the inode in the process's view of /proc/net.
 pub fn listening_address(root: &Path, tgid: u32, fd: i32) -> Option<Endpoint> {
     let inode = socket_inode(&root.join(tgid.to_string()).join("fd").join(fd.to_string()))?;
-    let tables = net_tables(root, tgid);
+    let tables = net_listeners(root, tgid, &std::collections::HashSet::from([inode]));
     if let Some(path) = tables
         .unix
         .iter()
@@ -467,6 +503,21 @@ pub fn proc_root() -> PathBuf {
 #[cfg(test)]
 mod tests {
     use super::*;
+
+    #[test]
+    fn listening_rows_stop_at_the_first_established_one() {
+        let dir = std::env::temp_dir().join(format!("procfs-listen-{}", std::process::id()));
+        fs::create_dir_all(&dir).unwrap();
+        let path = dir.join("tcp");
+        let header = "  sl  local_address rem_address   st tx_queue rx_queue tr tm->when retrnsmt   uid  timeout inode\n";
+        let listen = "   0: 0100007F:092F 00000000:0000 0A 00000000:00000000 00:00000000 00000000     0        0 1111 1 0 100 0 0 10 0\n";
+        let established = "   1: 0100007F:092F 0100007F:D431 01 00000000:00000000 00:00000000 00000000     0        0 2222 1 0 20 4 30 10 -1\n";
+        fs::write(&path, format!("{header}{listen}{established}{listen}")).unwrap();
+        let rows = listening_rows(&path);
+        assert_eq!(rows.len(), 1, "{rows:?}");
+        assert_eq!((rows[0].inode, rows[0].state), (1111, TcpState::Listen));
+        let _ = fs::remove_dir_all(&dir);
+    }
 
     #[test]
     fn container_ids_from_cgroup_layouts() {

@@ -85,7 +85,12 @@ fn big_context(env: &Environment) -> PathBuf {
         "bench-64m",
         &format!("FROM {BASE_IMAGE}\nARG ROUND\nLABEL bench.round=$ROUND\n"),
     );
-    let mut payload = vec![0u8; CONTEXT_BYTES];
+    // BW_BENCH_CONTEXT_BYTES: another size, to tell fixed costs from costs per byte.
+    let bytes = std::env::var("BW_BENCH_CONTEXT_BYTES")
+        .ok()
+        .and_then(|v| v.parse().ok())
+        .unwrap_or(CONTEXT_BYTES);
+    let mut payload = vec![0u8; bytes];
     let mut state: u64 = 0x9e37_79b9_7f4a_7c15;
     for chunk in payload.chunks_mut(8) {
         // xorshift: incompressible, no need for a random source.
@@ -152,6 +157,8 @@ fn status_kib(pid: u32, field: &str) -> u64 {
 
 fn build_rounds(env: &Environment, options: &Options, context: &Path) -> Value {
     let mut results: Vec<Vec<Value>> = vec![Vec::new(); options.sensors.len()];
+    // Unmeasured: the daemon's first build of a context is slower than every later one.
+    timed_build(env, context, &format!("bench/big:{}-warmup", env.nonce), "warmup");
     for round in 0..options.rounds {
         let tag = |who: &str| format!("bench/big:{}-{round}-{who}", env.nonce);
         // The bare build takes its turn in the rotation too (slot `sensors.len()`).
@@ -167,6 +174,8 @@ fn build_rounds(env: &Environment, options: &Options, context: &Path) -> Value {
             let (name, binary) = &options.sensors[index];
             let config = sensor_config(env, &format!("{round}-{index}"));
             let sensor = Sensor::start(binary, &config);
+            // Its start-up (daemons asked, existing connections adopted) is not the build's.
+            std::thread::sleep(Duration::from_secs(2));
             let mark = sensor.mark();
             let pid = sensor.pid();
             let cpu_before = cpu_ns(pid);
