@@ -26,6 +26,7 @@ use crate::{
     existing,
     host::{DaemonPolicy, LiveHost, RecordingHost, SharedHost},
     kernel::{preflight, BuildGate, KernelSensor, LossCounters, QuietMap, TrackedSockets},
+    metrics,
     notify::notify,
     output::{
         queue::LineQueue,
@@ -244,6 +245,15 @@ pub async fn run(options: RunOptions) -> anyhow::Result<()> {
     tracing::info!(programs = kernel.attached.len(), daemons = ?inputs.engine.daemons.tgids(), "buildwatch is running");
 
     let started = Instant::now();
+    let metrics = match config.metrics.listen {
+        Some(address) => {
+            let shared = metrics::Shared::new(&procfs::kernel_release());
+            metrics::serve(address, shared.clone())?;
+            tracing::info!(%address, "serving /metrics");
+            Some(shared)
+        }
+        None => None,
+    };
     let loop_state = Loop {
         losses: &losses,
         queue: &queue,
@@ -251,6 +261,7 @@ pub async fn run(options: RunOptions) -> anyhow::Result<()> {
         health_interval: config.output.health_interval,
         started,
         signals,
+        metrics,
     };
     let stall_max = read_events(rings, loop_state, &mut inputs, &mut sink, &mut tracked).await?;
     let _ = notify("STOPPING=1");
@@ -283,6 +294,8 @@ struct Loop<'a> {
     health_interval: Duration,
     started: Instant,
     signals: Signals,
+    /// Where the counters go for `/metrics` (`[metrics]`), once a second.
+    metrics: Option<metrics::Shared>,
 }
 
 struct Signals {
@@ -360,6 +373,9 @@ async fn read_events(
             _ = loss_check.tick() => {
                 let loss = gather_loss(&inputs.engine, state.losses, state.queue);
                 inputs.engine.report_loss(loss, sink)?;
+                if let Some(metrics) = &state.metrics {
+                    metrics.publish(full_stats(inputs, state.losses, state.queue, state.started, stall_max));
+                }
                 recount_ticks += 1;
                 if recount_ticks.is_multiple_of(RECOUNT_EVERY) {
                     tracked.recount();

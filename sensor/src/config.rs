@@ -25,6 +25,7 @@ pub struct Config {
     pub process: Process,
     pub detect: Detect,
     pub allow: Allow,
+    pub metrics: crate::metrics::Settings,
     pub log: Log,
 }
 

@@ -14,6 +14,7 @@ pub mod existing;
 pub mod files;
 pub mod host;
 pub mod kernel;
+pub mod metrics;
 pub mod notify;
 pub mod output;
 pub mod process_table;

@@ -23,18 +23,32 @@ const BASE_REPOSITORY: &str = "127.0.0.1:5000/bwbase";
 
 struct World {
     sensor: Sensor,
+    /// The main sensor's `/metrics` port.
+    metrics_port: u16,
     /// Kept for the restart scenario, which runs sensors of its own.
     binary: PathBuf,
     env: Environment,
 }
 
 fn main() -> ExitCode {
-    let binary = match prerequisites("detection", &[("podman", "podman"), ("curl", "curl")]) {
+    let binary = match prerequisites(
+        "detection",
+        &[
+            ("podman", "podman"),
+            ("curl", "curl"),
+            ("prometheus", "prometheus"),
+        ],
+    ) {
         Ok(binary) => binary,
         Err(code) => return code,
     };
     let env = Environment::start();
-    let config = sensor_config(&env, &env.dir.join("sensor-state"));
+    let metrics_port = free_port();
+    let config = sensor_config_with(
+        &env,
+        &env.dir.join("sensor-state"),
+        &format!("[metrics]\nlisten = \"127.0.0.1:{metrics_port}\"\n"),
+    );
     let recording = recordings_dir().join("detection-run.jsonl");
     let world = World {
         sensor: Sensor::start_with(
@@ -43,6 +57,7 @@ fn main() -> ExitCode {
             &[OsStr::new("--record"), recording.as_os_str()],
             &[],
         ),
+        metrics_port,
         binary,
         env,
     };
@@ -114,6 +129,10 @@ fn main() -> ExitCode {
         Scenario {
             name: "small_recording_of_local_builds",
             run: small_recording_of_local_builds,
+        },
+        Scenario {
+            name: "prometheus_scrapes_the_detection_counter",
+            run: prometheus_scrapes_the_detection_counter,
         },
         // Last: stops the main sensor.
         Scenario {
@@ -1414,4 +1433,122 @@ fn time_ns(event: &Value) -> i128 {
         .ok()
         .and_then(|t| t.duration_since(std::time::UNIX_EPOCH).ok())
         .map_or(0, |d| d.as_nanos() as i128)
+}
+
+fn free_port() -> u16 {
+    std::net::TcpListener::bind("127.0.0.1:0")
+        .and_then(|l| l.local_addr())
+        .map(|a| a.port())
+        .expect("a free port")
+}
+
+/// A real Prometheus (Debian's), run with the shipped deploy/prometheus/prometheus.yml (its
+/// port and a 1 s interval put in), scrapes the main sensor while a build is detected.
+fn prometheus_scrapes_the_detection_counter(world: &World) {
+    let env = &world.env;
+    let shipped = std::fs::read_to_string(
+        Path::new(env!("CARGO_MANIFEST_DIR")).join("../deploy/prometheus/prometheus.yml"),
+    )
+    .expect("the shipped Prometheus config");
+    assert!(shipped.contains("127.0.0.1:9464") && shipped.contains("scrape_interval: 15s"));
+    let config = shipped
+        .replace("127.0.0.1:9464", &format!("127.0.0.1:{}", world.metrics_port))
+        .replace("15s", "1s");
+    let dir = env.dir.join("prometheus");
+    std::fs::create_dir_all(&dir).expect("a Prometheus directory");
+    std::fs::write(dir.join("prometheus.yml"), config).expect("writing the Prometheus config");
+    let web_port = free_port();
+    let log = std::fs::File::create(dir.join("prometheus.log")).expect("a log file");
+    let mut prometheus = KillOnDrop(
+        Command::new("prometheus")
+            .arg(format!("--config.file={}", dir.join("prometheus.yml").display()))
+            .arg(format!("--storage.tsdb.path={}", dir.join("data").display()))
+            .arg(format!("--web.listen-address=127.0.0.1:{web_port}"))
+            .stdout(log.try_clone().expect("log"))
+            .stderr(log)
+            .spawn()
+            .expect("starting prometheus"),
+    );
+    let query = |expression: &str| -> Option<f64> {
+        let output = Command::new("curl")
+            .args(["-s", "-G", &format!("http://127.0.0.1:{web_port}/api/v1/query")])
+            .arg("--data-urlencode")
+            .arg(format!("query={expression}"))
+            .output()
+            .ok()?;
+        let answer: Value = serde_json::from_slice(&output.stdout).ok()?;
+        answer["data"]["result"][0]["value"][1].as_str()?.parse().ok()
+    };
+    let mut wait = |what: &str, ready: &dyn Fn() -> bool| {
+        let deadline = std::time::Instant::now() + TIMEOUT;
+        while !ready() {
+            assert!(
+                prometheus.0.try_wait().ok().flatten().is_none(),
+                "prometheus exited: {}",
+                std::fs::read_to_string(dir.join("prometheus.log")).unwrap_or_default()
+            );
+            assert!(
+                std::time::Instant::now() < deadline,
+                "no {what} within {TIMEOUT:?}"
+            );
+            std::thread::sleep(Duration::from_millis(250));
+        }
+    };
+    wait("healthy scrape of the sensor", &|| {
+        query("up{job=\"buildwatch\"}") == Some(1.0)
+    });
+    // Every rule and severity is exported from the start, at zero.
+    let total = "sum(buildwatch_detections_total)";
+    wait("detection counter", &|| query(total).is_some());
+    let before = query(total).unwrap_or_default();
+
+    let context = env.context(
+        "det-metrics",
+        &format!("FROM {BASE_IMAGE}\nLABEL metrics={}\n", env.nonce),
+    );
+    let mark = world.sensor.mark();
+    run_command(env.docker().arg("build").arg(&context));
+    world
+        .sensor
+        .detection(mark, "build_without_pull", "the build's detection", |e| {
+            e["build"]["tags"].as_array().is_some_and(Vec::is_empty)
+        });
+    let increased = || query(total).is_some_and(|after| after > before);
+    if !increased() {
+        std::thread::sleep(Duration::from_secs(10));
+    }
+    assert!(
+        increased(),
+        "no increase of {total} from {before} (now {:?}); targets: {}",
+        query(total),
+        String::from_utf8_lossy(
+            &Command::new("curl")
+                .args(["-s", &format!("http://127.0.0.1:{web_port}/api/v1/targets")])
+                .output()
+                .map(|o| o.stdout)
+                .unwrap_or_default()
+        )
+    );
+    let medium = "buildwatch_detections_total{rule=\"build_without_pull\",severity=\"medium\"}";
+    assert!(query(medium).is_some_and(|n| n >= 1.0), "no {medium}");
+    assert_eq!(
+        query("up{job=\"buildwatch\"}"),
+        Some(1.0),
+        "the scrape is healthy"
+    );
+    assert!(
+        query("scrape_samples_scraped{job=\"buildwatch\"}").is_some_and(|n| n > 10.0),
+        "the sensor's metrics are scraped"
+    );
+    drop(prometheus);
+}
+
+/// A child process killed when the scenario ends, passed or not.
+struct KillOnDrop(std::process::Child);
+
+impl Drop for KillOnDrop {
+    fn drop(&mut self) {
+        let _ = self.0.kill();
+        let _ = self.0.wait();
+    }
 }

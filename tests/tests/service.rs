@@ -186,6 +186,20 @@ fn install_keeps_an_existing_config_and_uninstall_keeps_state() {
         "config overwritten"
     );
 
+    // Metrics need IP sockets, which the unit refuses unless a drop-in allows them.
+    let drop_in = destdir.join("etc/systemd/system/buildwatch.service.d/metrics.conf");
+    assert!(!drop_in.exists(), "no drop-in without [metrics]");
+    std::fs::write(&config, "[metrics]\nlisten = \"127.0.0.1:9464\"\n").unwrap();
+    xtask(&["install"]);
+    let text = std::fs::read_to_string(&drop_in).expect("the metrics drop-in");
+    assert!(
+        text.contains("RestrictAddressFamilies=AF_INET AF_INET6"),
+        "{text}"
+    );
+    std::fs::write(&config, "[detect]\nlookback = \"7d\"\n").unwrap();
+    xtask(&["install"]);
+    assert!(!drop_in.exists(), "the drop-in goes with [metrics]");
+
     std::fs::create_dir_all(destdir.join("var/lib/buildwatch")).unwrap();
     xtask(&["uninstall"]);
     assert!(!binary.exists() && !unit.exists());
@@ -620,4 +634,80 @@ fn wait_for_file_line(path: &Path, needle: &str) {
         assert!(Instant::now() < deadline, "no {needle} in {}", path.display());
         std::thread::sleep(Duration::from_millis(50));
     }
+}
+
+/// Purges the package when the test ends, passed or not.
+struct Purge;
+
+impl Drop for Purge {
+    fn drop(&mut self) {
+        let _ = Command::new("dpkg").args(["--purge", "buildwatch"]).output();
+    }
+}
+
+#[test]
+fn deb_package_installs_verifies_and_purges() {
+    let Some(_) = sensor_binary(true) else { return };
+    let scratch = Scratch::new("deb");
+    let cargo = std::env::var_os("CARGO").unwrap_or_else(|| "cargo".into());
+    let built = Command::new(&cargo)
+        .current_dir(workspace())
+        .args(["xtask", "deb", "--out"])
+        .arg(&scratch.0)
+        .output()
+        .expect("running cargo xtask deb");
+    assert!(
+        built.status.success(),
+        "cargo xtask deb failed: {}",
+        String::from_utf8_lossy(&built.stderr)
+    );
+    let package = std::fs::read_dir(&scratch.0)
+        .unwrap()
+        .flatten()
+        .map(|e| e.path())
+        .find(|p| p.extension().is_some_and(|e| e == "deb"))
+        .expect("a .deb");
+    let dpkg = |args: &[&str]| {
+        let output = Command::new("dpkg").args(args).output().expect("running dpkg");
+        assert!(
+            output.status.success(),
+            "dpkg {args:?}: {}{}",
+            String::from_utf8_lossy(&output.stdout),
+            String::from_utf8_lossy(&output.stderr)
+        );
+    };
+    let _purge = Purge;
+    dpkg(&["-i", &package.to_string_lossy()]);
+    let unit = Path::new("/lib/systemd/system/buildwatch.service");
+    let config = Path::new("/etc/buildwatch/config.toml");
+    assert!(Path::new("/usr/bin/buildwatch").is_file() && unit.is_file() && config.is_file());
+    let verify = Command::new("systemd-analyze")
+        .arg("verify")
+        .arg(unit)
+        .output()
+        .unwrap();
+    let stderr = String::from_utf8_lossy(&verify.stderr);
+    assert!(
+        verify.status.success() && stderr.trim().is_empty(),
+        "systemd-analyze verify: {stderr}"
+    );
+    let check = Command::new("/usr/bin/buildwatch")
+        .arg("check-config")
+        .output()
+        .unwrap();
+    assert!(
+        check.status.success(),
+        "check-config of the packaged config: {}",
+        String::from_utf8_lossy(&check.stderr)
+    );
+    // A changed conffile survives a remove; a purge takes it.
+    std::fs::write(config, "[detect]\nlookback = \"7d\"\n").unwrap();
+    dpkg(&["-r", "buildwatch"]);
+    assert!(!Path::new("/usr/bin/buildwatch").exists() && !unit.exists());
+    assert_eq!(
+        std::fs::read_to_string(config).unwrap(),
+        "[detect]\nlookback = \"7d\"\n"
+    );
+    dpkg(&["-P", "buildwatch"]);
+    assert!(!config.exists(), "purge removes the configuration");
 }

@@ -13,6 +13,8 @@ use crate::build;
 const UNIT_NAME: &str = "buildwatch.service";
 const CONFIG_DIR: &str = "etc/buildwatch";
 const UNIT_DIR: &str = "etc/systemd/system";
+const DROP_IN_DIR: &str = "buildwatch.service.d";
+const METRICS_DROP_IN: &str = "metrics.conf";
 const STATE_DIRS: [&str; 2] = ["var/lib/buildwatch", "var/log/buildwatch"];
 
 /// Where files go: `prefix` for the binary; `destdir` (default `/`) is prepended to every path,
@@ -77,6 +79,7 @@ pub fn install(layout: &Layout) -> anyhow::Result<()> {
         .with_context(|| format!("cannot write {}", unit.display()))?;
     fs::set_permissions(&unit, fs::Permissions::from_mode(0o644))?;
     println!("installed {}", unit.display());
+    metrics_drop_in(&unit_dir, &target, &config)?;
     println!();
     println!("To start buildwatch now and at every boot:");
     println!("  systemctl daemon-reload");
@@ -85,10 +88,62 @@ pub fn install(layout: &Layout) -> anyhow::Result<()> {
     Ok(())
 }
 
+/// The unit allows unix sockets only; serving `/metrics` needs IP sockets too. A drop-in
+/// allows them when the installed configuration sets `[metrics] listen`, and goes when it
+/// does not.
+fn metrics_drop_in(unit_dir: &Path, binary: &Path, config: &Path) -> anyhow::Result<()> {
+    let dir = unit_dir.join(DROP_IN_DIR);
+    let drop_in = dir.join(METRICS_DROP_IN);
+    let settings = std::process::Command::new(binary)
+        .arg("check-config")
+        .arg(config)
+        .output()
+        .with_context(|| format!("running {} check-config", binary.display()))?;
+    if !settings.status.success() {
+        anyhow::bail!(
+            "{} is not a valid configuration: {}",
+            config.display(),
+            String::from_utf8_lossy(&settings.stderr).trim()
+        );
+    }
+    let text = String::from_utf8_lossy(&settings.stdout);
+    let listen = text
+        .split("[metrics]")
+        .nth(1)
+        .and_then(|section| {
+            section
+                .lines()
+                .find(|line| line.trim_start().starts_with("listen"))
+        })
+        .map(|line| line.trim().to_string());
+    match listen {
+        Some(listen) => {
+            create_dir(&dir, 0o755)?;
+            fs::write(
+                &drop_in,
+                format!("# Written by cargo xtask install: {} sets [metrics] {listen}.\n[Service]\nRestrictAddressFamilies=AF_INET AF_INET6\n", config.display()),
+            )
+            .with_context(|| format!("cannot write {}", drop_in.display()))?;
+            fs::set_permissions(&drop_in, fs::Permissions::from_mode(0o644))?;
+            println!(
+                "installed {} (metrics: the unit may open IP sockets)",
+                drop_in.display()
+            );
+        }
+        None => match fs::remove_file(&drop_in) {
+            Ok(()) => println!("removed {} (no [metrics] listen)", drop_in.display()),
+            Err(err) if err.kind() == std::io::ErrorKind::NotFound => {}
+            Err(err) => return Err(err).with_context(|| format!("cannot remove {}", drop_in.display())),
+        },
+    }
+    Ok(())
+}
+
 pub fn uninstall(layout: &Layout, purge: bool) -> anyhow::Result<()> {
     let mut removed = vec![
         layout.staged(&layout.bindir()).join("buildwatch"),
         layout.destdir.join(UNIT_DIR).join(UNIT_NAME),
+        layout.destdir.join(UNIT_DIR).join(DROP_IN_DIR),
     ];
     if purge {
         removed.push(layout.destdir.join(CONFIG_DIR));

@@ -1,6 +1,7 @@
 //! `cargo xtask`: build, run and test buildwatch, installing what a fresh machine lacks.
 mod bench;
 mod build;
+mod deb;
 mod engines;
 mod fixture;
 mod fuzz;
@@ -47,6 +48,13 @@ enum Command {
         /// Prepended to every installed path (packaging, or a trial into a scratch directory).
         #[arg(long, default_value = "/")]
         destdir: std::path::PathBuf,
+    },
+    /// Build a Debian package (target/debian/buildwatch_<version>_amd64.deb): the binary, the
+    /// unit, the example configuration as a conffile, the docs.
+    Deb {
+        /// Directory for the package (and its staging tree).
+        #[arg(long)]
+        out: Option<std::path::PathBuf>,
     },
     /// Remove what `install` installed; the configuration and state stay unless --purge.
     Uninstall {
@@ -101,6 +109,7 @@ fn main() -> ExitCode {
     let cli = Cli::parse();
     let result = match cli.command {
         Command::Build => build::build().map(drop),
+        Command::Deb { out } => deb::deb(out).map(drop),
         Command::Run { args } => run::run(&args),
         Command::Test { unit_only } => test::test(unit_only),
         Command::Install { prefix, destdir } => install::install(&install::Layout { prefix, destdir }),

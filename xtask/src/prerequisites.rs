@@ -17,6 +17,8 @@ pub const TEST_PACKAGES: &[(&str, &str)] = &[
     ("tar", "tar"),
     ("curl", "curl"),
     ("systemd", "systemd-analyze"),
+    // The metrics scenario is scraped by a real Prometheus.
+    ("prometheus", "prometheus"),
     // The attack scenarios create an unprivileged user and run as it.
     ("passwd", "useradd"),
     ("util-linux", "setpriv"),

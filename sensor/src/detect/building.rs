@@ -177,7 +177,7 @@ impl Detector {
                 build.detection_id = Some(detection.id.clone());
                 build.severity = Some(detection.severity);
                 build.raised_for_egress = !build.egress.is_empty();
-                *self.stats.detections.entry(detection.rule).or_default() += 1;
+                self.count_detection(&detection);
                 self.findings.push((
                     now,
                     Finding::Detection {

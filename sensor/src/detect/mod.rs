@@ -161,6 +161,9 @@ pub struct DataInput<'a> {
 pub struct DetectStats {
     pub operations: BTreeMap<&'static str, u64>,
     pub detections: BTreeMap<&'static str, u64>,
+    /// The same, by (rule, severity), for the metrics.
+    #[serde(skip)]
+    pub detections_by_severity: BTreeMap<(&'static str, &'static str), u64>,
     /// Detections an allowlist entry suppressed.
     pub suppressed: BTreeMap<&'static str, u64>,
     /// Streams that stopped parsing as HTTP somewhere and had to resync.

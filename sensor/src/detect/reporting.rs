@@ -42,6 +42,16 @@ impl Detector {
         true
     }
 
+    /// Counts a detection that is written, by rule and by rule and severity.
+    pub(super) fn count_detection(&mut self, detection: &DetectionView) {
+        *self.stats.detections.entry(detection.rule).or_default() += 1;
+        *self
+            .stats
+            .detections_by_severity
+            .entry((detection.rule, detection.severity.as_str()))
+            .or_default() += 1;
+    }
+
     pub(super) fn report(
         &mut self,
         at: u64,
@@ -63,7 +73,7 @@ impl Detector {
             ),
         };
         let detection = DetectionView::new(verdict, &subject_id, evidence);
-        *self.stats.detections.entry(detection.rule).or_default() += 1;
+        self.count_detection(&detection);
         let (build, operation, api) = match subject {
             Subject::Build(build) => (Some(build), None, None),
             Subject::Operation(operation) => (None, Some(operation), None),

@@ -17,6 +17,16 @@ pub enum Severity {
 }
 
 impl Severity {
+    pub const ALL: [Severity; 3] = [Severity::Medium, Severity::High, Severity::Critical];
+
+    pub const fn as_str(self) -> &'static str {
+        match self {
+            Severity::Medium => "medium",
+            Severity::High => "high",
+            Severity::Critical => "critical",
+        }
+    }
+
     pub fn raised(self) -> Self {
         match self {
             Severity::Medium => Severity::High,
@@ -73,6 +83,15 @@ pub enum Rule {
 }
 
 impl Rule {
+    pub const ALL: [Rule; 6] = [
+        Rule::BuildWithoutPull,
+        Rule::RunOfUnpulledImage,
+        Rule::ImageSideLoaded,
+        Rule::BuildEgress,
+        Rule::ApiExposed,
+        Rule::DaemonImpersonation,
+    ];
+
     pub fn name(self) -> &'static str {
         match self {
             Rule::BuildWithoutPull => "build_without_pull",

@@ -63,7 +63,7 @@ pub fn render(commit: &str, rounds: usize, host: &[Series], docker: &Value) -> S
         .unwrap_or_default();
     let _ = writeln!(
         out,
-        "## {date}, commit {commit}: `cargo xtask bench --rounds {rounds}`\n"
+        "### {date}, commit {commit}: `cargo xtask bench --rounds {rounds}`\n"
     );
     let _ = writeln!(
         out,
