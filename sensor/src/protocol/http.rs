@@ -227,15 +227,7 @@ impl RequestStream {
     /// the chunked body ended at the end of a read. What follows starts a new request when
     /// that end is certain; otherwise the stream resynchronises at the next request line.
     pub fn skipped_rest(&mut self, len: u64, clean_end: bool) -> Vec<HttpEvent> {
-        let in_body = matches!(
-            self.state,
-            State::Sized { .. }
-                | State::ChunkSize
-                | State::ChunkData { .. }
-                | State::ChunkEnd
-                | State::Trailers
-        );
-        if !in_body || !self.buffer.is_empty() {
+        if !self.in_body() || !self.buffer.is_empty() {
             return self.gap(len);
         }
         match self.state {
@@ -250,12 +242,8 @@ impl RequestStream {
                 self.line_start = true;
                 self.offset += len - remaining;
             }
-            State::Sized { .. } => {
-                self.offset += len;
-                self.body_complete = false;
-                self.body_done();
-            }
-            _ if clean_end => {
+            // Exactly the rest of a sized body, or a chunked one that ended at a read's end.
+            _ if clean_end || matches!(self.state, State::Sized { .. }) => {
                 self.offset += len;
                 self.body_complete = false;
                 self.body_done();
@@ -269,15 +257,19 @@ impl RequestStream {
         std::mem::take(&mut self.events)
     }
 
-    fn desync(&mut self, reason: &'static str) {
-        if matches!(
+    fn in_body(&self) -> bool {
+        matches!(
             self.state,
             State::Sized { .. }
                 | State::ChunkSize
                 | State::ChunkData { .. }
                 | State::ChunkEnd
                 | State::Trailers
-        ) {
+        )
+    }
+
+    fn desync(&mut self, reason: &'static str) {
+        if self.in_body() {
             self.body_complete = false;
             self.finish_body();
         }

@@ -154,8 +154,21 @@ pub const BPFTRACE_RAW: &str = "tracepoint:raw_syscalls:sys_enter {} tracepoint:
 
 /// A running watcher, stopped on drop.
 pub struct Running {
-    child: Option<Child>,
+    child: Child,
     audit_rule: bool,
+}
+
+impl Running {
+    fn new(child: Child) -> Self {
+        Self {
+            child,
+            audit_rule: false,
+        }
+    }
+
+    fn exited(&mut self) -> bool {
+        self.child.try_wait().ok().flatten().is_some()
+    }
 }
 
 impl Drop for Running {
@@ -163,16 +176,14 @@ impl Drop for Running {
         if self.audit_rule {
             let _ = Command::new("auditctl").arg("-D").stdout(Stdio::null()).status();
         }
-        if let Some(child) = &mut self.child {
-            // SAFETY: signalling our own child.
-            unsafe { libc::kill(child.id() as i32, libc::SIGINT) };
-            let deadline = Instant::now() + Duration::from_secs(20);
-            while child.try_wait().ok().flatten().is_none() && Instant::now() < deadline {
-                std::thread::sleep(Duration::from_millis(20));
-            }
-            let _ = child.kill();
-            let _ = child.wait();
+        // SAFETY: signalling our own child.
+        unsafe { libc::kill(self.child.id() as i32, libc::SIGINT) };
+        let deadline = Instant::now() + Duration::from_secs(20);
+        while !self.exited() && Instant::now() < deadline {
+            std::thread::sleep(Duration::from_millis(20));
         }
+        let _ = self.child.kill();
+        let _ = self.child.wait();
     }
 }
 
@@ -188,18 +199,11 @@ pub fn start(watcher: &Watcher, dir: &Path, label: &str) -> anyhow::Result<Runni
                 .stderr(fs::File::create(&log)?)
                 .spawn()
                 .context("starting bpftrace")?;
-            let mut running = Running {
-                child: Some(child),
-                audit_rule: false,
-            };
+            let mut running = Running::new(child);
             // bpftrace says "Attaching N probes..." on stdout only after attaching; its stderr
             // stays quiet. Wait for its programs to appear instead.
             wait_until(Duration::from_secs(30), || {
-                running
-                    .child
-                    .as_mut()
-                    .is_some_and(|c| c.try_wait().ok().flatten().is_none())
-                    && attached_by(running.child.as_ref().map_or(0, |c| c.id()))
+                !running.exited() && attached_by(running.child.id())
             })
             .with_context(|| {
                 format!(
@@ -216,10 +220,7 @@ pub fn start(watcher: &Watcher, dir: &Path, label: &str) -> anyhow::Result<Runni
                 .stderr(Stdio::null())
                 .spawn()
                 .context("starting auditd")?;
-            let mut running = Running {
-                child: Some(child),
-                audit_rule: false,
-            };
+            let mut running = Running::new(child);
             wait_until(Duration::from_secs(10), || {
                 Command::new("auditctl")
                     .args([
@@ -284,24 +285,14 @@ fn start_buildwatch(binary: &Path, dir: &Path, label: &str) -> anyhow::Result<Ru
         .stderr(Stdio::null())
         .spawn()
         .context("starting buildwatch")?;
-    let mut running = Running {
-        child: Some(child),
-        audit_rule: false,
-    };
+    let mut running = Running::new(child);
     wait_until(Duration::from_secs(30), || {
         fs::read_to_string(&events)
             .unwrap_or_default()
             .contains("\"sensor.start\"")
-            || running
-                .child
-                .as_mut()
-                .is_none_or(|c| c.try_wait().ok().flatten().is_some())
+            || running.exited()
     })?;
-    if running
-        .child
-        .as_mut()
-        .is_none_or(|c| c.try_wait().ok().flatten().is_some())
-    {
+    if running.exited() {
         bail!("{} did not start", binary.display());
     }
     Ok(running)
