@@ -1227,6 +1227,16 @@ fn replay_equals_live(world: &World) {
         .terminate(Duration::from_secs(15))
         .expect("the main sensor did not stop");
     assert!(status.success(), "{}", world.sensor.stderr());
+    // The loaded archive's body past its kept prefix was skipped by the kernel, not copied,
+    // and every detection above still had its evidence.
+    let stop = world
+        .sensor
+        .wait_for(0, TIMEOUT, "sensor.stop", |e| kind(e) == "sensor.stop");
+    assert!(
+        stop["stats"]["quiet_skipped_bytes"].as_u64().unwrap_or_default() > 0,
+        "the kernel copied every byte: {}",
+        stop["stats"]
+    );
     let live = world.sensor.all(0, |e| kind(e) == "detection");
     assert!(
         live.len() >= 8,

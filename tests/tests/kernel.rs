@@ -186,3 +186,34 @@ fn bytes_beyond_the_captured_iovecs_are_announced() {
     drop(sensor);
     let _ = std::fs::remove_dir_all(&dir);
 }
+
+/// By default the kernel reports the processes correlation uses: one that takes a daemon's
+/// name is reported (whoever runs it), an unrelated one is not.
+#[test]
+fn only_processes_correlation_uses_are_reported() {
+    let Some(binary) = prerequisites() else { return };
+    let config = TempConfig::new("relevant", "[watch]\nunix_sockets = []\ntcp_ports = []\n");
+    let dir = std::env::temp_dir().join(format!("buildwatch-relevant-{}", std::process::id()));
+    std::fs::create_dir_all(&dir).expect("a scratch directory");
+    let unrelated = dir.join("bw-unrelated");
+    let impostor = dir.join("dockerd");
+    for copy in [&unrelated, &impostor] {
+        std::fs::copy("/bin/true", copy).expect("copying /bin/true");
+    }
+    let sensor = Sensor::start(&binary, &config.path);
+    let mark = sensor.mark();
+    for program in [&unrelated, &impostor] {
+        assert!(Command::new(program)
+            .status()
+            .expect("running a copy of true")
+            .success());
+    }
+    let path = |p: &PathBuf| p.to_string_lossy().into_owned();
+    // Both ran in this order: the impostor's exec arriving means the other's would have too.
+    sensor.wait_for(mark, Duration::from_secs(30), "the impostor's exec", |e| {
+        kind(e) == "process.exec" && e["filename"] == path(&impostor)
+    });
+    let seen = sensor.all(mark, |e| e["filename"] == path(&unrelated));
+    assert!(seen.is_empty(), "an unrelated process was reported: {seen:?}");
+    let _ = std::fs::remove_dir_all(&dir);
+}
