@@ -181,6 +181,7 @@ impl Detector {
             origin,
             body: None,
             needs_body: false,
+            store_before: None,
         };
         self.finalize(pending, header.boot_ns);
     }

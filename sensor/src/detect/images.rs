@@ -207,6 +207,7 @@ impl Detector {
         conn_ids: Vec<u64>,
         now: u64,
         side_load: SideLoad,
+        listed_at_head: Option<StoreSnapshot>,
     ) {
         if !served_by_dockerd(&side_load.view.origin) {
             self.report_side_load(now, side_load);
@@ -229,7 +230,8 @@ impl Detector {
         let store = side_load.view.store().map(String::from);
         self.transfers.push(Transfer {
             id: id.clone(),
-            store_before: store.as_deref().and_then(|store| self.snapshot_store(store)),
+            store_before: listed_at_head
+                .or_else(|| store.as_deref().and_then(|store| self.snapshot_store(store))),
             store,
             source,
             start_ns,

@@ -199,6 +199,9 @@ struct Pending {
     origin: Origin,
     body: Option<(Vec<u8>, bool)>,
     needs_body: bool,
+    /// A load's or import's image store as the daemon's side of its head found it: listed
+    /// then, not when the operation is reported (a small load is over in milliseconds).
+    store_before: Option<images::StoreSnapshot>,
 }
 
 impl Pending {

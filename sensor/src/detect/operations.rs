@@ -105,7 +105,14 @@ impl Detector {
                 }
                 let names: Vec<String> = image.iter().map(ToString::to_string).collect();
                 let side_load = images::SideLoad::new(view, "imported", names, evidence, at);
-                self.transfer_or_report(Source::Import, at, conn_ids, now, side_load);
+                self.transfer_or_report(
+                    Source::Import,
+                    at,
+                    conn_ids,
+                    now,
+                    side_load,
+                    pending.store_before.take(),
+                );
             }
             Operation::Load => {
                 let loaded = pending
@@ -120,7 +127,14 @@ impl Detector {
                 }
                 let names: Vec<String> = loaded.iter().map(ToString::to_string).collect();
                 let side_load = images::SideLoad::new(view, "loaded", names, evidence, at);
-                self.transfer_or_report(Source::Load, at, conn_ids, now, side_load);
+                self.transfer_or_report(
+                    Source::Load,
+                    at,
+                    conn_ids,
+                    now,
+                    side_load,
+                    pending.store_before.take(),
+                );
             }
             Operation::Tag { source, target } => {
                 let via = ImageRef::parse(&source)

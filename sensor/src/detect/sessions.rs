@@ -115,6 +115,7 @@ impl Detector {
                 origin: daemon_origin.clone(),
                 body: learned.then(|| (Vec::new(), true)),
                 needs_body: true,
+                store_before: None,
             };
             pending.join(half, is_client, &input.process, daemon_origin);
             self.pending.push(pending);

@@ -349,6 +349,7 @@ impl Detector {
                     origin: origin.clone(),
                     body: None,
                     needs_body,
+                    store_before: None,
                 };
                 pending.join(half, is_client, &input.process, origin);
                 if self.pending.len() >= MAX_PENDING {
@@ -359,8 +360,29 @@ impl Detector {
                 id
             }
         };
+        if input.role == Role::DaemonAccepted {
+            self.list_store_for_transfer(&id, input.daemon_store);
+        }
         if let Some(stream) = self.streams.get_mut(&key) {
             stream.awaiting_body = Some(id);
+        }
+    }
+
+    /// A load or import read by a daemon: its store is listed now, before the daemon can have
+    /// taken the images in, as the baseline of the transfer's end.
+    fn list_store_for_transfer(&mut self, id: &OperationId, store: Option<&str>) {
+        let Some(store) = store else { return };
+        let is_transfer = self.pending.iter().any(|p| {
+            p.id == *id
+                && p.store_before.is_none()
+                && matches!(p.operation, Operation::Load | Operation::Import { .. })
+        });
+        if !is_transfer {
+            return;
+        }
+        let snapshot = self.snapshot_store(store);
+        if let Some(pending) = self.pending.iter_mut().find(|p| p.id == *id) {
+            pending.store_before = snapshot;
         }
     }
 
