@@ -31,6 +31,7 @@ use crate::{
     output::{
         queue::LineQueue,
         schema::{HealthBody, LineKind, LossView, SensorInfo, StartBody, Stats, StopBody, WarningBody},
+        syslog::SyslogTarget,
         writer::{self, FileSettings, Targets},
         Emitter, Sink,
     },
@@ -109,7 +110,15 @@ pub async fn run(options: RunOptions) -> anyhow::Result<()> {
         max_size: config.output.max_size,
         max_backups: config.output.max_backups,
     });
-    let targets = Targets::open(config.output.writes_stdout(), file)?;
+    let syslog = config.output.syslog_address()?.map(|address| {
+        SyslogTarget::new(
+            address,
+            config.output.syslog_facility,
+            &procfs::hostname(),
+            config.output.syslog_kinds(),
+        )
+    });
+    let targets = Targets::open(config.output.writes_stdout(), file, syslog)?;
     let reopen = Arc::new(AtomicBool::new(false));
     let writer = writer::spawn(queue.clone(), targets, Arc::clone(&reopen))?;
     let mut sink = Sink::queue(queue.clone()).format(config.output.format);

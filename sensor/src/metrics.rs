@@ -332,6 +332,32 @@ fn add_stats(registry: &mut Registry, stats: &Stats) {
             "Lines waiting for the outputs now",
             queue.len as i64,
         );
+        if let Some(syslog) = &queue.syslog {
+            counter(
+                registry,
+                "syslog_sent",
+                "Messages the syslog receiver has (TCP: acknowledged)",
+                syslog.sent,
+            );
+            counter(
+                registry,
+                "syslog_resent",
+                "Messages sent to syslog again on a new connection",
+                syslog.resent,
+            );
+            gauge(
+                registry,
+                "syslog_pending",
+                "Messages not yet acknowledged or waiting for the syslog receiver",
+                syslog.pending as i64,
+            );
+            gauge(
+                registry,
+                "syslog_connected",
+                "1 while the syslog receiver is connected",
+                i64::from(syslog.connected),
+            );
+        }
     }
 }
 

@@ -37,6 +37,7 @@ fn main() -> ExitCode {
             ("podman", "podman"),
             ("curl", "curl"),
             ("prometheus", "prometheus"),
+            ("rsyslogd", "rsyslog"),
         ],
     ) {
         Ok(binary) => binary,
@@ -133,6 +134,10 @@ fn main() -> ExitCode {
         Scenario {
             name: "prometheus_scrapes_the_detection_counter",
             run: prometheus_scrapes_the_detection_counter,
+        },
+        Scenario {
+            name: "syslog_reaches_rsyslog_across_its_restart",
+            run: syslog_reaches_rsyslog_across_its_restart,
         },
         // Last: stops the main sensor.
         Scenario {
@@ -1551,6 +1556,178 @@ fn prometheus_scrapes_the_detection_counter(world: &World) {
         "the sensor's metrics are scraped"
     );
     drop(prometheus);
+}
+
+/// A real rsyslog (Debian's) running the shipped deploy/rsyslog/buildwatch-receiver.conf, its
+/// port and paths changed.
+struct Rsyslog {
+    dir: PathBuf,
+    port: u16,
+    process: Option<KillOnDrop>,
+}
+
+impl Rsyslog {
+    fn new(dir: PathBuf) -> Self {
+        let shipped = std::fs::read_to_string(
+            Path::new(env!("CARGO_MANIFEST_DIR")).join("../deploy/rsyslog/buildwatch-receiver.conf"),
+        )
+        .expect("the shipped rsyslog config");
+        let port = free_port();
+        std::fs::create_dir_all(&dir).expect("an rsyslog directory");
+        let config = shipped
+            .replace("/var/spool/rsyslog", &dir.display().to_string())
+            .replace(
+                "/var/log/buildwatch/received.jsonl",
+                &dir.join("received.jsonl").display().to_string(),
+            )
+            .replace("port=\"514\"", &format!("port=\"{port}\""));
+        assert!(
+            config.contains(&port.to_string()),
+            "the shipped config changed: {shipped}"
+        );
+        std::fs::write(dir.join("rsyslog.conf"), config).expect("writing the rsyslog config");
+        Self {
+            dir,
+            port,
+            process: None,
+        }
+    }
+
+    fn start(&mut self) {
+        let log = std::fs::File::create(self.dir.join("rsyslog.log")).expect("a log file");
+        let child = Command::new("rsyslogd")
+            .args(["-n", "-f"])
+            .arg(self.dir.join("rsyslog.conf"))
+            .arg("-i")
+            .arg(self.dir.join("rsyslog.pid"))
+            .stdout(log.try_clone().expect("log"))
+            .stderr(log)
+            .spawn()
+            .expect("starting rsyslogd");
+        let mut process = KillOnDrop(child);
+        let deadline = std::time::Instant::now() + TIMEOUT;
+        while std::net::TcpStream::connect(("127.0.0.1", self.port)).is_err() {
+            assert!(
+                process.0.try_wait().ok().flatten().is_none(),
+                "rsyslogd exited: {}",
+                std::fs::read_to_string(self.dir.join("rsyslog.log")).unwrap_or_default()
+            );
+            assert!(std::time::Instant::now() < deadline, "rsyslogd never listened");
+            std::thread::sleep(Duration::from_millis(100));
+        }
+        self.process = Some(process);
+    }
+
+    /// SIGTERM, as a service restart sends: rsyslog closes its connections and writes what it
+    /// has.
+    fn stop(&mut self) {
+        let Some(mut process) = self.process.take() else {
+            return;
+        };
+        // SAFETY: signalling our own child.
+        unsafe { libc::kill(process.0.id() as i32, libc::SIGTERM) };
+        let status = process.0.wait().expect("waiting for rsyslogd");
+        assert!(status.success(), "rsyslogd: {status}");
+    }
+
+    /// The lines rsyslog wrote; every one must be a whole JSON object.
+    fn received(&self) -> Vec<Value> {
+        let text = std::fs::read_to_string(self.dir.join("received.jsonl")).unwrap_or_default();
+        text.lines()
+            .map(|line| {
+                serde_json::from_str::<Value>(line).unwrap_or_else(|err| {
+                    panic!("rsyslog wrote a line that is not whole JSON ({err}): {line}")
+                })
+            })
+            .collect()
+    }
+}
+
+/// `output.syslog` over TCP to a real rsyslog that is restarted in the middle: every line the
+/// sensor wrote arrives whole (a detection made while rsyslog was down included), and the
+/// sensor's count of sent lines is never more than what arrived.
+fn syslog_reaches_rsyslog_across_its_restart(world: &World) {
+    let env = &world.env;
+    let nonce = &env.nonce;
+    let mut rsyslog = Rsyslog::new(env.dir.join("rsyslog"));
+    rsyslog.start();
+    let config = sensor_config_with(
+        env,
+        &env.dir.join("syslog-state"),
+        &format!(
+            "[output]\nstdout = true\nsyslog = \"tcp://127.0.0.1:{}\"\nsyslog_facility = \"local3\"\n",
+            rsyslog.port
+        ),
+    );
+    let sensor = Sensor::start(&world.binary, &config);
+    let build = |step: &str| {
+        let context = env.context(
+            &format!("det-syslog-{step}"),
+            &format!("FROM {BASE_IMAGE}\nLABEL syslog={nonce}-{step}\n"),
+        );
+        let mark = sensor.mark();
+        run_command(env.docker().arg("build").arg(&context));
+        sensor.detection(
+            mark,
+            "build_without_pull",
+            &format!("the {step} build's detection"),
+            |_| true,
+        )
+    };
+    let arrived = |id: &str| rsyslog.received().iter().any(|line| line["id"] == id);
+    let first = build("first");
+    let deadline = std::time::Instant::now() + TIMEOUT;
+    while !arrived(first["id"].as_str().unwrap_or_default()) {
+        assert!(
+            std::time::Instant::now() < deadline,
+            "the first detection never reached rsyslog"
+        );
+        std::thread::sleep(Duration::from_millis(100));
+    }
+
+    rsyslog.stop();
+    let while_down = build("while-down");
+    rsyslog.start();
+    let after = build("after");
+    let status = sensor
+        .terminate(Duration::from_secs(30))
+        .expect("the syslog sensor did not stop");
+    assert!(status.success(), "sensor: {status}\n{}", sensor.stderr());
+    rsyslog.stop();
+
+    let received = rsyslog.received();
+    let written = sensor.all(0, |_| true);
+    for line in &written {
+        assert!(
+            received.contains(line),
+            "{} {} did not reach rsyslog whole ({} lines arrived); sensor stderr:\n{}",
+            kind(line),
+            line["id"],
+            received.len(),
+            sensor.stderr()
+        );
+    }
+    for detection in [&first, &while_down, &after] {
+        assert!(received.contains(detection), "{detection}");
+    }
+    let stop = written
+        .iter()
+        .find(|line| kind(line) == "sensor.stop")
+        .expect("a sensor.stop line");
+    let syslog = &stop["stats"]["queue"]["syslog"];
+    let sent = syslog["sent"].as_u64().unwrap_or_default();
+    assert!(sent > 0, "the stop line reports the syslog delivery: {stop}");
+    // Each message counted as sent was acknowledged once (a resent one twice, as it arrives).
+    assert!(
+        received.len() as u64 >= sent,
+        "reported {sent} sent, {} lines arrived",
+        received.len()
+    );
+    assert!(
+        sensor.stderr().contains("syslog receiver unreachable"),
+        "the restart was noticed: {}",
+        sensor.stderr()
+    );
 }
 
 /// A child process killed when the scenario ends, passed or not.

@@ -186,19 +186,25 @@ fn install_keeps_an_existing_config_and_uninstall_keeps_state() {
         "config overwritten"
     );
 
-    // Metrics need IP sockets, which the unit refuses unless a drop-in allows them.
-    let drop_in = destdir.join("etc/systemd/system/buildwatch.service.d/metrics.conf");
+    // Metrics and network syslog need IP sockets, which the unit refuses unless a drop-in
+    // allows them; syslog to a unix socket does not.
+    let drop_in = destdir.join("etc/systemd/system/buildwatch.service.d/network.conf");
     assert!(!drop_in.exists(), "no drop-in without [metrics]");
-    std::fs::write(&config, "[metrics]\nlisten = \"127.0.0.1:9464\"\n").unwrap();
+    for network in [
+        "[metrics]\nlisten = \"127.0.0.1:9464\"\n",
+        "[output]\nsyslog = \"tcp://127.0.0.1:514\"\n",
+    ] {
+        std::fs::write(&config, network).unwrap();
+        xtask(&["install"]);
+        let text = std::fs::read_to_string(&drop_in).expect("the network drop-in");
+        assert!(
+            text.contains("RestrictAddressFamilies=AF_INET AF_INET6"),
+            "{text}"
+        );
+    }
+    std::fs::write(&config, "[output]\nsyslog = \"unix:/dev/log\"\n").unwrap();
     xtask(&["install"]);
-    let text = std::fs::read_to_string(&drop_in).expect("the metrics drop-in");
-    assert!(
-        text.contains("RestrictAddressFamilies=AF_INET AF_INET6"),
-        "{text}"
-    );
-    std::fs::write(&config, "[detect]\nlookback = \"7d\"\n").unwrap();
-    xtask(&["install"]);
-    assert!(!drop_in.exists(), "the drop-in goes with [metrics]");
+    assert!(!drop_in.exists(), "the drop-in goes without a network output");
 
     std::fs::create_dir_all(destdir.join("var/lib/buildwatch")).unwrap();
     xtask(&["uninstall"]);
@@ -681,6 +687,10 @@ fn deb_package_installs_verifies_and_purges() {
     let unit = Path::new("/lib/systemd/system/buildwatch.service");
     let config = Path::new("/etc/buildwatch/config.toml");
     assert!(Path::new("/usr/bin/buildwatch").is_file() && unit.is_file() && config.is_file());
+    for example in ["prometheus.yml", "buildwatch-receiver.conf"] {
+        let path = Path::new("/usr/share/doc/buildwatch/examples").join(example);
+        assert!(path.is_file(), "{} is not packaged", path.display());
+    }
     let verify = Command::new("systemd-analyze")
         .arg("verify")
         .arg(unit)

@@ -21,6 +21,11 @@ const DOCS: [&str; 6] = [
     "docs/fleet.md",
     "docs/config.example.toml",
 ];
+/// The configurations the tests run against real components, under the docs' examples/.
+const EXAMPLES: [&str; 2] = [
+    "deploy/prometheus/prometheus.yml",
+    "deploy/rsyslog/buildwatch-receiver.conf",
+];
 
 const POSTINST: &str = "#!/bin/sh
 set -e
@@ -74,10 +79,11 @@ pub fn deb(out: Option<PathBuf>) -> anyhow::Result<PathBuf> {
         0o644,
         &fs::read(root.join("docs/config.example.toml"))?,
     )?;
-    for doc in DOCS {
+    let docs = DOCS.iter().map(|doc| (*doc, ""));
+    for (doc, under) in docs.chain(EXAMPLES.iter().map(|example| (*example, "examples/"))) {
         let name = Path::new(doc).file_name().expect("a file name").to_string_lossy();
         put(
-            &format!("usr/share/doc/{PACKAGE}/{name}"),
+            &format!("usr/share/doc/{PACKAGE}/{under}{name}"),
             0o644,
             &fs::read(root.join(doc)).with_context(|| format!("reading {doc}"))?,
         )?;

@@ -14,7 +14,9 @@ const UNIT_NAME: &str = "buildwatch.service";
 const CONFIG_DIR: &str = "etc/buildwatch";
 const UNIT_DIR: &str = "etc/systemd/system";
 const DROP_IN_DIR: &str = "buildwatch.service.d";
-const METRICS_DROP_IN: &str = "metrics.conf";
+const NETWORK_DROP_IN: &str = "network.conf";
+/// The drop-in's earlier name, removed on install.
+const OLD_METRICS_DROP_IN: &str = "metrics.conf";
 const STATE_DIRS: [&str; 2] = ["var/lib/buildwatch", "var/log/buildwatch"];
 
 /// Where files go: `prefix` for the binary; `destdir` (default `/`) is prepended to every path,
@@ -79,7 +81,7 @@ pub fn install(layout: &Layout) -> anyhow::Result<()> {
         .with_context(|| format!("cannot write {}", unit.display()))?;
     fs::set_permissions(&unit, fs::Permissions::from_mode(0o644))?;
     println!("installed {}", unit.display());
-    metrics_drop_in(&unit_dir, &target, &config)?;
+    network_drop_in(&unit_dir, &target, &config)?;
     println!();
     println!("To start buildwatch now and at every boot:");
     println!("  systemctl daemon-reload");
@@ -88,12 +90,12 @@ pub fn install(layout: &Layout) -> anyhow::Result<()> {
     Ok(())
 }
 
-/// The unit allows unix sockets only; serving `/metrics` needs IP sockets too. A drop-in
-/// allows them when the installed configuration sets `[metrics] listen`, and goes when it
-/// does not.
-fn metrics_drop_in(unit_dir: &Path, binary: &Path, config: &Path) -> anyhow::Result<()> {
+/// The unit allows unix sockets only; serving `/metrics` and sending to a network syslog
+/// receiver need IP sockets too. A drop-in allows them when the installed configuration sets
+/// `[metrics] listen` or a udp:// or tcp:// `output.syslog`, and goes when it does not.
+fn network_drop_in(unit_dir: &Path, binary: &Path, config: &Path) -> anyhow::Result<()> {
     let dir = unit_dir.join(DROP_IN_DIR);
-    let drop_in = dir.join(METRICS_DROP_IN);
+    let drop_in = dir.join(NETWORK_DROP_IN);
     let settings = std::process::Command::new(binary)
         .arg("check-config")
         .arg(config)
@@ -107,36 +109,52 @@ fn metrics_drop_in(unit_dir: &Path, binary: &Path, config: &Path) -> anyhow::Res
         );
     }
     let text = String::from_utf8_lossy(&settings.stdout);
-    let listen = text
-        .split("[metrics]")
-        .nth(1)
-        .and_then(|section| {
-            section
-                .lines()
-                .find(|line| line.trim_start().starts_with("listen"))
-        })
-        .map(|line| line.trim().to_string());
-    match listen {
-        Some(listen) => {
-            create_dir(&dir, 0o755)?;
-            fs::write(
-                &drop_in,
-                format!("# Written by cargo xtask install: {} sets [metrics] {listen}.\n[Service]\nRestrictAddressFamilies=AF_INET AF_INET6\n", config.display()),
-            )
-            .with_context(|| format!("cannot write {}", drop_in.display()))?;
-            fs::set_permissions(&drop_in, fs::Permissions::from_mode(0o644))?;
-            println!(
-                "installed {} (metrics: the unit may open IP sockets)",
-                drop_in.display()
-            );
+    let mut reasons = Vec::new();
+    if let Some(listen) = setting(&text, "metrics", "listen") {
+        reasons.push(format!("[metrics] {listen}"));
+    }
+    if let Some(syslog) = setting(&text, "output", "syslog").filter(|s| !s.contains("\"unix:")) {
+        reasons.push(format!("[output] {syslog}"));
+    }
+    match fs::remove_file(dir.join(OLD_METRICS_DROP_IN)) {
+        Err(err) if err.kind() != std::io::ErrorKind::NotFound => {
+            return Err(err).context("cannot remove the old metrics drop-in")
         }
-        None => match fs::remove_file(&drop_in) {
-            Ok(()) => println!("removed {} (no [metrics] listen)", drop_in.display()),
+        _ => {}
+    }
+    if reasons.is_empty() {
+        match fs::remove_file(&drop_in) {
+            Ok(()) => println!("removed {} (no network output)", drop_in.display()),
             Err(err) if err.kind() == std::io::ErrorKind::NotFound => {}
             Err(err) => return Err(err).with_context(|| format!("cannot remove {}", drop_in.display())),
-        },
+        }
+        return Ok(());
     }
+    create_dir(&dir, 0o755)?;
+    fs::write(
+        &drop_in,
+        format!(
+            "# Written by cargo xtask install: {} sets {}.\n[Service]\nRestrictAddressFamilies=AF_INET AF_INET6\n",
+            config.display(),
+            reasons.join(" and ")
+        ),
+    )
+    .with_context(|| format!("cannot write {}", drop_in.display()))?;
+    fs::set_permissions(&drop_in, fs::Permissions::from_mode(0o644))?;
+    println!("installed {} (the unit may open IP sockets)", drop_in.display());
     Ok(())
+}
+
+/// `key = value` of `[section]` in check-config's output, as written there.
+fn setting(config: &str, section: &str, key: &str) -> Option<String> {
+    let header = format!("[{section}]");
+    config
+        .lines()
+        .skip_while(|line| line.trim() != header)
+        .skip(1)
+        .take_while(|line| !line.trim_start().starts_with('['))
+        .find(|line| line.split_once('=').is_some_and(|(name, _)| name.trim() == key))
+        .map(|line| line.trim().to_string())
 }
 
 pub fn uninstall(layout: &Layout, purge: bool) -> anyhow::Result<()> {

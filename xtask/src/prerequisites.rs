@@ -19,6 +19,8 @@ pub const TEST_PACKAGES: &[(&str, &str)] = &[
     ("systemd", "systemd-analyze"),
     // The metrics scenario is scraped by a real Prometheus.
     ("prometheus", "prometheus"),
+    // The syslog scenario sends to a real rsyslog.
+    ("rsyslog", "rsyslogd"),
     // The attack scenarios create an unprivileged user and run as it.
     ("passwd", "useradd"),
     ("util-linux", "setpriv"),

@@ -9,11 +9,16 @@ use std::{
 
 use serde::Serialize;
 
+use super::syslog::SyslogStats;
+use crate::detect::rules::Severity;
+
 pub const DEFAULT_CAPACITY: usize = 65_536;
 
 /// One serialized line (with its newline) and its kind.
 pub struct QueuedLine {
     pub kind: &'static str,
+    /// A detection's severity (syslog sends it as the message's severity).
+    pub severity: Option<Severity>,
     pub bytes: Vec<u8>,
 }
 
@@ -24,6 +29,7 @@ struct State {
     high_water: usize,
     drops: BTreeMap<&'static str, u64>,
     write_errors: BTreeMap<&'static str, u64>,
+    syslog: Option<SyslogStats>,
 }
 
 #[derive(Debug, Clone, Default, PartialEq, Eq, Serialize)]
@@ -37,6 +43,9 @@ pub struct QueueStats {
     /// Lines a sink failed to write (full disk, closed pipe), per kind, since start.
     #[serde(skip_serializing_if = "BTreeMap::is_empty")]
     pub write_errors: BTreeMap<&'static str, u64>,
+    /// Syslog delivery, when `output.syslog` is set.
+    #[serde(skip_serializing_if = "Option::is_none")]
+    pub syslog: Option<SyslogStats>,
 }
 
 /// Both ends share it; the engine pushes, the writer thread pops.
@@ -86,6 +95,11 @@ impl LineQueue {
         *self.state().write_errors.entry(kind).or_default() += 1;
     }
 
+    /// The writer's latest syslog figures, for the health lines and the metrics.
+    pub fn syslog_progress(&self, stats: SyslogStats) {
+        self.state().syslog = Some(stats);
+    }
+
     /// Takes every waiting line, waiting up to `timeout` for one. `None` once closed and empty.
     pub fn pop_all(&self, timeout: Duration) -> Option<Vec<QueuedLine>> {
         let mut state = self.state();
@@ -117,6 +131,7 @@ impl LineQueue {
             high_water: state.high_water,
             drops: state.drops.clone(),
             write_errors: state.write_errors.clone(),
+            syslog: state.syslog.clone(),
         }
     }
 }
@@ -128,6 +143,7 @@ mod tests {
     fn line(kind: &'static str) -> QueuedLine {
         QueuedLine {
             kind,
+            severity: None,
             bytes: b"{}\n".to_vec(),
         }
     }
@@ -137,6 +153,7 @@ mod tests {
         let queue = LineQueue::new(8);
         let line = |kind: &'static str| QueuedLine {
             kind,
+            severity: None,
             bytes: b"{}\n".to_vec(),
         };
         for _ in 0..20 {

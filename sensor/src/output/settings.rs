@@ -4,7 +4,10 @@ use std::{path::PathBuf, time::Duration};
 use anyhow::bail;
 use serde::{Deserialize, Serialize};
 
-use super::schema::{LineKind, ALL_KINDS};
+use super::{
+    schema::{LineKind, ALL_KINDS},
+    syslog::{Address, Facility},
+};
 
 #[derive(Debug, Clone, Copy, Default, PartialEq, Eq, Deserialize, Serialize)]
 #[serde(rename_all = "snake_case")]
@@ -41,6 +44,13 @@ pub struct Output {
     /// "docker.operation"] leaves out the raw process and socket events (detections still cite
     /// their ids; a `--record` recording holds them). Recordings always hold every event.
     pub kinds: Vec<String>,
+    /// Also send each line as an RFC 5424 message: "unix:/dev/log", "udp://host:514" or
+    /// "tcp://host:514" (octet counting, RFC 6587; a line counts as sent once the receiver's
+    /// TCP acknowledged it, and is sent again after a reset).
+    pub syslog: Option<String>,
+    pub syslog_facility: Facility,
+    /// Line kinds sent to syslog. Empty (the default): the lines the other outputs get.
+    pub syslog_kinds: Vec<String>,
 }
 
 impl Default for Output {
@@ -54,13 +64,31 @@ impl Default for Output {
             health_interval: Duration::from_secs(60),
             format: Format::Json,
             kinds: Vec::new(),
+            syslog: None,
+            syslog_facility: Facility::default(),
+            syslog_kinds: Vec::new(),
         }
     }
 }
 
 impl Output {
+    /// Default: stdout when events go nowhere else.
     pub fn writes_stdout(&self) -> bool {
-        self.stdout.unwrap_or(self.path.is_none())
+        self.stdout
+            .unwrap_or(self.path.is_none() && self.syslog.is_none())
+    }
+
+    pub fn syslog_address(&self) -> anyhow::Result<Option<Address>> {
+        self.syslog.as_deref().map(str::parse).transpose()
+    }
+
+    /// `syslog_kinds` as the queue names them (validated).
+    pub fn syslog_kinds(&self) -> Vec<&'static str> {
+        self.syslog_kinds
+            .iter()
+            .filter_map(|kind| LineKind::parse(kind))
+            .map(LineKind::as_str)
+            .collect()
     }
 }
 
@@ -86,11 +114,22 @@ impl Output {
                 known.join(", ")
             );
         }
+        if let Some(unknown) = self
+            .syslog_kinds
+            .iter()
+            .find(|kind| LineKind::parse(kind).is_none())
+        {
+            bail!("output.syslog_kinds: {unknown:?} is not a line kind");
+        }
+        if !self.syslog_kinds.is_empty() && self.syslog.is_none() {
+            bail!("output.syslog_kinds needs output.syslog");
+        }
+        self.syslog_address()?;
         if self.queue_lines == 0 {
             bail!("output.queue_lines must be at least 1");
         }
-        if !self.writes_stdout() && self.path.is_none() {
-            bail!("output.stdout = false needs output.path: events would go nowhere");
+        if !self.writes_stdout() && self.path.is_none() && self.syslog.is_none() {
+            bail!("output.stdout = false needs output.path or output.syslog: events would go nowhere");
         }
         Ok(())
     }

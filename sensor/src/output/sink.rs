@@ -14,6 +14,7 @@ use super::{
     queue::{LineQueue, QueuedLine},
     schema::{selected_kinds, Line, LineKind, ALL_KINDS},
 };
+use crate::detect::rules::Severity;
 
 enum Target {
     Queue(LineQueue),
@@ -154,8 +155,13 @@ impl Sink {
         }
         .context("serializing an event")?;
         bytes.push(b'\n');
+        let severity = match line.kind {
+            LineKind::Detection => detection_severity(line),
+            _ => None,
+        };
         let queued = QueuedLine {
             kind: line.kind.as_str(),
+            severity,
             bytes,
         };
         if let Some(held) = &mut self.held {
@@ -184,6 +190,14 @@ impl Sink {
             Target::Direct(writer) => writer.flush().context("flushing events"),
         }
     }
+}
+
+/// The severity of a detection line (a rare line: reading it back costs nothing that matters).
+fn detection_severity<B: Serialize>(line: &Line<B>) -> Option<Severity> {
+    let value = serde_json::to_value(line).ok()?;
+    Severity::ALL
+        .into_iter()
+        .find(|severity| value["detection"]["severity"] == severity.as_str())
 }
 
 /// A writer tests read back as JSON lines.
@@ -268,6 +282,7 @@ mod tests {
                 id.to_string(),
                 QueuedLine {
                     kind: "socket.data",
+                    severity: None,
                     bytes: big.clone(),
                 },
             );

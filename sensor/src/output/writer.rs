@@ -1,5 +1,5 @@
-//! The writer thread: takes lines off the queue and writes them to stdout and/or a file. The
-//! file is reopened on request (SIGHUP, after logrotate moved it) and rotated by size when
+//! The writer thread: takes lines off the queue and writes them to stdout, a file and/or
+//! syslog. The file is reopened on request (SIGHUP, after logrotate moved it) and rotated by size when
 //! configured; both happen between lines, after a flush, so no line is torn or lost.
 use std::{
     fs::{self, File},
@@ -15,7 +15,10 @@ use std::{
 
 use anyhow::Context as _;
 
-use super::queue::{LineQueue, QueuedLine};
+use super::{
+    queue::{LineQueue, QueuedLine},
+    syslog::{self, SyslogTarget},
+};
 use crate::files;
 
 /// How long the writer waits for lines before checking for a reopen request.
@@ -155,14 +158,21 @@ impl FileTarget {
 pub struct Targets {
     stdout: Option<BufWriter<io::Stdout>>,
     file: Option<FileTarget>,
+    syslog: Option<SyslogTarget>,
 }
 
 impl Targets {
-    /// Opens the file now, so a bad path fails at start with a clear message.
-    pub fn open(stdout: bool, file: Option<FileSettings>) -> anyhow::Result<Self> {
+    /// Opens the file now, so a bad path fails at start with a clear message. A syslog
+    /// receiver is connected on the first message, and waited for when away.
+    pub fn open(
+        stdout: bool,
+        file: Option<FileSettings>,
+        syslog: Option<SyslogTarget>,
+    ) -> anyhow::Result<Self> {
         Ok(Self {
             stdout: stdout.then(|| BufWriter::new(io::stdout())),
             file: file.map(FileTarget::open).transpose()?,
+            syslog,
         })
     }
 
@@ -188,6 +198,9 @@ impl Targets {
             if error.is_none() {
                 error = file_error;
             }
+        }
+        if let Some(syslog) = &mut self.syslog {
+            lost.extend(syslog.write(lines));
         }
         (lost, error)
     }
@@ -216,6 +229,9 @@ pub fn spawn(
                 for kind in lost {
                     queue.write_error(kind);
                 }
+                if let Some(syslog) = &targets.syslog {
+                    queue.syslog_progress(syslog.stats());
+                }
                 match error.map_or(Ok(()), Err) {
                     Err(err) if !failing => {
                         tracing::error!("event output failing: {err:#}");
@@ -228,6 +244,17 @@ pub fn spawn(
                     }
                     Ok(()) => {}
                 }
+            }
+            if let Some(syslog) = &mut targets.syslog {
+                syslog.finish(std::time::Instant::now() + syslog::EXIT_WAIT);
+                let stats = syslog.stats();
+                tracing::info!(
+                    target = %stats.target,
+                    sent = stats.sent,
+                    resent = stats.resent,
+                    pending = stats.pending,
+                    "syslog delivery at exit"
+                );
             }
         })
         .context("cannot start the output writer thread")
@@ -242,6 +269,7 @@ mod tests {
     fn line(n: usize) -> QueuedLine {
         QueuedLine {
             kind: "test",
+            severity: None,
             bytes: format!("{{\"n\":{n:05}}}\n").into_bytes(),
         }
     }
@@ -268,7 +296,7 @@ mod tests {
         let reopen = Arc::new(AtomicBool::new(false));
         let writer = spawn(
             queue.clone(),
-            Targets::open(false, Some(settings)).unwrap(),
+            Targets::open(false, Some(settings), None).unwrap(),
             reopen,
         )
         .unwrap();
