@@ -153,6 +153,7 @@ pub async fn run(options: RunOptions) -> anyhow::Result<()> {
         .with_docker_data_root(&config.detect.docker_data_root)
         .with_daemon_policy(DaemonPolicy {
             binaries: config.watch.daemon_binaries.clone(),
+            host_root: config.watch.host_root.clone(),
             unix_sockets: config.watch.unix_sockets.clone(),
             tcp_ports: config.watch.tcp_ports.clone(),
         });

@@ -72,11 +72,24 @@ pub struct TaggedImage {
 }
 
 /// What makes a process a daemon (from the configuration).
-#[derive(Debug, Clone, Default)]
+#[derive(Debug, Clone)]
 pub struct DaemonPolicy {
     pub binaries: Vec<PathBuf>,
+    /// The host's root filesystem as the sensor sees it, to resolve `binaries` in.
+    pub host_root: PathBuf,
     pub unix_sockets: Vec<PathBuf>,
     pub tcp_ports: Vec<u16>,
+}
+
+impl Default for DaemonPolicy {
+    fn default() -> Self {
+        Self {
+            binaries: Vec::new(),
+            host_root: PathBuf::from("/"),
+            unix_sockets: Vec::new(),
+            tcp_ports: Vec::new(),
+        }
+    }
 }
 
 /// An image that entered dockerd's store, dated on the kernel clock like events.

@@ -128,10 +128,10 @@ pub fn daemon_identity(
     use std::os::unix::fs::MetadataExt as _;
     let exe = fs::metadata(root.join(tgid.to_string()).join("exe")).ok();
     let known_binary = exe.is_some_and(|exe| {
-        policy
-            .binaries
-            .iter()
-            .any(|binary| fs::metadata(binary).is_ok_and(|b| b.dev() == exe.dev() && b.ino() == exe.ino()))
+        policy.binaries.iter().any(|binary| {
+            crate::saferead::metadata_in_root(&policy.host_root, binary)
+                .is_ok_and(|b| b.dev() == exe.dev() && b.ino() == exe.ino())
+        })
     });
     if !known_binary {
         return crate::daemons::DaemonIdentity {

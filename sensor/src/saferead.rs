@@ -161,19 +161,20 @@ pub fn open_checked(root: Option<&Path>, path: &Path, max: u64) -> Result<File, 
 const OPEN_FLAGS: i32 =
     libc::O_RDONLY | libc::O_NONBLOCK | libc::O_NOFOLLOW | libc::O_CLOEXEC | libc::O_NOCTTY;
 
-fn open_nofollow(root: Option<&Path>, path: &Path) -> std::io::Result<File> {
-    let c_string = |p: &Path| {
-        CString::new(p.as_os_str().as_bytes())
-            .map_err(|_| std::io::Error::new(std::io::ErrorKind::InvalidInput, "NUL byte in path"))
-    };
-    let Some(root) = root else {
-        let c_path = c_string(path)?;
-        // SAFETY: valid NUL-terminated path; the returned fd is owned by the File below.
-        let fd = unsafe { libc::open(c_path.as_ptr(), OPEN_FLAGS) };
-        return owned(fd);
-    };
+fn c_string(path: &Path) -> std::io::Result<CString> {
+    CString::new(path.as_os_str().as_bytes())
+        .map_err(|_| std::io::Error::new(std::io::ErrorKind::InvalidInput, "NUL byte in path"))
+}
+
+/// `path` resolved as if `root` were `/` (its symlinks too, absolute ones included), opened as
+/// a handle only, and its metadata: a host path seen through `/proc/1/root` from a container.
+pub fn metadata_in_root(root: &Path, path: &Path) -> std::io::Result<std::fs::Metadata> {
+    open_in_root(root, path, libc::O_PATH | libc::O_CLOEXEC, libc::RESOLVE_IN_ROOT)?.metadata()
+}
+
+fn open_in_root(root: &Path, path: &Path, flags: i32, resolve: u64) -> std::io::Result<File> {
     let c_root = c_string(root)?;
-    // SAFETY: as above.
+    // SAFETY: valid NUL-terminated path; the returned fd is owned by the File below.
     let root_fd = owned(unsafe {
         libc::open(
             c_root.as_ptr(),
@@ -188,8 +189,8 @@ fn open_nofollow(root: Option<&Path>, path: &Path) -> std::io::Result<File> {
     })?;
     // SAFETY: open_how is plain data; zeroed then filled.
     let mut how: libc::open_how = unsafe { std::mem::zeroed() };
-    how.flags = OPEN_FLAGS as u64;
-    how.resolve = libc::RESOLVE_IN_ROOT | libc::RESOLVE_NO_MAGICLINKS;
+    how.flags = flags as u64;
+    how.resolve = resolve;
     // SAFETY: valid fd, path and open_how of the size passed.
     let fd = unsafe {
         libc::syscall(
@@ -201,6 +202,21 @@ fn open_nofollow(root: Option<&Path>, path: &Path) -> std::io::Result<File> {
         )
     };
     owned(fd as i32)
+}
+
+fn open_nofollow(root: Option<&Path>, path: &Path) -> std::io::Result<File> {
+    let Some(root) = root else {
+        let c_path = c_string(path)?;
+        // SAFETY: valid NUL-terminated path; the returned fd is owned by the File below.
+        let fd = unsafe { libc::open(c_path.as_ptr(), OPEN_FLAGS) };
+        return owned(fd);
+    };
+    open_in_root(
+        root,
+        path,
+        OPEN_FLAGS,
+        libc::RESOLVE_IN_ROOT | libc::RESOLVE_NO_MAGICLINKS,
+    )
 }
 
 fn owned(fd: i32) -> std::io::Result<File> {
@@ -324,6 +340,25 @@ mod tests {
             })
         ));
         std::fs::remove_dir_all(&dir).unwrap();
+    }
+
+    #[test]
+    fn host_paths_resolve_inside_the_given_root() {
+        use std::os::unix::fs::MetadataExt as _;
+        let root = dir("in-root");
+        std::fs::create_dir_all(root.join("usr/bin")).unwrap();
+        std::fs::create_dir_all(root.join("usr/sbin")).unwrap();
+        std::fs::write(root.join("usr/bin/dockerd"), "elf").unwrap();
+        // An absolute symlink means the root's /usr/bin, not the caller's.
+        std::os::unix::fs::symlink("/usr/bin/dockerd", root.join("usr/sbin/dockerd")).unwrap();
+        let through_link = metadata_in_root(&root, Path::new("/usr/sbin/dockerd")).unwrap();
+        let target = std::fs::metadata(root.join("usr/bin/dockerd")).unwrap();
+        assert_eq!(
+            (through_link.dev(), through_link.ino()),
+            (target.dev(), target.ino())
+        );
+        assert!(metadata_in_root(&root, Path::new("/../../etc/passwd")).is_err());
+        std::fs::remove_dir_all(&root).unwrap();
     }
 
     #[test]

@@ -23,6 +23,10 @@ pub struct Watch {
     /// Executables of trusted daemons and builders (compared by device and inode, so copies and
     /// bind mounts do not pass).
     pub daemon_binaries: Vec<PathBuf>,
+    /// Where the host's root filesystem is, for `daemon_binaries`: "/" on the host; in a
+    /// container, the directory the host's filesystem (or its /usr) is mounted at ("/host").
+    /// The paths are resolved inside it as the host would (its symlinks included).
+    pub host_root: PathBuf,
 }
 
 impl Default for Watch {
@@ -57,6 +61,7 @@ impl Default for Watch {
             .into_iter()
             .map(PathBuf::from)
             .collect(),
+            host_root: PathBuf::from("/"),
         }
     }
 }
@@ -78,6 +83,12 @@ impl Watch {
             .any(|name| name.is_empty() || name.contains('/'))
         {
             bail!("watch.daemons holds process names, not paths or empty strings");
+        }
+        if !self.host_root.is_absolute() {
+            bail!(
+                "watch.host_root: {} is not an absolute path",
+                self.host_root.display()
+            );
         }
         if let Some(relative) = self.daemon_binaries.iter().find(|p| !p.is_absolute()) {
             bail!(

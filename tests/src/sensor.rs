@@ -61,7 +61,8 @@ impl Sensor {
         args: &[&std::ffi::OsStr],
         env: &[(&str, &std::ffi::OsStr)],
     ) -> Self {
-        let mut child = Command::new(binary)
+        let mut command = Command::new(binary);
+        command
             .arg("run")
             .arg("--config")
             .arg(config)
@@ -70,12 +71,20 @@ impl Sensor {
             .env(
                 "RUST_LOG",
                 std::env::var("BUILDWATCH_TEST_LOG").unwrap_or_else(|_| "info".into()),
-            )
+            );
+        Self::follow(command)
+    }
+
+    /// Collects the lines of a command that runs a sensor elsewhere (`docker run` of the
+    /// image, attached): its stdout is the sensor's.
+    pub fn follow(mut command: Command) -> Self {
+        let program = command.get_program().to_string_lossy().into_owned();
+        let mut child = command
             .stdin(Stdio::null())
             .stdout(Stdio::piped())
             .stderr(Stdio::piped())
             .spawn()
-            .unwrap_or_else(|err| panic!("cannot start {}: {err}", binary.display()));
+            .unwrap_or_else(|err| panic!("cannot start {program}: {err}"));
         let collected = Arc::new((Mutex::new(Collected::default()), Condvar::new()));
         let stdout = child.stdout.take().expect("piped stdout");
         let sink = Arc::clone(&collected);

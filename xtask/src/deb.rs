@@ -117,7 +117,7 @@ pub fn deb(out: Option<PathBuf>) -> anyhow::Result<PathBuf> {
 }
 
 /// The workspace's version (`[workspace.package] version`).
-fn package_version(root: &Path) -> anyhow::Result<String> {
+pub fn package_version(root: &Path) -> anyhow::Result<String> {
     let manifest = fs::read_to_string(root.join("Cargo.toml"))?;
     manifest
         .lines()

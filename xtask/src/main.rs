@@ -5,6 +5,7 @@ mod deb;
 mod engines;
 mod fixture;
 mod fuzz;
+mod image;
 mod install;
 mod prerequisites;
 mod run;
@@ -55,6 +56,18 @@ enum Command {
         /// Directory for the package (and its staging tree).
         #[arg(long)]
         out: Option<std::path::PathBuf>,
+    },
+    /// Build an OCI image with Docker (DOCKER_HOST applies): the release binary, its shared
+    /// libraries and deploy/kubernetes/config.toml, no distribution base; tag buildwatch:<version>.
+    Image {
+        #[arg(long)]
+        tag: Option<String>,
+        /// Package this binary instead of building one.
+        #[arg(long)]
+        binary: Option<std::path::PathBuf>,
+        /// Also write the image as a `docker save` archive, to load on nodes.
+        #[arg(long)]
+        save: Option<std::path::PathBuf>,
     },
     /// Remove what `install` installed; the configuration and state stay unless --purge.
     Uninstall {
@@ -110,6 +123,7 @@ fn main() -> ExitCode {
     let result = match cli.command {
         Command::Build => build::build().map(drop),
         Command::Deb { out } => deb::deb(out).map(drop),
+        Command::Image { tag, binary, save } => image::image(image::Options { tag, binary, save }).map(drop),
         Command::Run { args } => run::run(&args),
         Command::Test { unit_only } => test::test(unit_only),
         Command::Install { prefix, destdir } => install::install(&install::Layout { prefix, destdir }),
