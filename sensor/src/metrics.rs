@@ -1,11 +1,13 @@
 //! `[metrics]`: the counters of `sensor.health` as Prometheus metrics on `/metrics`, served by a
 //! thread of its own from the latest snapshot the event loop left (once a second), so a scrape
-//! never waits for the loop and the loop never waits for a scraper.
+//! never waits for the loop and the loop never waits for a scraper. A snapshot older than
+//! `STALE_AFTER` means the loop stopped: `/metrics` then answers 503, so a liveness probe on it
+//! restarts a stalled sensor as systemd's watchdog does.
 use std::{
     io::{Read as _, Write as _},
     net::{SocketAddr, TcpListener, TcpStream},
     sync::{Arc, Mutex, PoisonError},
-    time::Duration,
+    time::{Duration, Instant},
 };
 
 use anyhow::Context as _;
@@ -36,28 +38,50 @@ const CLIENT_TIMEOUT: Duration = Duration::from_secs(2);
 const MAX_REQUEST: usize = 8192;
 const CONTENT_TYPE: &str = "application/openmetrics-text; version=1.0.0; charset=utf-8";
 
+/// The loop publishes once a second; this long without a snapshot, it is stalled.
+const STALE_AFTER: Duration = Duration::from_secs(30);
+
+struct Snapshot {
+    stats: Option<Stats>,
+    /// When `stats` was published (or the server created, before the first one).
+    at: Instant,
+}
+
 /// What the event loop shares with the server: the latest counters, and the build facts.
 #[derive(Clone)]
 pub struct Shared {
-    latest: Arc<Mutex<Option<Stats>>>,
+    latest: Arc<Mutex<Snapshot>>,
     kernel: String,
 }
 
 impl Shared {
     pub fn new(kernel: &str) -> Self {
         Self {
-            latest: Arc::new(Mutex::new(None)),
+            latest: Arc::new(Mutex::new(Snapshot {
+                stats: None,
+                at: Instant::now(),
+            })),
             kernel: kernel.to_string(),
         }
     }
 
     pub fn publish(&self, stats: Stats) {
-        *self.latest.lock().unwrap_or_else(PoisonError::into_inner) = Some(stats);
+        *self.latest.lock().unwrap_or_else(PoisonError::into_inner) = Snapshot {
+            stats: Some(stats),
+            at: Instant::now(),
+        };
     }
 
-    fn render(&self) -> String {
-        let latest = self.latest.lock().unwrap_or_else(PoisonError::into_inner).clone();
-        render(latest.as_ref(), &self.kernel)
+    /// The text, or how long the loop has been silent when it is stalled.
+    fn render(&self) -> Result<String, Duration> {
+        let (stats, age) = {
+            let latest = self.latest.lock().unwrap_or_else(PoisonError::into_inner);
+            (latest.stats.clone(), latest.at.elapsed())
+        };
+        if age > STALE_AFTER {
+            return Err(age);
+        }
+        Ok(render(stats.as_ref(), &self.kernel))
     }
 }
 
@@ -101,7 +125,14 @@ fn answer(mut stream: TcpStream, shared: &Shared) -> std::io::Result<()> {
     let (method, path) = (words.next().unwrap_or_default(), words.next().unwrap_or_default());
     let path = path.split(|b| *b == b'?').next().unwrap_or_default();
     let (status, content_type, body) = match (method, path) {
-        (b"GET", b"/metrics") => ("200 OK", CONTENT_TYPE, shared.render()),
+        (b"GET", b"/metrics") => match shared.render() {
+            Ok(text) => ("200 OK", CONTENT_TYPE, text),
+            Err(age) => (
+                "503 Service Unavailable",
+                "text/plain",
+                format!("the event loop has published nothing for {} s\n", age.as_secs()),
+            ),
+        },
         (b"GET", _) => (
             "404 Not Found",
             "text/plain",
@@ -408,6 +439,12 @@ mod tests {
         assert!(ask("POST /metrics HTTP/1.1\r\n\r\n").starts_with("HTTP/1.1 405"));
         // A client that sends nothing is dropped after the timeout; the next is served.
         let _silent = TcpStream::connect(address).unwrap();
+        assert!(ask("GET /metrics HTTP/1.1\r\n\r\n").starts_with("HTTP/1.1 200"));
+        // A loop that stopped publishing fails the liveness probe.
+        shared.latest.lock().unwrap().at -= STALE_AFTER + Duration::from_secs(1);
+        let stalled = ask("GET /metrics HTTP/1.1\r\n\r\n");
+        assert!(stalled.starts_with("HTTP/1.1 503"), "{stalled}");
+        shared.publish(Stats::default());
         assert!(ask("GET /metrics HTTP/1.1\r\n\r\n").starts_with("HTTP/1.1 200"));
     }
 }
