@@ -110,11 +110,12 @@ pub async fn run(options: RunOptions) -> anyhow::Result<()> {
         max_size: config.output.max_size,
         max_backups: config.output.max_backups,
     });
+    let host_name = procfs::host_name();
     let syslog = config.output.syslog_address()?.map(|address| {
         SyslogTarget::new(
             address,
             config.output.syslog_facility,
-            &procfs::hostname(),
+            &host_name,
             config.output.syslog_kinds(),
         )
     });
@@ -157,7 +158,7 @@ pub async fn run(options: RunOptions) -> anyhow::Result<()> {
             unix_sockets: config.watch.unix_sockets.clone(),
             tcp_ports: config.watch.tcp_ports.clone(),
         });
-    let emitter = Emitter::new(procfs::hostname());
+    let emitter = Emitter::new(host_name);
     let (host, recording): (SharedHost, _) = match &record {
         Some(path) => {
             let header = recording::Header {

@@ -475,6 +475,25 @@ pub fn boot_time_ns() -> u64 {
     clock_ns(libc::CLOCK_BOOTTIME) as u64
 }
 
+/// Names the node when the sensor runs in a pod, whose own hostname is the pod's: the DaemonSet
+/// sets it from `spec.nodeName`.
+pub const NODE_NAME_VARIABLE: &str = "BUILDWATCH_NODE_NAME";
+
+/// The name every line carries in `host`: BUILDWATCH_NODE_NAME when it is set (printable
+/// ASCII, at most 253 bytes, as a DNS name), else the kernel's hostname.
+pub fn host_name() -> String {
+    match std::env::var(NODE_NAME_VARIABLE) {
+        Ok(name) if !name.is_empty() && name.len() <= 253 && name.bytes().all(|b| b.is_ascii_graphic()) => {
+            name
+        }
+        Ok(name) => {
+            tracing::warn!("{NODE_NAME_VARIABLE}={name:?} is not a host name; using the kernel's hostname");
+            hostname()
+        }
+        Err(_) => hostname(),
+    }
+}
+
 pub fn hostname() -> String {
     fs::read_to_string("/proc/sys/kernel/hostname")
         .map(|h| h.trim().to_string())
