@@ -90,4 +90,6 @@ pub fn dump_events(sensor: &crate::sensor::Sensor, dump: &std::path::Path) {
         Ok(()) => println!("the sensor's {} events are in {}", lines.len(), dump.display()),
         Err(err) => println!("could not write {}: {err}", dump.display()),
     }
+    // Its log too: what it said about daemons and their APIs explains most failures.
+    let _ = std::fs::write(dump.with_extension("stderr"), sensor.stderr());
 }

@@ -214,14 +214,19 @@ impl Detector {
             return;
         }
         let id = side_load.view.id.clone();
-        let mut open = false;
+        // Over when any of its connections closed while the request waited (a small load ends
+        // before its operation is reported, and a client's own close may never be seen): the
+        // daemon's side closing ends it.
+        let mut open = !conn_ids.is_empty();
         for conn_id in &conn_ids {
+            let mut seen = false;
             for dir in [Dir::Send, Dir::Recv] {
                 if let Some(stream) = self.streams.get_mut(&(*conn_id, dir)) {
                     stream.transfer = Some(id.clone());
-                    open = true;
+                    seen = true;
                 }
             }
+            open &= seen;
         }
         if self.transfers.len() >= MAX_OPEN_TRANSFERS {
             let oldest = self.transfers[0].id.clone();

@@ -567,6 +567,38 @@ fn written(hex: char, names: &[&str], created_boot_ns: i128) -> crate::host::Wri
 }
 
 #[test]
+fn a_load_over_before_its_operation_is_reported_is_named() {
+    let store = std::rc::Rc::new(ScriptedStore::default());
+    let mut h = Harness::with_host(Allow::default(), store.clone());
+    h.feed(&Side::daemon(1), "load.recv.jsonl", false);
+    *store.images.borrow_mut() = vec![written('a', &["evil:1"], -1)];
+    // A small `docker load` ends in milliseconds: the daemon's side closes before the client's
+    // half is read (another ring), and the client's own close is never seen.
+    h.close(1);
+    h.feed(&Side::client(2, 4242, "docker"), "load.recv.jsonl", false);
+    h.wait(BODY_WAIT_NS / MS);
+    let found = h.detections("image_side_loaded");
+    assert_eq!(found.len(), 1, "{:?}", h.json());
+    assert!(
+        found[0]["detection"]["summary"]
+            .as_str()
+            .unwrap()
+            .contains("docker.io/library/evil:1"),
+        "named from the store at once: {}",
+        found[0]
+    );
+    assert_eq!(
+        found[0]["operation"]["client"]["pid"], 4242,
+        "both halves: {}",
+        found[0]
+    );
+    assert!(
+        h.detector.transfers.is_empty(),
+        "the transfer ended with the daemon's side"
+    );
+}
+
+#[test]
 fn what_a_load_put_in_the_store_is_recorded_by_name_and_id_unless_pulled() {
     let store = std::rc::Rc::new(ScriptedStore::default());
     let mut h = Harness::with_host(Allow::default(), store.clone());
