@@ -24,7 +24,7 @@ pub enum Format {
 pub struct Output {
     /// Append JSON lines to this file (0600, directory 0700). `--output` overrides it.
     pub path: Option<PathBuf>,
-    /// Write to stdout too. Default: stdout only when no file is set.
+    /// Write to stdout too. Default: stdout only when neither a file nor syslog is set.
     pub stdout: Option<bool>,
     /// Rotate the file when it would grow past this many bytes (0: never; logrotate with
     /// SIGHUP works either way).

@@ -1,6 +1,6 @@
 //! The writer thread: takes lines off the queue and writes them to stdout, a file and/or
-//! syslog. The file is reopened on request (SIGHUP, after logrotate moved it) and rotated by size when
-//! configured; both happen between lines, after a flush, so no line is torn or lost.
+//! syslog. The file is reopened on request (SIGHUP, after logrotate moved it) and rotated by
+//! size when configured; both happen between lines, after a flush, so no line is torn or lost.
 use std::{
     fs::{self, File},
     io::{self, BufWriter, Write as _},
