@@ -14,12 +14,6 @@ pub enum Address {
     Tcp(String),
 }
 
-impl Address {
-    pub fn is_network(&self) -> bool {
-        !matches!(self, Address::Unix(_))
-    }
-}
-
 fn host_and_port(rest: &str, text: &str) -> anyhow::Result<String> {
     let rest = rest.trim_end_matches('/');
     if rest.is_empty() || rest.contains('/') {

@@ -63,7 +63,7 @@ fn severity_code(line: &QueuedLine) -> u8 {
 
 /// The fields every message of this sensor shares.
 pub struct Header {
-    pub facility: Facility,
+    facility: Facility,
     /// Printable ASCII only (RFC 5424 HOSTNAME), "-" when unknown.
     hostname: String,
     pid: u32,

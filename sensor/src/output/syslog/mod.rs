@@ -208,7 +208,7 @@ impl SyslogTarget {
             self.connection = Some(Connection::Tcp(connection));
             return Ok(());
         }
-        let again = connection.close(health).messages;
+        let again = connection.close(health);
         self.stats.resent += again.len() as u64;
         self.backlog_bytes += again.iter().map(|m| m.bytes.len()).sum::<usize>();
         for message in again.into_iter().rev() {

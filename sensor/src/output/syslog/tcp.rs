@@ -38,11 +38,6 @@ pub enum Health {
     Reset,
 }
 
-/// The messages a connection gives back for the next one, oldest first.
-pub struct Returned {
-    pub messages: Vec<Framed>,
-}
-
 struct Written {
     message: Framed,
     /// Offset of its last byte + 1 on this connection.
@@ -143,10 +138,14 @@ impl Connection {
             return Health::Reset;
         }
         let mut scratch = [0u8; 1024];
+        // A receiver that keeps sending cannot hold the writer here: it is read at most this
+        // much per check.
+        let mut reads_left = 64;
         let health = loop {
             match self.stream.read(&mut scratch) {
                 Ok(0) => break Health::Closed,
-                Ok(_) => continue,
+                Ok(_) if reads_left == 0 => break Health::Open,
+                Ok(_) => reads_left -= 1,
                 Err(err) if err.kind() == io::ErrorKind::WouldBlock => break Health::Open,
                 Err(err) if err.kind() == io::ErrorKind::Interrupted => continue,
                 Err(_) => break Health::Reset,
@@ -162,13 +161,11 @@ impl Connection {
         self.in_flight.len()
     }
 
-    /// Bytes of the newest message in flight not yet handed to the kernel.
-    fn unwritten_tail(&self) -> Option<(usize, u64)> {
+    /// Where the newest message in flight resumes, when the kernel has not taken all of it.
+    fn unwritten_offset(&self) -> Option<usize> {
         let last = self.in_flight.back()?;
-        (last.end > self.written).then(|| {
-            let start = last.end - last.message.bytes.len() as u64;
-            ((self.written - start) as usize, last.end)
-        })
+        let start = last.end - last.message.bytes.len() as u64;
+        (last.end > self.written).then(|| (self.written - start) as usize)
     }
 
     /// Writes the rest of a partly written message, then messages from `backlog`, for at most
@@ -176,7 +173,7 @@ impl Connection {
     pub fn write_from(&mut self, backlog: &mut VecDeque<Framed>, backlog_bytes: &mut usize) -> bool {
         let deadline = Instant::now() + WRITE_BUDGET;
         loop {
-            if self.unwritten_tail().is_none() {
+            if self.unwritten_offset().is_none() {
                 let Some(message) = backlog.pop_front() else {
                     return true;
                 };
@@ -184,7 +181,7 @@ impl Connection {
                 let end = self.written + message.bytes.len() as u64;
                 self.in_flight.push_back(Written { message, end });
             }
-            let Some((offset, _)) = self.unwritten_tail() else {
+            let Some(offset) = self.unwritten_offset() else {
                 continue;
             };
             let Some(last) = self.in_flight.back() else {
@@ -206,15 +203,15 @@ impl Connection {
         }
     }
 
-    /// Ends the connection, giving back what the next one must send again.
-    pub fn close(mut self, health: Health) -> Returned {
+    /// Ends the connection, giving back what the next one must send again, oldest first.
+    pub fn close(mut self, health: Health) -> Vec<Framed> {
         let mut messages = Vec::new();
         if health == Health::Reset {
             messages.extend(self.retained.drain(..).map(|a| a.message));
         }
         messages.extend(self.in_flight.drain(..).map(|w| w.message));
         let _ = self.stream.shutdown(std::net::Shutdown::Both);
-        Returned { messages }
+        messages
     }
 }
 
@@ -265,8 +262,11 @@ mod tests {
         let mut late: VecDeque<Framed> = [framed("late ")].into();
         let mut late_bytes = 5;
         connection.write_from(&mut late, &mut late_bytes);
-        let returned = connection.close(Health::Closed);
-        let again: Vec<_> = returned.messages.iter().map(|m| m.bytes.clone()).collect();
+        let again: Vec<_> = connection
+            .close(Health::Closed)
+            .iter()
+            .map(|m| m.bytes.clone())
+            .collect();
         assert_eq!(again, [b"late ".to_vec()]);
     }
 
@@ -286,10 +286,6 @@ mod tests {
         drop(peer);
         wait_for(&mut connection, Health::Reset);
         let returned = connection.close(Health::Reset);
-        assert_eq!(
-            returned.messages.len(),
-            1,
-            "the acknowledged, unread message comes back"
-        );
+        assert_eq!(returned.len(), 1, "the acknowledged, unread message comes back");
     }
 }
