@@ -8,7 +8,7 @@ mod tcp;
 use std::{
     collections::VecDeque,
     io,
-    net::UdpSocket,
+    net::{Ipv4Addr, Ipv6Addr, SocketAddr, ToSocketAddrs as _, UdpSocket},
     os::unix::net::UnixDatagram,
     time::{Duration, Instant, SystemTime},
 };
@@ -257,12 +257,17 @@ impl SyslogTarget {
                 Ok(Connection::Unix(socket))
             }
             Address::Udp(address) => {
-                let socket = UdpSocket::bind(if address.starts_with('[') {
-                    "[::]:0"
-                } else {
-                    "0.0.0.0:0"
+                // Bound in the family of the receiver's address (a name may resolve to IPv6).
+                let receiver = address.as_str().to_socket_addrs()?.next().ok_or_else(|| {
+                    io::Error::new(io::ErrorKind::NotFound, "the name resolved to no address")
                 })?;
-                socket.connect(address.as_str())?;
+                let local: SocketAddr = if receiver.is_ipv6() {
+                    (Ipv6Addr::UNSPECIFIED, 0).into()
+                } else {
+                    (Ipv4Addr::UNSPECIFIED, 0).into()
+                };
+                let socket = UdpSocket::bind(local)?;
+                socket.connect(receiver)?;
                 Ok(Connection::Udp(socket))
             }
             Address::Tcp(address) => tcp::Connection::open(address).map(Connection::Tcp),
