@@ -336,18 +336,20 @@ mod tests {
     }
 
     #[test]
-    fn udp_sends_each_line_as_one_datagram() {
-        let receiver = UdpSocket::bind("127.0.0.1:0").unwrap();
-        receiver.set_read_timeout(Some(Duration::from_secs(5))).unwrap();
-        let address = Address::Udp(receiver.local_addr().unwrap().to_string());
-        let mut target = SyslogTarget::new(address, Facility::Local7, "h", Vec::new());
-        target.write(&[line("detection", 1)]);
-        let mut buffer = [0u8; 1024];
-        let n = receiver.recv(&mut buffer).unwrap();
-        let text = std::str::from_utf8(&buffer[..n]).unwrap();
-        assert!(
-            text.starts_with("<188>1 ") && text.ends_with(" detection - {\"n\":1}"),
-            "{text}"
-        );
+    fn udp_sends_each_line_as_one_datagram_over_ipv4_and_ipv6() {
+        for loopback in ["127.0.0.1:0", "[::1]:0"] {
+            let receiver = UdpSocket::bind(loopback).unwrap();
+            receiver.set_read_timeout(Some(Duration::from_secs(5))).unwrap();
+            let address = Address::Udp(receiver.local_addr().unwrap().to_string());
+            let mut target = SyslogTarget::new(address, Facility::Local7, "h", Vec::new());
+            target.write(&[line("detection", 1)]);
+            let mut buffer = [0u8; 1024];
+            let n = receiver.recv(&mut buffer).unwrap();
+            let text = std::str::from_utf8(&buffer[..n]).unwrap();
+            assert!(
+                text.starts_with("<188>1 ") && text.ends_with(" detection - {\"n\":1}"),
+                "{text}"
+            );
+        }
     }
 }
