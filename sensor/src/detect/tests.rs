@@ -566,6 +566,15 @@ fn written(hex: char, names: &[&str], created_boot_ns: i128) -> crate::host::Wri
     }
 }
 
+/// The one side-load detection, which must name `image` (from the store, when the load ended).
+fn assert_side_load_names(h: &Harness, image: &str) -> Vec<serde_json::Value> {
+    let found = h.detections("image_side_loaded");
+    assert_eq!(found.len(), 1, "{:?}", h.json());
+    let summary = found[0]["detection"]["summary"].as_str().unwrap_or_default();
+    assert!(summary.contains(image), "not named {image}: {}", found[0]);
+    found
+}
+
 #[test]
 fn a_load_over_before_its_operation_is_reported_is_named() {
     let store = std::rc::Rc::new(ScriptedStore::default());
@@ -577,16 +586,7 @@ fn a_load_over_before_its_operation_is_reported_is_named() {
     h.close(1);
     h.feed(&Side::client(2, 4242, "docker"), "load.recv.jsonl", false);
     h.wait(BODY_WAIT_NS / MS);
-    let found = h.detections("image_side_loaded");
-    assert_eq!(found.len(), 1, "{:?}", h.json());
-    assert!(
-        found[0]["detection"]["summary"]
-            .as_str()
-            .unwrap()
-            .contains("docker.io/library/evil:1"),
-        "named from the store at once: {}",
-        found[0]
-    );
+    let found = assert_side_load_names(&h, "docker.io/library/evil:1");
     assert_eq!(
         found[0]["operation"]["client"]["pid"], 4242,
         "both halves: {}",
@@ -617,16 +617,7 @@ fn what_a_load_put_in_the_store_is_recorded_by_name_and_id_unless_pulled() {
         pulled_before,
     ];
     h.close(1);
-    let found = h.detections("image_side_loaded");
-    assert_eq!(found.len(), 1, "{:?}", h.json());
-    assert!(
-        found[0]["detection"]["summary"]
-            .as_str()
-            .unwrap()
-            .contains("docker.io/library/evil:1"),
-        "named when the load ended: {}",
-        found[0]
-    );
+    assert_side_load_names(&h, "docker.io/library/evil:1");
     let trusted = |_: &str| true;
     let ledger = &h.detector.ledger;
     let evil = ImageRef::parse("evil:1").unwrap();
