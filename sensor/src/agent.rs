@@ -16,6 +16,7 @@ use tokio::{
 };
 
 use crate::{
+    clock,
     config::Config,
     connections::ConnectionTable,
     daemons::Daemons,
@@ -24,13 +25,14 @@ use crate::{
     docker::store,
     engine::Engine,
     existing,
-    host::{DaemonPolicy, LiveHost, RecordingHost, SharedHost},
+    host::{live::LiveHost, recorded::RecordingHost, SharedHost},
     kernel::{preflight, BuildGate, KernelSensor, LossCounters, QuietMap, TrackedSockets},
     metrics,
+    model::{daemon::DaemonPolicy, line::LineKind},
     notify::notify,
     output::{
         queue::LineQueue,
-        schema::{HealthBody, LineKind, LossView, SensorInfo, StartBody, Stats, StopBody, WarningBody},
+        schema::{HealthBody, LossView, SensorInfo, StartBody, Stats, StopBody, WarningBody},
         syslog::SyslogTarget,
         writer::{self, FileSettings, Targets},
         Emitter, Sink,
@@ -201,7 +203,7 @@ pub async fn run(options: RunOptions) -> anyhow::Result<()> {
         quiet,
         ring_bytes: 0,
     };
-    inputs.apply(Input::Seed(procfs::boot_time_ns()), &mut sink)?;
+    inputs.apply(Input::Seed(clock::boot_time_ns()), &mut sink)?;
     // Processes daemons started before the sensor (containerd under dockerd, shims) fork build
     // steps too.
     descendants.seed(
@@ -276,7 +278,7 @@ pub async fn run(options: RunOptions) -> anyhow::Result<()> {
     };
     let stall_max = read_events(rings, loop_state, &mut inputs, &mut sink, &mut tracked).await?;
     let _ = notify("STOPPING=1");
-    inputs.apply(Input::Finish(procfs::boot_time_ns()), &mut sink)?;
+    inputs.apply(Input::Finish(clock::boot_time_ns()), &mut sink)?;
     inputs.flush()?;
     if let Err(err) = inputs.engine.detector.sync_ledger() {
         tracing::warn!("{err:#}");
@@ -371,7 +373,7 @@ async fn read_events(
             scheduled = correlation_tick.tick() => {
                 // A tick that fires late measures how long the loop was busy elsewhere.
                 stall_max = stall_max.max(scheduled.elapsed());
-                let now = procfs::boot_time_ns();
+                let now = clock::boot_time_ns();
                 if inputs.engine.has_timed_work(now) {
                     inputs.apply(Input::Tick(now), sink)?;
                 }
@@ -476,7 +478,7 @@ fn adopt_existing_connections(
     sink: &mut Sink,
 ) -> anyhow::Result<()> {
     let proc_root = procfs::proc_root();
-    let now = procfs::boot_time_ns();
+    let now = clock::boot_time_ns();
     let mut conn_id = now;
     for tgid in inputs.engine.daemons.tgids() {
         for connection in existing::daemon_connections(&proc_root, tgid) {

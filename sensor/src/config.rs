@@ -105,7 +105,7 @@ mod tests {
     use std::time::Duration;
 
     use super::*;
-    use crate::output::schema::LineKind;
+    use crate::model::line::LineKind;
 
     #[test]
     fn empty_file_gives_defaults() {

@@ -3,9 +3,9 @@
 use std::collections::HashMap;
 
 use crate::{
-    decode::{Endpoint, SocketOpen},
+    decode::SocketOpen,
     host::SharedHost,
-    output::schema::ProcessView,
+    model::{process::ProcessView, socket::Endpoint},
 };
 
 const MAX_CONNECTIONS: usize = 65_536;

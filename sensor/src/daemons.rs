@@ -8,9 +8,12 @@
 //! daemon's pulls never excuse another daemon's builds.
 use std::collections::{BTreeMap, HashMap, HashSet};
 
-use serde::{Deserialize, Serialize};
-
-use crate::{docker::daemon_api::ApiSocket, host::SharedHost, kernel::DaemonMap, output::schema::DaemonView};
+use crate::{
+    docker::daemon_api::ApiSocket,
+    host::SharedHost,
+    kernel::DaemonMap,
+    model::daemon::{DaemonIdentity, DaemonView},
+};
 
 /// How long a daemon binary that does not serve yet (dockerd starting) is re-checked.
 const CANDIDATE_WINDOW_NS: u64 = 300_000_000_000;
@@ -22,25 +25,6 @@ const REFRESH_NS: u64 = 5_000_000_000;
 const SETTLED_REFRESH_NS: u64 = 60_000_000_000;
 const MAX_CANDIDATES: usize = 256;
 const MAX_REPORTED: usize = 4096;
-
-/// What the host says about a process claiming to be a daemon.
-#[derive(Debug, Clone, Default, PartialEq, Eq, Serialize, Deserialize)]
-pub struct DaemonIdentity {
-    /// The host answered (a /proc read past its deadline is no answer: nothing changes then).
-    #[serde(default)]
-    pub answered: bool,
-    /// Its executable is one of the configured daemon binaries (same device and inode).
-    pub known_binary: bool,
-    /// Watched endpoints it listens on (`unix:/run/docker.sock`, `tcp:2375`).
-    pub serves: Vec<String>,
-    /// The TCP addresses of its listeners on watched ports (a wildcard listener as every local
-    /// address of its network namespace): client connects to these are followed.
-    #[serde(default)]
-    pub tcp_listeners: Vec<(std::net::IpAddr, u16)>,
-    /// The data root it declares (dockerd: `--data-root`, or `data-root` in its config file).
-    #[serde(default)]
-    pub data_root: Option<String>,
-}
 
 /// A trusted daemon.
 #[derive(Debug, Clone, PartialEq, Eq)]
@@ -364,7 +348,7 @@ mod tests {
     use std::{cell::RefCell, rc::Rc};
 
     use super::*;
-    use crate::host::tests::ScriptedHost;
+    use crate::host::scripted::ScriptedHost;
 
     fn facts<'a>(comm: &'a str, exe: &'a str, argv: &'a [String]) -> ProcessFacts<'a> {
         ProcessFacts {

@@ -9,6 +9,8 @@ use sensor_common::{
 };
 use serde::{Deserialize, Serialize};
 
+use crate::model::socket::{Dir, Endpoint, Role};
+
 #[derive(Debug, thiserror::Error, PartialEq, Eq)]
 pub enum DecodeError {
     #[error("record of {len} bytes is shorter than an event header")]
@@ -41,7 +43,6 @@ pub struct Header {
     pub comm: String,
 }
 
-/// A socket address as reported by the kernel.
 #[cfg(test)]
 impl Header {
     /// A header for process `tgid` (its leader thread) as tests need it.
@@ -56,42 +57,6 @@ impl Header {
             comm: comm.into(),
         }
     }
-}
-
-#[derive(Debug, Clone, PartialEq, Eq, Hash, Serialize, Deserialize)]
-pub enum Endpoint {
-    Unix(String),
-    Tcp(IpAddr, u16),
-    /// Unnamed unix peer, or a family we do not decode.
-    Unknown,
-}
-
-impl std::fmt::Display for Endpoint {
-    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
-        match self {
-            Endpoint::Unix(path) if path.is_empty() => f.write_str("unix:"),
-            Endpoint::Unix(path) => write!(f, "unix:{path}"),
-            Endpoint::Tcp(ip, port) => write!(f, "{}", std::net::SocketAddr::new(*ip, *port)),
-            Endpoint::Unknown => f.write_str("unknown"),
-        }
-    }
-}
-
-#[derive(Debug, Clone, Copy, PartialEq, Eq, Hash, Serialize, Deserialize)]
-#[serde(rename_all = "snake_case")]
-pub enum Role {
-    Client,
-    DaemonAccepted,
-    DaemonOutbound,
-    /// A build step (a daemon's descendant) connecting out while a build is open.
-    BuildStep,
-}
-
-#[derive(Debug, Clone, Copy, PartialEq, Eq, Hash, Serialize, Deserialize)]
-#[serde(rename_all = "snake_case")]
-pub enum Dir {
-    Send,
-    Recv,
 }
 
 #[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize)]

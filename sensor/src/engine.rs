@@ -6,18 +6,18 @@ use std::collections::BTreeMap;
 use crate::{
     connections::ConnectionTable,
     daemons::{Daemons, ProcessFacts, Verdict},
-    decode::{Header, RawEvent, Role, SocketData, SocketOpen},
+    decode::{Header, RawEvent, SocketData, SocketOpen},
     detect::{DataInput, Detector},
     docker::daemon_api,
     existing::ExistingConnection,
+    model::{line::LineKind, socket::Role},
     output::{
         schema::{
-            DaemonBody, DataBody, DataView, LineKind, LossBody, LossView, ProcessBody, ProcessView,
-            SocketBody, SocketView, Stats,
+            DaemonBody, DataBody, DataView, LossBody, LossView, ProcessBody, SocketBody, SocketView, Stats,
         },
         Emitter, Sink,
     },
-    process_table::ProcessTable,
+    process_table::{self, ProcessTable},
     recording::Input,
     redact::Redactor,
 };
@@ -101,7 +101,7 @@ impl Engine {
                 cgroup_id: 0,
                 comm: process.comm.clone(),
             };
-            let view = ProcessView::full(&header, &process, ancestry);
+            let view = process_table::full_view(&header, &process, ancestry);
             self.detector.on_impersonation(now, &name, &view, exec_line);
         }
     }
@@ -204,7 +204,7 @@ impl Engine {
         match event {
             RawEvent::Fork { header, child_pid } => {
                 self.processes.on_fork(&header, child_pid);
-                let process = ProcessView::new(&header, self.processes.get(header.tgid));
+                let process = process_table::view(&header, self.processes.get(header.tgid));
                 self.write(
                     sink,
                     LineKind::ProcessFork,
@@ -233,7 +233,7 @@ impl Engine {
             } => {
                 let process = self.processes.on_exec(&header, old_pid, &filename).clone();
                 let ancestry = self.processes.ancestry(header.tgid);
-                let view = ProcessView::full(&header, &process, ancestry);
+                let view = process_table::full_view(&header, &process, ancestry);
                 let body = ProcessBody {
                     process: view.clone(),
                     child_pid: None,
@@ -250,7 +250,7 @@ impl Engine {
                 Ok(())
             }
             RawEvent::Exit { header } => {
-                let process = ProcessView::new(&header, self.processes.get(header.tgid));
+                let process = process_table::view(&header, self.processes.get(header.tgid));
                 self.processes.on_exit(&header);
                 self.daemons.remove(header.tgid, header.boot_ns);
                 self.connections.process_exited(header.tgid);
@@ -300,7 +300,7 @@ impl Engine {
                     result: None,
                     existing: false,
                 };
-                let process = ProcessView::new(&header, self.processes.get(header.tgid));
+                let process = process_table::view(&header, self.processes.get(header.tgid));
                 self.write(
                     sink,
                     LineKind::SocketClose,
@@ -329,9 +329,9 @@ impl Engine {
         let process = match self.processes.current(header.tgid).cloned() {
             Some(known) => {
                 let ancestry = self.processes.ancestry(header.tgid);
-                ProcessView::full(&header, &known, ancestry)
+                process_table::full_view(&header, &known, ancestry)
             }
-            None => ProcessView::new(&header, None),
+            None => process_table::view(&header, None),
         };
         if socket.role == Role::Client {
             self.connections.set_client(socket.conn_id, process.clone());
@@ -393,9 +393,9 @@ impl Engine {
         let process = match known {
             Some(known) => {
                 let ancestry = self.processes.ancestry(tgid);
-                ProcessView::full(&header, &known, ancestry)
+                process_table::full_view(&header, &known, ancestry)
             }
-            None => ProcessView::new(&header, None),
+            None => process_table::view(&header, None),
         };
         let socket = SocketView {
             conn_id,
@@ -423,7 +423,7 @@ impl Engine {
         let connection = self.connections.get(data.conn_id);
         let local_endpoint = connection.and_then(|c| c.local.clone());
         let local = local_endpoint.as_ref().map(|l| l.to_string());
-        let short_view = ProcessView::new(&header, self.processes.get(header.tgid));
+        let short_view = process_table::view(&header, self.processes.get(header.tgid));
         let process = connection
             .and_then(|c| c.client.clone())
             .unwrap_or_else(|| short_view.clone());
@@ -533,15 +533,18 @@ mod tests {
 
     use super::*;
     use crate::{
-        decode::{Dir, Endpoint},
+        model::{
+            daemon::DaemonIdentity,
+            socket::{Dir, Endpoint},
+        },
         output::sink::Captured,
     };
 
     fn engine() -> Engine {
-        let scripted = std::rc::Rc::new(crate::host::tests::ScriptedHost::default());
+        let scripted = std::rc::Rc::new(crate::host::scripted::ScriptedHost::default());
         scripted.identities.borrow_mut().insert(
             11,
-            crate::daemons::DaemonIdentity {
+            DaemonIdentity {
                 answered: true,
                 known_binary: true,
                 serves: vec!["tcp:2375".into()],

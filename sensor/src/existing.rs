@@ -7,7 +7,7 @@ use std::{
 };
 
 use crate::{
-    decode::{Endpoint, Role},
+    model::socket::{Endpoint, Role},
     procfs::{self, NetTables, TcpState},
 };
 

@@ -2,6 +2,7 @@
 //! the fuzz targets (`sensor/fuzz`) reach the parsers that attacker bytes reach.
 pub mod agent;
 pub mod cli;
+pub mod clock;
 pub mod config;
 pub mod connections;
 pub mod daemon_config;
@@ -15,6 +16,7 @@ pub mod files;
 pub mod host;
 pub mod kernel;
 pub mod metrics;
+pub mod model;
 pub mod notify;
 pub mod output;
 pub mod process_table;

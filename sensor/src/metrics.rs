@@ -19,7 +19,7 @@ use prometheus_client::{
 use serde::{Deserialize, Serialize};
 
 use crate::{
-    detect::rules::{Rule, Severity},
+    model::detection::{Rule, Severity},
     output::schema::Stats,
 };
 

@@ -8,6 +8,7 @@ use serde::Serialize;
 use crate::{
     decode::Header,
     host::SharedHost,
+    model::process::{Ancestor, ProcessView},
     procfs::{self, ProcSnapshot},
     redact,
 };
@@ -42,14 +43,6 @@ pub struct Process {
     pub from_events: bool,
 }
 
-#[derive(Debug, Clone, PartialEq, Eq, Serialize)]
-pub struct Ancestor {
-    pub pid: u32,
-    pub comm: String,
-    #[serde(skip_serializing_if = "Option::is_none")]
-    pub exe: Option<String>,
-}
-
 impl From<ProcSnapshot> for Process {
     fn from(snapshot: ProcSnapshot) -> Self {
         Self {
@@ -70,6 +63,36 @@ impl From<ProcSnapshot> for Process {
             exited_at: None,
             from_events: false,
         }
+    }
+}
+
+/// The acting process as an event names it: the kernel header, enriched with what the table
+/// knows.
+pub fn view(header: &Header, known: Option<&Process>) -> ProcessView {
+    ProcessView {
+        pid: header.tgid,
+        tid: header.pid,
+        ppid: known.map(|p| p.ppid),
+        comm: header.comm.clone(),
+        uid: header.uid,
+        gid: header.gid,
+        exe: known.and_then(|p| p.exe.clone()),
+        argv: None,
+        argv_truncated: false,
+        cwd: None,
+        container_id: known.and_then(|p| p.container_id.clone()),
+        ancestry: None,
+    }
+}
+
+/// Everything: argv, cwd and the ancestry chain.
+pub fn full_view(header: &Header, known: &Process, ancestry: Vec<Ancestor>) -> ProcessView {
+    ProcessView {
+        argv: Some(known.argv.clone()),
+        argv_truncated: known.argv_truncated,
+        cwd: known.cwd.clone(),
+        ancestry: Some(ancestry),
+        ..view(header, Some(known))
     }
 }
 
@@ -310,7 +333,7 @@ mod tests {
 
     /// A table over an empty /proc, so only events feed it.
     fn table() -> ProcessTable {
-        ProcessTable::new(std::rc::Rc::new(crate::host::LiveHost::new(
+        ProcessTable::new(std::rc::Rc::new(crate::host::live::LiveHost::new(
             std::path::Path::new("/nonexistent-proc"),
         )))
     }

@@ -8,7 +8,10 @@ use std::{
 
 use serde::{Deserialize, Serialize};
 
-use crate::decode::Endpoint;
+use crate::model::{
+    daemon::{DaemonIdentity, DaemonPolicy},
+    socket::Endpoint,
+};
 
 /// What /proc says about one process.
 #[derive(Debug, Clone, Default, PartialEq, Eq, Serialize, Deserialize)]
@@ -120,11 +123,7 @@ pub fn container_id_from_cgroup(cgroup: &str) -> Option<String> {
 
 /// Whether the executable of `tgid` is one of the policy's daemon binaries (the same file, by
 /// device and inode), and which watched endpoints it listens on.
-pub fn daemon_identity(
-    root: &Path,
-    tgid: u32,
-    policy: &crate::host::DaemonPolicy,
-) -> crate::daemons::DaemonIdentity {
+pub fn daemon_identity(root: &Path, tgid: u32, policy: &DaemonPolicy) -> DaemonIdentity {
     use std::os::unix::fs::MetadataExt as _;
     let exe = fs::metadata(root.join(tgid.to_string()).join("exe")).ok();
     let known_binary = exe.is_some_and(|exe| {
@@ -134,7 +133,7 @@ pub fn daemon_identity(
         })
     });
     if !known_binary {
-        return crate::daemons::DaemonIdentity {
+        return DaemonIdentity {
             answered: true,
             ..Default::default()
         };
@@ -188,7 +187,7 @@ pub fn daemon_identity(
     }
     tcp_listeners.sort();
     tcp_listeners.dedup();
-    crate::daemons::DaemonIdentity {
+    DaemonIdentity {
         answered: true,
         known_binary,
         serves,
@@ -452,27 +451,6 @@ fn parse_proc_net_ip(hex: &str) -> Option<IpAddr> {
         }
         _ => None,
     }
-}
-
-/// Nanoseconds on `clock` now.
-pub fn clock_ns(clock: libc::clockid_t) -> i128 {
-    let mut ts = libc::timespec {
-        tv_sec: 0,
-        tv_nsec: 0,
-    };
-    // SAFETY: valid out-pointer.
-    unsafe { libc::clock_gettime(clock, &mut ts) };
-    i128::from(ts.tv_sec) * 1_000_000_000 + i128::from(ts.tv_nsec)
-}
-
-/// CLOCK_REALTIME - CLOCK_BOOTTIME now: turns kernel event times into wall times.
-pub fn boot_to_wall_ns() -> i128 {
-    clock_ns(libc::CLOCK_REALTIME) - clock_ns(libc::CLOCK_BOOTTIME)
-}
-
-/// CLOCK_BOOTTIME now, the clock of kernel event timestamps.
-pub fn boot_time_ns() -> u64 {
-    clock_ns(libc::CLOCK_BOOTTIME) as u64
 }
 
 /// Names the node when the sensor runs in a pod, whose own hostname is the pod's: the DaemonSet

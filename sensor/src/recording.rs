@@ -14,7 +14,8 @@ use anyhow::{bail, Context as _};
 use serde::{Deserialize, Serialize};
 
 use crate::{
-    config::Config, decode::RawEvent, detect::ledger::Record, existing::ExistingConnection, host::Answer,
+    config::Config, decode::RawEvent, detect::ledger::Record, existing::ExistingConnection,
+    host::recorded::Answer,
 };
 
 pub const FORMAT_VERSION: u32 = 2;

@@ -9,7 +9,7 @@
 //! caught.
 use std::collections::HashMap;
 
-use crate::decode::Dir;
+use crate::model::socket::Dir;
 
 const SENSITIVE_HEADERS: [&[u8]; 4] = [
     b"x-registry-auth",

@@ -9,8 +9,9 @@ use crate::{
     daemons::Daemons,
     detect::{allow::Allowlist, ledger::Ledger, Detector, Settings},
     engine::Engine,
-    host::{ReplayHost, SharedHost},
-    output::{schema::LineKind, Emitter, Sink},
+    host::{recorded::ReplayHost, SharedHost},
+    model::line::LineKind,
+    output::{Emitter, Sink},
     process_table::ProcessTable,
     recording::{Input, Reader},
 };

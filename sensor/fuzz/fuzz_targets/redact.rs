@@ -1,6 +1,6 @@
 //! Credential masking over attacker bytes in pieces: never a panic, never a length change.
 #![no_main]
-use buildwatch::{decode::Dir, redact::Redactor};
+use buildwatch::{model::socket::Dir, redact::Redactor};
 
 libfuzzer_sys::fuzz_target!(|data: &[u8]| {
     let mut redactor = Redactor::default();

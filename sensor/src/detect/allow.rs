@@ -5,7 +5,7 @@ use std::net::IpAddr;
 use anyhow::Context as _;
 use ipnet::IpNet;
 
-use super::views::Origin;
+use crate::model::origin::Origin;
 use serde::{Deserialize, Serialize};
 
 /// Known-good activity. A match suppresses the detection; it is still counted (in
@@ -147,7 +147,7 @@ impl Allowlist {
 #[cfg(test)]
 mod tests {
     use super::*;
-    use crate::detect::views::Transport;
+    use crate::model::origin::Transport;
 
     #[test]
     fn matches() {
@@ -192,7 +192,7 @@ mod tests {
         })
         .unwrap();
         let mut origin = Origin::for_test(Transport::Unix, None);
-        let mut client = crate::output::schema::ProcessView {
+        let mut client = crate::model::process::ProcessView {
             pid: 1,
             tid: 1,
             ppid: None,

@@ -1,20 +1,20 @@
 //! Builds from their request to their end: the Dockerfile, base images, the build rule, egress,
 //! and the images the build wrote.
 use super::{
-    builds::{BaseImage, Build, BuildState, Egress},
-    ids::{BuildId, OperationId},
-    images,
+    builds::{self, Build, BuildState, Egress},
     ledger::Source,
     rules,
-    views::{DetectionView, OperationView, Transport},
+    transfers::served_by_dockerd,
     Detector, Finding, Subject, SyncedDockerfile, MAX_OPEN_BUILDS, SYNCED_DOCKERFILE_KEEP_NS,
 };
 use crate::{
-    decode::Dir,
-    docker::{
-        api::{BuildParams, Builder},
-        dockerfile::{self, Dockerfile},
-        reference::ImageRef,
+    docker::dockerfile::{self, Dockerfile},
+    model::{
+        detection::DetectionView,
+        ids::BuildId,
+        operation::{BuildParams, Builder, OperationView},
+        origin::Transport,
+        socket::Dir,
     },
 };
 
@@ -31,7 +31,7 @@ impl Detector {
         conn_ids: Vec<u64>,
         evidence: Vec<String>,
     ) {
-        let id = build_id_of(&view.id);
+        let id = BuildId::of(&view.id);
         let (instructions, dockerfile_unread) = match (&body, &params.context_dir, &view.origin.client) {
             (Some((bytes, _)), _, _) => (
                 dockerfile::from_context(bytes, params.dockerfile.as_deref()),
@@ -80,16 +80,13 @@ impl Detector {
             egress_detected: false,
             raised_for_egress: false,
         };
-        if view.store().is_some()
-            && builder.uses_docker_image_store()
-            && images::served_by_dockerd(&view.origin)
-        {
+        if view.store().is_some() && builder.uses_docker_image_store() && served_by_dockerd(&view.origin) {
             self.stores_to_list.push(id.clone());
         }
         if build.builder == Builder::Buildx && build.instructions.is_none() {
             build.instructions = self.claim_synced_dockerfile(&build, at);
         }
-        add_dockerfile_bases(&mut build);
+        build.add_dockerfile_bases();
         if let Some(instructions) = &build.instructions {
             for run in instructions.run.clone() {
                 let argv = vec!["/bin/sh".to_string(), "-c".to_string(), run];
@@ -244,7 +241,7 @@ impl Detector {
         build.end = Some(self.wall_time(now));
         build.duration_ms = Some(now.saturating_sub(build.start_ns) / 1_000_000);
         if let (true, Some(store)) = (
-            build.builder.uses_docker_image_store() && images::served_by_dockerd(&build.origin),
+            build.builder.uses_docker_image_store() && served_by_dockerd(&build.origin),
             build.store.clone(),
         ) {
             build.images = self.record_build_images(
@@ -277,10 +274,10 @@ impl Detector {
     pub(super) fn claim_synced_dockerfile(&mut self, build: &Build, at: u64) -> Option<Dockerfile> {
         self.synced_dockerfiles
             .retain(|(_, received, _, _)| at.saturating_sub(*received) <= SYNCED_DOCKERFILE_KEEP_NS);
-        let wanted = dockerfile_name(build);
+        let wanted = build.dockerfile_name();
         let session = build.params.session.as_deref();
         let fits = |tgid: &u32, file: &SyncedDockerfile| {
-            Some(*tgid) == build.daemon_tgid && file_name(&file.path) == wanted
+            Some(*tgid) == build.daemon_tgid && builds::file_name(&file.path) == wanted
         };
         let index = self
             .synced_dockerfiles
@@ -295,37 +292,6 @@ impl Detector {
             })?;
         let (_, _, _, file) = self.synced_dockerfiles.remove(index)?;
         Some(dockerfile::parse(&file.path, &file.text))
-    }
-}
-
-/// The file name a build's Dockerfile has (`-f` may give a path).
-pub(super) fn dockerfile_name(build: &Build) -> &str {
-    build.params.dockerfile.as_deref().map_or("Dockerfile", file_name)
-}
-
-pub(super) fn file_name(path: &str) -> &str {
-    path.rsplit('/').next().unwrap_or(path)
-}
-
-pub(super) fn build_id_of(operation_id: &OperationId) -> BuildId {
-    BuildId::of(operation_id)
-}
-
-pub(super) fn add_dockerfile_bases(build: &mut Build) {
-    let Some(instructions) = &build.instructions else {
-        return;
-    };
-    for from in instructions.from.clone() {
-        if let Some(image) = ImageRef::parse(&from) {
-            build.add_base_image(BaseImage {
-                registry: image.registry.clone(),
-                repository: image.repository(),
-                reference: image.to_string(),
-                digest: None,
-                fetched: false,
-                in_dockerfile: true,
-            });
-        }
     }
 }
 

@@ -5,13 +5,17 @@ use std::collections::HashMap;
 
 use serde::Serialize;
 
-use super::{ids::BuildId, rules::Severity, views::Origin};
+use super::transfers::StoreSnapshot;
 use crate::{
-    docker::{
-        api::{BuildParams, Builder},
-        dockerfile::Dockerfile,
+    docker::dockerfile::Dockerfile,
+    model::{
+        detection::Severity,
+        ids::BuildId,
+        image_ref::ImageRef,
+        operation::{BuildParams, Builder},
+        origin::Origin,
+        process::ProcessView,
     },
-    output::schema::ProcessView,
 };
 
 /// Step processes and containers remembered across all open builds.
@@ -135,7 +139,7 @@ pub struct Build {
     pub store: Option<String>,
     /// The store's images when the build began (the daemon could be asked).
     #[serde(skip)]
-    pub store_before: Option<super::images::StoreSnapshot>,
+    pub store_before: Option<StoreSnapshot>,
     /// The builder process (daemon-less builds).
     #[serde(skip)]
     pub builder_tgid: Option<u32>,
@@ -154,6 +158,30 @@ fn is_zero(n: &u32) -> bool {
 }
 
 impl Build {
+    /// The file name its Dockerfile has (`-f` may give a path).
+    pub fn dockerfile_name(&self) -> &str {
+        self.params.dockerfile.as_deref().map_or("Dockerfile", file_name)
+    }
+
+    /// The base images its Dockerfile names, as not fetched yet.
+    pub fn add_dockerfile_bases(&mut self) {
+        let Some(instructions) = &self.instructions else {
+            return;
+        };
+        for from in instructions.from.clone() {
+            if let Some(image) = ImageRef::parse(&from) {
+                self.add_base_image(BaseImage {
+                    registry: image.registry.clone(),
+                    repository: image.repository(),
+                    reference: image.to_string(),
+                    digest: None,
+                    fetched: false,
+                    in_dockerfile: true,
+                });
+            }
+        }
+    }
+
     /// Adds a base image or merges what is new about one already listed (a fetch by digest
     /// after the fetch by tag, a fetch of an image the Dockerfile named).
     pub fn add_base_image(&mut self, image: BaseImage) {
@@ -194,6 +222,11 @@ impl Build {
     pub fn egress_details(&self) -> Vec<String> {
         self.egress.iter().map(|e| e.detail.clone()).collect()
     }
+}
+
+/// The last component of a path.
+pub fn file_name(path: &str) -> &str {
+    path.rsplit('/').next().unwrap_or(path)
 }
 
 /// Whether `argv` is one of the Dockerfile's RUN commands: shell form (`/bin/sh -c <line>`) or
@@ -264,7 +297,7 @@ fn is_runtime(path_or_comm: &str) -> bool {
 #[cfg(test)]
 mod tests {
     use super::*;
-    use crate::process_table::Ancestor;
+    use crate::model::process::Ancestor;
 
     fn process(comm: &str, exe: &str, ancestors: &[&str]) -> ProcessView {
         ProcessView {

@@ -2,21 +2,24 @@
 //! build steps exec'd under the container runtime, builders exiting.
 use super::{
     builds::{self, BuildState, Egress, Step},
-    ids::{BuildId, OperationId},
-    rules,
-    views::Origin,
-    BuilderStart, Detector, Half, Pending, MAX_STEP_CONNECTIONS,
+    rules, BuilderStart, Detector, Half, Pending, MAX_STEP_CONNECTIONS,
+};
+use crate::{
+    daemons,
+    decode::Header,
+    docker::commands,
+    model::{
+        ids::{BuildId, OperationId},
+        operation::Operation,
+        origin::Origin,
+        process::ProcessView,
+        socket::Endpoint,
+    },
+    protocol::dns,
 };
 
 const EINPROGRESS: i32 = 115;
 const ECONNREFUSED: i32 = 111;
-use crate::{
-    daemons,
-    decode::{Endpoint, Header},
-    docker::{api::Operation, commands},
-    output::schema::ProcessView,
-    protocol::dns,
-};
 
 impl Detector {
     /// An exec: a daemon-less builder starting (returned, so its registry traffic can be

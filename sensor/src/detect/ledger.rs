@@ -10,7 +10,7 @@ use std::{
 use anyhow::Context as _;
 use serde::{Deserialize, Serialize};
 
-use crate::docker::reference::ImageRef;
+use crate::model::image_ref::ImageRef;
 
 const FILE_NAME: &str = "ledger.json";
 const FORMAT_VERSION: u32 = 2;
@@ -134,7 +134,7 @@ impl Ledger {
                 None
             }
             Err(why) => {
-                let now = crate::procfs::clock_ns(libc::CLOCK_REALTIME);
+                let now = crate::clock::clock_ns(libc::CLOCK_REALTIME);
                 let aside = PathBuf::from(format!("{}.corrupt-{}", path.display(), now / 1_000_000_000));
                 let moved_to = fs::rename(&path, &aside)
                     .ok()

@@ -10,9 +10,6 @@ pub mod allow;
 mod building;
 pub mod builds;
 mod execs;
-pub mod ids;
-
-use self::ids::{BuildId, OperationId};
 mod images;
 pub mod ledger;
 mod operations;
@@ -21,16 +18,14 @@ mod reporting;
 pub mod rules;
 mod sessions;
 pub mod settings;
+mod stream;
 mod traffic;
-pub mod views;
+mod transfers;
 
-use self::building::{add_dockerfile_bases, build_id_of, dockerfile_name, file_name};
-pub use self::images::loaded_images;
-
-use self::traffic::Stream;
+pub use self::transfers::loaded_images;
 
 use std::{
-    collections::{BTreeMap, HashMap, HashSet, VecDeque},
+    collections::{HashMap, HashSet, VecDeque},
     net::IpAddr,
 };
 
@@ -41,16 +36,22 @@ use self::{
     allow::Allowlist,
     builds::{Build, BuildState, MAX_BUILD_NS},
     ledger::{Ledger, Source},
-    views::{DetectionView, OperationView, Origin},
+    stream::Stream,
+    transfers::{StoreSnapshot, Transfer},
 };
 use crate::{
-    decode::{Dir, Endpoint, Header, Role},
-    docker::{
-        api::{ApiRequest, BuildParams, Builder, Operation},
-        reference::ImageRef,
-    },
+    decode::Header,
+    docker::api::ApiRequest,
     host::SharedHost,
-    output::schema::{LineKind, ProcessView},
+    model::{
+        detection::{DetectStats, DetectionView},
+        ids::{BuildId, OperationId},
+        line::LineKind,
+        operation::{Operation, OperationView},
+        origin::Origin,
+        process::ProcessView,
+        socket::{Dir, Endpoint, Role},
+    },
     protocol::buildkit_grpc::SyncedDockerfile,
 };
 
@@ -157,21 +158,6 @@ pub struct DataInput<'a> {
     pub clean_end: bool,
 }
 
-#[derive(Debug, Default, Clone, Serialize)]
-pub struct DetectStats {
-    pub operations: BTreeMap<&'static str, u64>,
-    pub detections: BTreeMap<&'static str, u64>,
-    /// The same, by (rule, severity), for the metrics.
-    #[serde(skip)]
-    pub detections_by_severity: BTreeMap<(&'static str, &'static str), u64>,
-    /// Detections an allowlist entry suppressed.
-    pub suppressed: BTreeMap<&'static str, u64>,
-    /// Streams that stopped parsing as HTTP somewhere and had to resync.
-    pub http_desyncs: u64,
-    pub builds_open: usize,
-    pub ledger_records: usize,
-}
-
 /// One side of a request.
 #[derive(Debug, Clone)]
 struct Half {
@@ -201,7 +187,7 @@ struct Pending {
     needs_body: bool,
     /// A load's or import's image store as the daemon's side of its head found it: listed
     /// then, not when the operation is reported (a small load is over in milliseconds).
-    store_before: Option<images::StoreSnapshot>,
+    store_before: Option<StoreSnapshot>,
 }
 
 impl Pending {
@@ -238,7 +224,7 @@ pub struct Detector {
     streams: HashMap<(u64, Dir), Stream>,
     pending: Vec<Pending>,
     builds: Vec<Build>,
-    transfers: Vec<images::Transfer>,
+    transfers: Vec<Transfer>,
     exposed: HashSet<(String, IpAddr)>,
     started: VecDeque<(String, u64)>,
     /// Build-step connections: conn_id -> build id.

@@ -1,15 +1,18 @@
 //! What a finished request means: the ledger entries of pulls, tags, commits, loads and
 //! imports, builds opened, and container creates judged by the content they run.
 use super::{
-    images,
     ledger::{Provenance, Source},
-    loaded_images, pulls, rules,
-    views::{OperationView, Transport},
+    pulls, rules,
+    transfers::{loaded_images, SideLoad},
     Detector, Finding, Pending, Reported, MAX_REPORTED, MAX_STARTED,
 };
-use crate::docker::{
-    api::{self, ApiRequest, Operation},
-    reference::{self, ImageRef},
+use crate::{
+    docker::api::{self, ApiRequest},
+    model::{
+        image_ref::{self, ImageRef},
+        operation::{Api, Operation, OperationView},
+        origin::Transport,
+    },
 };
 
 impl Detector {
@@ -29,7 +32,7 @@ impl Detector {
         if let Some((body, complete)) = &pending.body {
             api::complete_with_body(
                 &mut pending.operation,
-                api.unwrap_or(api::Api::Docker),
+                api.unwrap_or(Api::Docker),
                 body,
                 *complete,
             );
@@ -104,7 +107,7 @@ impl Detector {
                         .record(store, image, Source::Import, wall, Some(source));
                 }
                 let names: Vec<String> = image.iter().map(ToString::to_string).collect();
-                let side_load = images::SideLoad::new(view, "imported", names, evidence, at);
+                let side_load = SideLoad::new(view, "imported", names, evidence, at);
                 self.transfer_or_report(
                     Source::Import,
                     at,
@@ -126,7 +129,7 @@ impl Detector {
                     }
                 }
                 let names: Vec<String> = loaded.iter().map(ToString::to_string).collect();
-                let side_load = images::SideLoad::new(view, "loaded", names, evidence, at);
+                let side_load = SideLoad::new(view, "loaded", names, evidence, at);
                 self.transfer_or_report(
                     Source::Load,
                     at,
@@ -139,7 +142,7 @@ impl Detector {
             Operation::Tag { source, target } => {
                 let via = ImageRef::parse(&source)
                     .map(|s| s.to_string())
-                    .or_else(|| reference::image_id(&source))
+                    .or_else(|| image_ref::image_id(&source))
                     .unwrap_or(source);
                 if let Some(store) = &store {
                     self.ledger.record(store, &target, Source::Tag, wall, Some(via));
@@ -166,7 +169,7 @@ impl Detector {
                     .host
                     .tagged_image(store, requested)
                     .and_then(|target| self.ledger.provenance_of_id(store, &target.id, &trusted));
-                let by_reference = || match (ImageRef::parse(requested), reference::image_id(requested)) {
+                let by_reference = || match (ImageRef::parse(requested), image_ref::image_id(requested)) {
                     (Some(image), _) => {
                         Some((image.to_string(), self.ledger.provenance(store, &image, &trusted)))
                     }

@@ -4,7 +4,7 @@
 //! TLS connection to the registry host) by the same daemon.
 use std::collections::VecDeque;
 
-use crate::docker::reference::ImageRef;
+use crate::model::image_ref::ImageRef;
 
 /// How long a pull waits for its daemon's registry contact.
 const WAIT_NS: u64 = 60_000_000_000;

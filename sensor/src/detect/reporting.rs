@@ -1,10 +1,11 @@
 //! Detections out: allowlists and suppressions, the finding lines, and `api_exposed`.
-use super::{
-    rules::{self, Verdict},
-    views::{DetectionView, OperationView, Origin, Transport},
-    Detector, Finding, Subject, MAX_EXPOSED,
+use super::{rules, Detector, Finding, Subject, MAX_EXPOSED};
+use crate::model::{
+    detection::{DetectionView, Verdict},
+    image_ref::ImageRef,
+    operation::{Operation, OperationView},
+    origin::{Origin, Transport},
 };
-use crate::docker::{api::Operation, reference::ImageRef};
 
 impl Detector {
     pub(super) fn check_exposed(&mut self, origin: &Origin, now: u64, evidence: &[String]) {

@@ -3,125 +3,12 @@
 //! explains each rule, its severity logic and how to tune it.
 use std::net::IpAddr;
 
-use serde::Serialize;
-
-use super::views::{Origin, Transport};
-use crate::docker::api::CreateParams;
-
-#[derive(Debug, Clone, Copy, PartialEq, Eq, PartialOrd, Ord, Serialize)]
-#[serde(rename_all = "snake_case")]
-pub enum Severity {
-    Medium,
-    High,
-    Critical,
-}
-
-impl Severity {
-    pub const ALL: [Severity; 3] = [Severity::Medium, Severity::High, Severity::Critical];
-
-    pub const fn as_str(self) -> &'static str {
-        match self {
-            Severity::Medium => "medium",
-            Severity::High => "high",
-            Severity::Critical => "critical",
-        }
-    }
-
-    pub fn raised(self) -> Self {
-        match self {
-            Severity::Medium => Severity::High,
-            Severity::High | Severity::Critical => Severity::Critical,
-        }
-    }
-}
-
-#[derive(Debug, Clone, Copy, PartialEq, Eq, Serialize)]
-pub struct Attack {
-    pub technique: &'static str,
-    pub technique_name: &'static str,
-    pub tactic: &'static str,
-    pub tactic_name: &'static str,
-}
-
-pub const BUILD_IMAGE_ON_HOST: Attack = Attack {
-    technique: "T1612",
-    technique_name: "Build Image on Host",
-    tactic: "TA0005",
-    tactic_name: "Defense Evasion",
+use crate::model::{
+    detection::{Rule, Severity, Verdict},
+    operation::CreateParams,
+    origin::{Origin, Transport},
+    process::ProcessView,
 };
-
-pub const DEPLOY_CONTAINER: Attack = Attack {
-    technique: "T1610",
-    technique_name: "Deploy Container",
-    tactic: "TA0002",
-    tactic_name: "Execution",
-};
-
-pub const MASQUERADING_NAME: Attack = Attack {
-    technique: "T1036.005",
-    technique_name: "Masquerading: Match Legitimate Name or Location",
-    tactic: "TA0005",
-    tactic_name: "Defense Evasion",
-};
-
-pub const EXTERNAL_REMOTE_SERVICES: Attack = Attack {
-    technique: "T1133",
-    technique_name: "External Remote Services",
-    tactic: "TA0001",
-    tactic_name: "Initial Access",
-};
-
-#[derive(Debug, Clone, Copy, PartialEq, Eq, PartialOrd, Ord, Hash, Serialize)]
-#[serde(rename_all = "snake_case")]
-pub enum Rule {
-    BuildWithoutPull,
-    RunOfUnpulledImage,
-    ImageSideLoaded,
-    BuildEgress,
-    ApiExposed,
-    DaemonImpersonation,
-}
-
-impl Rule {
-    pub const ALL: [Rule; 6] = [
-        Rule::BuildWithoutPull,
-        Rule::RunOfUnpulledImage,
-        Rule::ImageSideLoaded,
-        Rule::BuildEgress,
-        Rule::ApiExposed,
-        Rule::DaemonImpersonation,
-    ];
-
-    pub fn name(self) -> &'static str {
-        match self {
-            Rule::BuildWithoutPull => "build_without_pull",
-            Rule::RunOfUnpulledImage => "run_of_unpulled_image",
-            Rule::ImageSideLoaded => "image_side_loaded",
-            Rule::BuildEgress => "build_egress",
-            Rule::ApiExposed => "api_exposed",
-            Rule::DaemonImpersonation => "daemon_impersonation",
-        }
-    }
-
-    pub fn attack(self) -> Attack {
-        match self {
-            Rule::RunOfUnpulledImage => DEPLOY_CONTAINER,
-            Rule::ApiExposed => EXTERNAL_REMOTE_SERVICES,
-            Rule::DaemonImpersonation => MASQUERADING_NAME,
-            _ => BUILD_IMAGE_ON_HOST,
-        }
-    }
-}
-
-/// What a rule decided, before the allowlist has its say.
-#[derive(Debug, Clone, PartialEq, Eq, Serialize)]
-pub struct Verdict {
-    pub rule: Rule,
-    pub severity: Severity,
-    pub summary: String,
-    /// Facts that set the severity, for the analyst.
-    pub reasons: Vec<String>,
-}
 
 /// How the client reached the API: a local unix socket is medium, TCP high, plain TCP from
 /// another host critical.
@@ -286,7 +173,7 @@ pub fn api_exposed(endpoint: &str, peer: IpAddr) -> Verdict {
 }
 
 /// Rule 6: a process takes a container daemon's name but is not one of its binaries.
-pub fn daemon_impersonation(name: &str, process: &crate::output::schema::ProcessView) -> Verdict {
+pub fn daemon_impersonation(name: &str, process: &ProcessView) -> Verdict {
     let exe = process.exe.as_deref().unwrap_or("(unknown executable)");
     Verdict {
         rule: Rule::DaemonImpersonation,
@@ -350,7 +237,7 @@ fn truncate(text: &str) -> String {
 #[cfg(test)]
 mod tests {
     use super::*;
-    use crate::detect::views::Origin;
+    use crate::model::origin::Origin;
 
     fn argv(line: &str) -> Vec<String> {
         line.split_whitespace().map(String::from).collect()

@@ -1,12 +1,15 @@
 //! BuildKit sessions after their h2c upgrade (or HTTP/2 with prior knowledge): the marker
 //! scanner on both sides, the decoder on the daemon's, builds opened from `Solve` requests, and
 //! Dockerfiles from the session's file sync given to their build.
-use super::{
-    add_dockerfile_bases, ids::OperationId, BuildParams, Builder, DataInput, Detector, Half, ImageRef,
-    Operation, Pending, Role, BODY_WAIT_NS,
-};
+use super::{builds, DataInput, Detector, Half, Pending, BODY_WAIT_NS};
 use crate::{
     docker::dockerfile,
+    model::{
+        ids::OperationId,
+        image_ref::ImageRef,
+        operation::{BuildParams, Builder, Operation},
+        socket::Role,
+    },
     protocol::{
         buildkit::{Marker, SessionScanner},
         buildkit_grpc::{SessionDecoder, SyncedDockerfile},
@@ -134,12 +137,12 @@ impl Detector {
         synced: SyncedDockerfile,
     ) {
         let tgid = input.header.tgid;
-        let name = super::file_name(&synced.path);
+        let name = builds::file_name(&synced.path);
         let candidate = |b: &&mut super::Build| {
             b.builder == Builder::Buildx
                 && b.instructions.is_none()
                 && b.daemon_tgid == Some(tgid)
-                && super::dockerfile_name(b) == name
+                && b.dockerfile_name() == name
         };
         let same_session =
             |b: &&mut super::Build| session.is_some() && b.params.session.as_deref() == session;
@@ -156,7 +159,7 @@ impl Detector {
         if let Some(index) = index {
             let build = &mut self.builds[index];
             build.instructions = Some(dockerfile::parse(&synced.path, &synced.text));
-            add_dockerfile_bases(build);
+            build.add_dockerfile_bases();
             return;
         }
         if self.synced_dockerfiles.len() >= super::MAX_SYNCED_DOCKERFILES {

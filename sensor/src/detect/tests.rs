@@ -11,9 +11,12 @@ use serde_json::Value;
 
 use super::*;
 use crate::{
-    detect::allow::Allow,
-    detect::{allow::Allowlist, ledger::Ledger},
-    process_table::Ancestor,
+    detect::{
+        allow::{Allow, Allowlist},
+        ledger::Ledger,
+        transfers::SIDE_LOAD_WAIT_NS,
+    },
+    model::{image_ref::ImageRef, process::Ancestor},
 };
 
 const MS: u64 = 1_000_000;
@@ -129,7 +132,7 @@ impl Side {
 }
 
 /// dockerd's image store as a test scripts it; everything else the host is asked is unknown.
-type ScriptedStore = crate::host::tests::ScriptedHost;
+type ScriptedStore = crate::host::scripted::ScriptedHost;
 
 /// The store of the test's dockerd.
 const STORE: &str = "docker:/var/lib/docker";
@@ -548,7 +551,7 @@ fn load_is_side_loading() {
         "waits for the load to end and name its images"
     );
     // The load is still running when the detection is due: it goes out without names.
-    h.wait(images::SIDE_LOAD_WAIT_NS / MS);
+    h.wait(SIDE_LOAD_WAIT_NS / MS);
     let found = h.detections("image_side_loaded");
     assert_eq!(found.len(), 1, "{:?}", h.json());
     assert_eq!(found[0]["detection"]["severity"], "medium");

@@ -1,90 +1,32 @@
 //! The API traffic side of correlation: per-direction byte streams into HTTP requests, requests
 //! into operations waiting for their other half (BuildKit sessions after an upgrade go to
 //! `sessions`), and a daemon's own registry (and other) connections.
-use std::collections::VecDeque;
-
 use sensor_common::{QuietRequest, QUIET_CHUNKED, QUIET_UNTIL_CLOSE, QUIET_UNTIL_REPLY};
 
 use super::{
-    add_dockerfile_bases, build_id_of,
     builds::{BaseImage, BuildState, Egress},
-    ids::{BuildId, OperationId},
     ledger::Source,
-    views::{DaemonView, Origin, Transport},
+    stream::Stream,
     DataInput, Detector, Half, Pending, BODY_WAIT_NS, MAX_CARRIERS, MAX_PENDING, MAX_STREAMS,
 };
 use crate::{
-    decode::{Endpoint, Role},
     docker::{
-        api::{self, ApiRequest, Operation},
+        api::{self, ApiRequest},
         dockerfile,
-        reference::{registry_host, ImageRef},
+    },
+    model::{
+        ids::{BuildId, OperationId},
+        image_ref::{registry_host, ImageRef},
+        operation::Operation,
+        origin::{Origin, ServingDaemon, Transport},
+        socket::{Endpoint, Role},
     },
     protocol::{
-        buildkit::SessionScanner,
-        buildkit_grpc::SessionDecoder,
         dns,
-        http::{Framing, HttpEvent, RequestHead, RequestStream},
+        http::{Framing, HttpEvent, RequestHead},
         tls,
     },
 };
-
-/// One direction of one tracked connection.
-pub(super) struct Stream {
-    http: RequestStream,
-    /// Bytes seen so far (captured and not).
-    offset: u64,
-    /// (start, end, line id) of recent data lines.
-    pub(super) carriers: VecDeque<(u64, u64, String)>,
-    pub(super) session: Option<SessionScanner>,
-    /// The session decoded (HTTP/2, gRPC), on the daemon's side only: what it reads.
-    pub(super) decoded: Option<SessionDecoder>,
-    /// The BuildKit session a `POST /session` upgrade exposes (`X-Docker-Expose-Session-Uuid`),
-    /// as its build's Solve request names it.
-    pub(super) session_uuid: Option<String>,
-    /// The pending operation waiting for this stream's next body.
-    awaiting_body: Option<OperationId>,
-    /// The build this stream's last request opened.
-    pub(super) build: Option<BuildId>,
-    /// The load or import this stream's last request started.
-    pub(super) transfer: Option<OperationId>,
-    pub(super) grpc_solve_reported: bool,
-    /// A TLS connection: nothing after the ClientHello is readable.
-    opaque: bool,
-    /// The quiet epoch of the kernel's connection when this stream asked it to skip the rest
-    /// of the current message (`None`: capturing).
-    quiet_since: Option<u32>,
-    /// The last request upgraded to a raw stream (attach, exec), which nothing here reads.
-    raw_upgrade: bool,
-}
-
-impl Stream {
-    fn new() -> Self {
-        Self {
-            http: RequestStream::with_body_filter(api::wants_body),
-            offset: 0,
-            carriers: VecDeque::new(),
-            session: None,
-            decoded: None,
-            session_uuid: None,
-            awaiting_body: None,
-            build: None,
-            transfer: None,
-            grpc_solve_reported: false,
-            opaque: false,
-            quiet_since: None,
-            raw_upgrade: false,
-        }
-    }
-
-    fn evidence(&self, start: u64, end: u64) -> Vec<String> {
-        self.carriers
-            .iter()
-            .filter(|(s, e, _)| *s < end.max(start + 1) && *e > start)
-            .map(|(_, _, id)| id.clone())
-            .collect()
-    }
-}
 
 impl Detector {
     pub fn on_data(&mut self, input: DataInput<'_>) {
@@ -237,7 +179,7 @@ impl Detector {
                     endpoint: endpoint.map(ToString::to_string),
                     peer: matches!(input.peer, Endpoint::Tcp(..)).then(|| input.peer.to_string()),
                     client: None,
-                    daemon: Some(DaemonView {
+                    daemon: Some(ServingDaemon {
                         pid: input.header.tgid,
                         comm: input.header.comm.clone(),
                         store: input.daemon_store.map(String::from),
@@ -310,12 +252,12 @@ impl Detector {
             let build = self
                 .builds
                 .iter()
-                .find(|b| b.id == build_id_of(&recent.id))
+                .find(|b| b.id == BuildId::of(&recent.id))
                 .map(|b| b.id.clone());
             if let Some(stream) = self.streams.get_mut(&key) {
                 stream.build = build;
             }
-            if let Some(build) = self.builds.iter_mut().find(|b| b.id == build_id_of(&recent.id)) {
+            if let Some(build) = self.builds.iter_mut().find(|b| b.id == BuildId::of(&recent.id)) {
                 build.conn_ids.push(input.conn_id);
             }
             return;
@@ -395,13 +337,13 @@ impl Detector {
             return;
         }
         // Reported already: a build context that arrived late still tells the Dockerfile.
-        let build_id = build_id_of(id);
+        let build_id = BuildId::of(id);
         let Some(build) = self.builds.iter_mut().find(|b| b.id == build_id) else {
             return;
         };
         if build.instructions.is_none() {
             build.instructions = dockerfile::from_context(&bytes, build.params.dockerfile.as_deref());
-            add_dockerfile_bases(build);
+            build.add_dockerfile_bases();
         }
     }
 

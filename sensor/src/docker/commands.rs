@@ -1,8 +1,8 @@
 //! Image operations done without a daemon API, known from the exec'd command line:
 //! `podman build|pull|load|import`, `buildah bud|build|pull|from`, kaniko's `executor`.
-use super::{
-    api::{BuildParams, Builder, Operation},
-    reference::ImageRef,
+use crate::model::{
+    image_ref::ImageRef,
+    operation::{BuildParams, Builder, Operation},
 };
 
 /// The operation an exec starts, if any. `exe` is the executable path, `argv` the command line.

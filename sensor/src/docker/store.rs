@@ -106,7 +106,7 @@ pub fn images_written(data_root: &Path, from_ns: i128, to_ns: i128) -> Vec<Store
 /// The image id `name` points to in the store (any driver), and whether that image also has a
 /// `name@sha256:` reference (a registry served it).
 pub fn tagged_image(data_root: &Path, name: &str) -> Option<(String, bool)> {
-    let wanted = crate::docker::reference::ImageRef::parse(name)?.to_string();
+    let wanted = crate::model::image_ref::ImageRef::parse(name)?.to_string();
     let drivers = fs::read_dir(data_root.join("image")).ok()?;
     for driver in drivers.flatten() {
         let path = driver.path().join("repositories.json");
@@ -125,7 +125,7 @@ pub fn tagged_image(data_root: &Path, name: &str) -> Option<(String, bool)> {
             let Some(tags) = tags.as_object() else { continue };
             let found = tags.iter().find(|(key, _)| {
                 !key.contains('@')
-                    && crate::docker::reference::ImageRef::parse(key).is_some_and(|r| r.to_string() == wanted)
+                    && crate::model::image_ref::ImageRef::parse(key).is_some_and(|r| r.to_string() == wanted)
             });
             if let Some((_, id)) = found {
                 let id = id.as_str()?.to_string();

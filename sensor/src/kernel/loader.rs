@@ -23,7 +23,11 @@ use super::{
     tracefs,
 };
 use crate::{
-    decode::{sockaddr, Endpoint, Role},
+    decode::sockaddr,
+    model::{
+        probe::SkippedProbe,
+        socket::{Endpoint, Role},
+    },
     watch::Watch,
 };
 
@@ -95,12 +99,6 @@ const PROBES: &[Probe] = &[
     probe("sys_exit_io", "syscalls", "sys_exit_readv", true),
     probe("sys_exit_io", "syscalls", "sys_exit_recvmsg", true),
 ];
-
-#[derive(Debug, Clone, serde::Serialize)]
-pub struct SkippedProbe {
-    pub tracepoint: String,
-    pub reason: String,
-}
 
 pub struct KernelSensor {
     ebpf: Ebpf,

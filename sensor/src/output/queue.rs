@@ -9,8 +9,8 @@ use std::{
 
 use serde::Serialize;
 
-use super::syslog::SyslogStats;
-use crate::detect::rules::Severity;
+use super::syslog::stats::SyslogStats;
+use crate::model::detection::Severity;
 
 pub const DEFAULT_CAPACITY: usize = 65_536;
 

@@ -8,119 +8,24 @@ use std::{
 use base64::Engine as _;
 use serde::Serialize;
 
+use super::queue::QueueStats;
 use crate::{
-    decode::{Dir, Role},
-    process_table::{Ancestor, Process},
-    procfs,
+    clock,
+    model::{
+        daemon::DaemonView,
+        detection::DetectStats,
+        line::LineKind,
+        probe::SkippedProbe,
+        process::ProcessView,
+        socket::{Dir, Role},
+    },
 };
-
-/// Every kind of line buildwatch writes (docs/events.md, docs/detections.md).
-#[derive(Debug, Clone, Copy, PartialEq, Eq, PartialOrd, Ord, Hash)]
-pub enum LineKind {
-    ProcessFork,
-    ProcessExec,
-    ProcessExit,
-    SocketConnect,
-    SocketAccept,
-    SocketData,
-    SocketClose,
-    DockerOperation,
-    Build,
-    Detection,
-    SensorStart,
-    SensorHealth,
-    SensorLoss,
-    SensorWarning,
-    SensorDaemon,
-    SensorStop,
-}
-
-impl LineKind {
-    pub const ALL: [LineKind; 16] = [
-        Self::ProcessFork,
-        Self::ProcessExec,
-        Self::ProcessExit,
-        Self::SocketConnect,
-        Self::SocketAccept,
-        Self::SocketData,
-        Self::SocketClose,
-        Self::DockerOperation,
-        Self::Build,
-        Self::Detection,
-        Self::SensorStart,
-        Self::SensorHealth,
-        Self::SensorLoss,
-        Self::SensorWarning,
-        Self::SensorDaemon,
-        Self::SensorStop,
-    ];
-
-    /// The `kind` field of its lines.
-    pub const fn as_str(self) -> &'static str {
-        match self {
-            Self::ProcessFork => "process.fork",
-            Self::ProcessExec => "process.exec",
-            Self::ProcessExit => "process.exit",
-            Self::SocketConnect => "socket.connect",
-            Self::SocketAccept => "socket.accept",
-            Self::SocketData => "socket.data",
-            Self::SocketClose => "socket.close",
-            Self::DockerOperation => "docker.operation",
-            Self::Build => "build",
-            Self::Detection => "detection",
-            Self::SensorStart => "sensor.start",
-            Self::SensorHealth => "sensor.health",
-            Self::SensorLoss => "sensor.loss",
-            Self::SensorWarning => "sensor.warning",
-            Self::SensorDaemon => "sensor.daemon",
-            Self::SensorStop => "sensor.stop",
-        }
-    }
-
-    pub fn parse(text: &str) -> Option<Self> {
-        Self::ALL.into_iter().find(|kind| kind.as_str() == text)
-    }
-
-    /// The sensor's own lines (start, health, loss, warning, daemon, stop).
-    pub const fn is_sensor(self) -> bool {
-        matches!(
-            self,
-            Self::SensorStart
-                | Self::SensorHealth
-                | Self::SensorLoss
-                | Self::SensorWarning
-                | Self::SensorDaemon
-                | Self::SensorStop
-        )
-    }
-}
-
-impl Serialize for LineKind {
-    fn serialize<S: serde::Serializer>(&self, serializer: S) -> Result<S::Ok, S::Error> {
-        serializer.serialize_str(self.as_str())
-    }
-}
-
-impl std::fmt::Display for LineKind {
-    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
-        f.write_str(self.as_str())
-    }
-}
 
 /// A daemon the sensor began or stopped trusting, or whose endpoints changed: what its
 /// provenance is kept under and which endpoints it serves.
 #[derive(Debug, Clone, PartialEq, Eq, Serialize)]
 pub struct DaemonBody {
     pub daemon: DaemonView,
-}
-
-#[derive(Debug, Clone, PartialEq, Eq, Serialize)]
-pub struct DaemonView {
-    pub pid: u32,
-    pub name: String,
-    pub trusted: bool,
-    pub store: String,
-    pub serves: Vec<String>,
 }
 
 /// Something the operator should know that is not a loss (a ledger reset, say).
@@ -167,12 +72,12 @@ pub struct Emitter {
 
 impl Emitter {
     pub fn new(host: String) -> Self {
-        let wall = procfs::clock_ns(libc::CLOCK_REALTIME);
+        let wall = clock::clock_ns(libc::CLOCK_REALTIME);
         let run_id = format!(
             "{:08x}",
             (wall as u64 ^ u64::from(std::process::id()) << 32) as u32
         );
-        Self::with_clock(host, run_id, procfs::boot_to_wall_ns())
+        Self::with_clock(host, run_id, clock::boot_to_wall_ns())
     }
 
     /// An emitter continuing a recorded run: same host name, run id and clock offset.
@@ -200,7 +105,7 @@ impl Emitter {
         };
         let wall_ns = match boot_ns {
             Some(boot) => i128::from(boot) + self.boot_to_wall_ns,
-            None => procfs::clock_ns(libc::CLOCK_REALTIME),
+            None => clock::clock_ns(libc::CLOCK_REALTIME),
         };
         let time = SystemTime::UNIX_EPOCH + Duration::from_nanos(wall_ns.max(0) as u64);
         Line {
@@ -219,60 +124,6 @@ impl Emitter {
 
     pub fn run_id(&self) -> &str {
         &self.run_id
-    }
-}
-
-/// The acting process, as every event names it.
-#[derive(Debug, Clone, Serialize)]
-pub struct ProcessView {
-    pub pid: u32,
-    pub tid: u32,
-    pub ppid: Option<u32>,
-    pub comm: String,
-    pub uid: u32,
-    pub gid: u32,
-    #[serde(skip_serializing_if = "Option::is_none")]
-    pub exe: Option<String>,
-    #[serde(skip_serializing_if = "Option::is_none")]
-    pub argv: Option<Vec<String>>,
-    #[serde(skip_serializing_if = "std::ops::Not::not")]
-    pub argv_truncated: bool,
-    #[serde(skip_serializing_if = "Option::is_none")]
-    pub cwd: Option<String>,
-    #[serde(skip_serializing_if = "Option::is_none")]
-    pub container_id: Option<String>,
-    #[serde(skip_serializing_if = "Option::is_none")]
-    pub ancestry: Option<Vec<Ancestor>>,
-}
-
-impl ProcessView {
-    /// From the kernel header alone, enriched with what the table knows.
-    pub fn new(header: &crate::decode::Header, known: Option<&Process>) -> Self {
-        Self {
-            pid: header.tgid,
-            tid: header.pid,
-            ppid: known.map(|p| p.ppid),
-            comm: header.comm.clone(),
-            uid: header.uid,
-            gid: header.gid,
-            exe: known.and_then(|p| p.exe.clone()),
-            argv: None,
-            argv_truncated: false,
-            cwd: None,
-            container_id: known.and_then(|p| p.container_id.clone()),
-            ancestry: None,
-        }
-    }
-
-    /// Everything: argv, cwd and the ancestry chain.
-    pub fn full(header: &crate::decode::Header, known: &Process, ancestry: Vec<Ancestor>) -> Self {
-        Self {
-            argv: Some(known.argv.clone()),
-            argv_truncated: known.argv_truncated,
-            cwd: known.cwd.clone(),
-            ancestry: Some(ancestry),
-            ..Self::new(header, Some(known))
-        }
     }
 }
 
@@ -387,7 +238,7 @@ pub struct SensorInfo {
     pub pid: u32,
     pub kernel: String,
     pub programs_attached: Vec<String>,
-    pub programs_skipped: Vec<crate::kernel::loader::SkippedProbe>,
+    pub programs_skipped: Vec<SkippedProbe>,
     pub config: Option<String>,
     /// SHA-256 of the effective configuration (file and defaults).
     pub config_sha256: String,
@@ -449,10 +300,10 @@ pub struct Stats {
     pub kernel_drops: BTreeMap<&'static str, u64>,
     pub processes_tracked: usize,
     pub connections_tracked: usize,
-    pub detect: crate::detect::DetectStats,
+    pub detect: DetectStats,
     /// The output queue (absent in replays).
     #[serde(skip_serializing_if = "Option::is_none")]
-    pub queue: Option<crate::output::queue::QueueStats>,
+    pub queue: Option<QueueStats>,
     #[serde(skip_serializing_if = "Option::is_none")]
     pub rss_bytes: Option<u64>,
     #[serde(skip_serializing_if = "Option::is_none")]

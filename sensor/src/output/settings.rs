@@ -5,9 +5,10 @@ use anyhow::bail;
 use serde::{Deserialize, Serialize};
 
 use super::{
-    schema::{LineKind, ALL_KINDS},
+    schema::ALL_KINDS,
     syslog::{Address, Facility},
 };
+use crate::model::line::LineKind;
 
 #[derive(Debug, Clone, Copy, Default, PartialEq, Eq, Deserialize, Serialize)]
 #[serde(rename_all = "snake_case")]

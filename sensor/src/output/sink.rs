@@ -12,9 +12,9 @@ use super::settings::Format;
 use super::{
     ecs,
     queue::{LineQueue, QueuedLine},
-    schema::{selected_kinds, Line, LineKind, ALL_KINDS},
+    schema::{selected_kinds, Line, ALL_KINDS},
 };
-use crate::detect::rules::Severity;
+use crate::model::{detection::Severity, line::LineKind};
 
 enum Target {
     Queue(LineQueue),

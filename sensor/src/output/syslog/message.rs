@@ -4,7 +4,7 @@ use std::time::SystemTime;
 
 use serde::{Deserialize, Serialize};
 
-use crate::{detect::rules::Severity, output::queue::QueuedLine};
+use crate::{model::detection::Severity, output::queue::QueuedLine};
 
 pub const APP_NAME: &str = "buildwatch";
 

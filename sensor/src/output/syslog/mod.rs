@@ -3,6 +3,7 @@
 //! away and go out when it is back; `SyslogStats` says what was sent and what waits.
 mod address;
 mod message;
+pub mod stats;
 mod tcp;
 
 use std::{
@@ -16,7 +17,7 @@ use std::{
 pub use address::Address;
 pub use message::Facility;
 use message::Header;
-use serde::Serialize;
+pub use stats::SyslogStats;
 
 use super::queue::QueuedLine;
 
@@ -32,20 +33,6 @@ pub const EXIT_WAIT: Duration = Duration::from_secs(5);
 pub struct Framed {
     pub kind: &'static str,
     pub bytes: Vec<u8>,
-}
-
-/// What syslog delivery did since start (in `sensor.health`, `sensor.stop` and the metrics).
-#[derive(Debug, Clone, Default, PartialEq, Eq, Serialize)]
-pub struct SyslogStats {
-    pub target: String,
-    pub connected: bool,
-    /// Messages the receiver has: acknowledged by its TCP (tcp), queued on its socket (unix),
-    /// handed to the network (udp, which can lose them unseen).
-    pub sent: u64,
-    /// Messages sent again on a new connection (tcp), duplicates after a reset included.
-    pub resent: u64,
-    /// Messages written but not yet acknowledged, and messages waiting for the receiver.
-    pub pending: u64,
 }
 
 enum Connection {

@@ -1,26 +1,25 @@
-//! What the engine asks the running system besides kernel events: /proc (process identity,
-//! listening addresses) and build-context files. Live, the answers come from the system; while
-//! recording they are also kept, so that a replay gets exactly the same answers in the same
-//! order and reaches exactly the same conclusions.
+//! The running system, through a /proc mount: each question runs on a worker thread with a
+//! deadline, and a trusted daemon's store is asked through its own API socket.
 use std::{
     cell::RefCell,
-    collections::{BTreeMap, VecDeque},
+    collections::BTreeMap,
     path::{Path, PathBuf},
-    rc::Rc,
     time::{Duration, Instant},
 };
 
-use serde::{Deserialize, Serialize};
-
+use super::{Host, TaggedImage, WrittenImage};
 use crate::{
-    daemons::DaemonIdentity,
-    decode::Endpoint,
+    clock,
     docker::{
         daemon_api::{self, ApiSocket},
         dockerfile::{self, ClientFiles, Dockerfile},
         store,
     },
-    output::schema::ProcessView,
+    model::{
+        daemon::{DaemonIdentity, DaemonPolicy},
+        process::ProcessView,
+        socket::Endpoint,
+    },
     procfs::{self, ExecDetails, ProcSnapshot},
     saferead::Credentials,
     worker,
@@ -32,82 +31,6 @@ const PROC_DEADLINE: Duration = Duration::from_millis(250);
 const STORE_DEADLINE: Duration = Duration::from_millis(900);
 /// How long a daemon whose API did not answer is left alone.
 const API_REST: Duration = Duration::from_secs(10);
-
-pub trait Host {
-    /// Every process now running.
-    fn processes(&self) -> Vec<ProcSnapshot>;
-    fn snapshot(&self, tgid: u32) -> Option<ProcSnapshot>;
-    fn exec_details(&self, tgid: u32) -> ExecDetails;
-    fn listening_address(&self, tgid: u32, fd: i32) -> Option<Endpoint>;
-    /// A daemon-less build's Dockerfile, read as its client would (see `saferead`); the error
-    /// says why it was not read.
-    fn dockerfile(
-        &self,
-        client: &ProcessView,
-        context: &str,
-        name: Option<&str>,
-    ) -> Result<Dockerfile, String>;
-    /// The image a Docker container was created from.
-    fn container_image(&self, container_id: &str) -> Option<String>;
-    /// The images a dockerd store took in between two kernel (CLOCK_BOOTTIME) times, read from
-    /// its data root: what a build, load or import wrote (the classic store only).
-    fn images_written(&self, store: &str, from_boot_ns: u64, to_boot_ns: u64) -> Vec<WrittenImage>;
-    /// Every image of a store, as its daemon lists it; `None` when the daemon cannot be asked.
-    fn store_images(&self, store: &str) -> Option<Vec<WrittenImage>>;
-    /// Whether a process claiming a daemon's name runs a daemon binary and serves the API.
-    fn daemon_identity(&self, tgid: u32) -> DaemonIdentity;
-    /// The image a reference (a name, a full or short id) resolves to in a store now, and
-    /// whether a registry served it.
-    fn tagged_image(&self, store: &str, reference: &str) -> Option<TaggedImage>;
-    /// Where a trusted daemon's store can be asked (`None`: no longer).
-    fn serve_api(&self, _store: &str, _socket: Option<ApiSocket>) {}
-}
-
-/// What a name points to in dockerd's store.
-#[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize)]
-pub struct TaggedImage {
-    pub id: String,
-    /// The same image has a `name@sha256:` reference: a registry served this content.
-    pub registry_digest: bool,
-}
-
-/// What makes a process a daemon (from the configuration).
-#[derive(Debug, Clone)]
-pub struct DaemonPolicy {
-    pub binaries: Vec<PathBuf>,
-    /// The host's root filesystem as the sensor sees it, to resolve `binaries` in.
-    pub host_root: PathBuf,
-    pub unix_sockets: Vec<PathBuf>,
-    pub tcp_ports: Vec<u16>,
-}
-
-impl Default for DaemonPolicy {
-    fn default() -> Self {
-        Self {
-            binaries: Vec::new(),
-            host_root: PathBuf::from("/"),
-            unix_sockets: Vec::new(),
-            tcp_ports: Vec::new(),
-        }
-    }
-}
-
-/// An image that entered dockerd's store, dated on the kernel clock like events.
-#[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize)]
-pub struct WrittenImage {
-    /// `sha256:<64 hex>`.
-    pub id: String,
-    /// When its config says it was created (a build's product: during the build; a loaded or
-    /// pulled image: whenever its builder made it, usually before this boot).
-    pub created_boot_ns: Option<i128>,
-    /// `name:tag` as the store names it.
-    pub names: Vec<String>,
-    /// A pull tied it to a registry manifest (`name@sha256:` in the store).
-    #[serde(default)]
-    pub registry_digest: bool,
-}
-
-pub type SharedHost = Rc<dyn Host>;
 
 /// The running system, through a /proc mount.
 pub struct LiveHost {
@@ -275,7 +198,7 @@ impl Host for LiveHost {
     fn store_images(&self, store: &str) -> Option<Vec<WrittenImage>> {
         let api = self.api(store)?;
         let marker = self.marker.clone();
-        let boot_to_wall = procfs::boot_to_wall_ns();
+        let boot_to_wall = clock::boot_to_wall_ns();
         let listed = self.proc(STORE_DEADLINE, move |proc_root| {
             daemon_api::list_images(&api, &marker, proc_root)
         });
@@ -317,7 +240,7 @@ impl Host for LiveHost {
     fn images_written(&self, store: &str, from_boot_ns: u64, to_boot_ns: u64) -> Vec<WrittenImage> {
         // Docker dates files and images by the wall clock; converted with the offset of now, not
         // of the sensor's start, which NTP may have moved since.
-        let boot_to_wall = procfs::boot_to_wall_ns();
+        let boot_to_wall = clock::boot_to_wall_ns();
         let data_root = self.data_root(store);
         let found = self
             .proc(STORE_DEADLINE, move |_| {
@@ -379,224 +302,8 @@ impl Host for LiveHost {
     }
 }
 
-/// One answer the host gave.
-#[derive(Debug, Clone, PartialEq, Serialize, Deserialize)]
-#[serde(rename_all = "snake_case")]
-pub enum Answer {
-    Processes(Vec<ProcSnapshot>),
-    Snapshot(Option<ProcSnapshot>),
-    ExecDetails(ExecDetails),
-    ListeningAddress(Option<Endpoint>),
-    Dockerfile(Result<Dockerfile, String>),
-    ContainerImage(Option<String>),
-    ImagesWritten(Vec<WrittenImage>),
-    StoreImages(Option<Vec<WrittenImage>>),
-    DaemonIdentity(DaemonIdentity),
-    TaggedImage(Option<TaggedImage>),
-}
-
-/// The live system, keeping every answer until `take_answers`.
-pub struct RecordingHost {
-    live: LiveHost,
-    answers: RefCell<Vec<Answer>>,
-}
-
-impl RecordingHost {
-    pub fn new(live: LiveHost) -> Self {
-        Self {
-            live,
-            answers: RefCell::new(Vec::new()),
-        }
-    }
-
-    pub fn take_answers(&self) -> Vec<Answer> {
-        std::mem::take(&mut *self.answers.borrow_mut())
-    }
-
-    fn keep<T: Clone>(&self, value: T, answer: impl FnOnce(T) -> Answer) -> T {
-        self.answers.borrow_mut().push(answer(value.clone()));
-        value
-    }
-}
-
-impl Host for RecordingHost {
-    fn processes(&self) -> Vec<ProcSnapshot> {
-        self.keep(self.live.processes(), Answer::Processes)
-    }
-
-    fn snapshot(&self, tgid: u32) -> Option<ProcSnapshot> {
-        self.keep(self.live.snapshot(tgid), Answer::Snapshot)
-    }
-
-    fn exec_details(&self, tgid: u32) -> ExecDetails {
-        self.keep(self.live.exec_details(tgid), Answer::ExecDetails)
-    }
-
-    fn listening_address(&self, tgid: u32, fd: i32) -> Option<Endpoint> {
-        self.keep(self.live.listening_address(tgid, fd), Answer::ListeningAddress)
-    }
-
-    fn dockerfile(
-        &self,
-        client: &ProcessView,
-        context: &str,
-        name: Option<&str>,
-    ) -> Result<Dockerfile, String> {
-        self.keep(self.live.dockerfile(client, context, name), Answer::Dockerfile)
-    }
-
-    fn container_image(&self, container_id: &str) -> Option<String> {
-        self.keep(self.live.container_image(container_id), Answer::ContainerImage)
-    }
-
-    fn images_written(&self, store: &str, from_boot_ns: u64, to_boot_ns: u64) -> Vec<WrittenImage> {
-        self.keep(
-            self.live.images_written(store, from_boot_ns, to_boot_ns),
-            Answer::ImagesWritten,
-        )
-    }
-
-    fn store_images(&self, store: &str) -> Option<Vec<WrittenImage>> {
-        self.keep(self.live.store_images(store), Answer::StoreImages)
-    }
-
-    fn serve_api(&self, store: &str, socket: Option<ApiSocket>) {
-        self.live.serve_api(store, socket);
-    }
-
-    fn daemon_identity(&self, tgid: u32) -> DaemonIdentity {
-        self.keep(self.live.daemon_identity(tgid), Answer::DaemonIdentity)
-    }
-
-    fn tagged_image(&self, store: &str, reference: &str) -> Option<TaggedImage> {
-        self.keep(self.live.tagged_image(store, reference), Answer::TaggedImage)
-    }
-}
-
-/// Answers from a recording, handed out in the order they were recorded.
-#[derive(Default)]
-pub struct ReplayHost {
-    answers: RefCell<VecDeque<Answer>>,
-    mismatches: RefCell<u64>,
-}
-
-impl ReplayHost {
-    /// The answers recorded with the next input.
-    pub fn load(&self, answers: Vec<Answer>) {
-        let mut queue = self.answers.borrow_mut();
-        if !queue.is_empty() {
-            *self.mismatches.borrow_mut() += queue.len() as u64;
-            queue.clear();
-        }
-        queue.extend(answers);
-    }
-
-    /// Questions the recording had no matching answer for (a recording from another version).
-    pub fn mismatches(&self) -> u64 {
-        *self.mismatches.borrow()
-    }
-
-    fn next<T>(&self, pick: impl FnOnce(Answer) -> Option<T>) -> Option<T> {
-        let answer = self.answers.borrow_mut().pop_front();
-        let picked = answer.and_then(pick);
-        if picked.is_none() {
-            *self.mismatches.borrow_mut() += 1;
-        }
-        picked
-    }
-}
-
-impl Host for ReplayHost {
-    fn processes(&self) -> Vec<ProcSnapshot> {
-        self.next(|a| match a {
-            Answer::Processes(p) => Some(p),
-            _ => None,
-        })
-        .unwrap_or_default()
-    }
-
-    fn snapshot(&self, _tgid: u32) -> Option<ProcSnapshot> {
-        self.next(|a| match a {
-            Answer::Snapshot(s) => Some(s),
-            _ => None,
-        })
-        .flatten()
-    }
-
-    fn exec_details(&self, _tgid: u32) -> ExecDetails {
-        self.next(|a| match a {
-            Answer::ExecDetails(d) => Some(d),
-            _ => None,
-        })
-        .unwrap_or_default()
-    }
-
-    fn listening_address(&self, _tgid: u32, _fd: i32) -> Option<Endpoint> {
-        self.next(|a| match a {
-            Answer::ListeningAddress(l) => Some(l),
-            _ => None,
-        })
-        .flatten()
-    }
-
-    fn dockerfile(
-        &self,
-        _client: &ProcessView,
-        _context: &str,
-        _name: Option<&str>,
-    ) -> Result<Dockerfile, String> {
-        self.next(|a| match a {
-            Answer::Dockerfile(d) => Some(d),
-            _ => None,
-        })
-        .unwrap_or_else(|| Err("not in the recording".into()))
-    }
-
-    fn container_image(&self, _container_id: &str) -> Option<String> {
-        self.next(|a| match a {
-            Answer::ContainerImage(i) => Some(i),
-            _ => None,
-        })
-        .flatten()
-    }
-
-    fn images_written(&self, _store: &str, _from_boot_ns: u64, _to_boot_ns: u64) -> Vec<WrittenImage> {
-        self.next(|a| match a {
-            Answer::ImagesWritten(i) => Some(i),
-            _ => None,
-        })
-        .unwrap_or_default()
-    }
-
-    fn store_images(&self, _store: &str) -> Option<Vec<WrittenImage>> {
-        self.next(|a| match a {
-            Answer::StoreImages(i) => Some(i),
-            _ => None,
-        })
-        .flatten()
-    }
-
-    fn daemon_identity(&self, _tgid: u32) -> DaemonIdentity {
-        self.next(|a| match a {
-            Answer::DaemonIdentity(i) => Some(i),
-            _ => None,
-        })
-        .unwrap_or_default()
-    }
-
-    fn tagged_image(&self, _store: &str, _reference: &str) -> Option<TaggedImage> {
-        self.next(|a| match a {
-            Answer::TaggedImage(t) => Some(t),
-            _ => None,
-        })
-        .flatten()
-    }
-}
-
 #[cfg(test)]
-pub mod tests {
-    use std::{cell::RefCell, collections::HashMap};
-
+mod tests {
     use super::*;
 
     /// A daemon API that accepts and never answers is asked once, then left alone for a while;
@@ -662,50 +369,5 @@ pub mod tests {
             "an error status is an answer"
         );
         let _ = std::fs::remove_dir_all(&dir);
-    }
-
-    /// A host whose answers a test scripts; everything unscripted is unknown.
-    #[derive(Default)]
-    pub struct ScriptedHost {
-        pub identities: RefCell<HashMap<u32, DaemonIdentity>>,
-        pub images: RefCell<Vec<WrittenImage>>,
-    }
-
-    impl Host for ScriptedHost {
-        fn processes(&self) -> Vec<ProcSnapshot> {
-            Vec::new()
-        }
-        fn snapshot(&self, _tgid: u32) -> Option<ProcSnapshot> {
-            None
-        }
-        fn exec_details(&self, _tgid: u32) -> ExecDetails {
-            ExecDetails::default()
-        }
-        fn listening_address(&self, _tgid: u32, _fd: i32) -> Option<Endpoint> {
-            None
-        }
-        fn dockerfile(
-            &self,
-            _client: &ProcessView,
-            _context: &str,
-            _name: Option<&str>,
-        ) -> Result<Dockerfile, String> {
-            Err("scripted".into())
-        }
-        fn container_image(&self, _container_id: &str) -> Option<String> {
-            None
-        }
-        fn images_written(&self, _store: &str, _from_boot_ns: u64, _to_boot_ns: u64) -> Vec<WrittenImage> {
-            self.images.borrow().clone()
-        }
-        fn store_images(&self, _store: &str) -> Option<Vec<WrittenImage>> {
-            None
-        }
-        fn daemon_identity(&self, tgid: u32) -> DaemonIdentity {
-            self.identities.borrow().get(&tgid).cloned().unwrap_or_default()
-        }
-        fn tagged_image(&self, _store: &str, _reference: &str) -> Option<TaggedImage> {
-            None
-        }
     }
 }

@@ -1,17 +1,10 @@
-//! The objects detection lines carry: who did it and over which endpoint (`Origin`), the typed
-//! operation, and the detection itself. docs/detections.md documents every field.
+//! Who asked and where: the transport, endpoint, TCP peer, local client process and serving
+//! daemon of an operation or a build.
 use std::net::{IpAddr, SocketAddr};
 
 use serde::Serialize;
 
-use super::{
-    ids::{stable_id, OperationId},
-    rules::{Attack, Severity, Verdict},
-};
-use crate::{
-    docker::api::{Api, Operation},
-    output::schema::ProcessView,
-};
+use super::process::ProcessView;
 
 #[derive(Debug, Clone, Copy, PartialEq, Eq, Serialize)]
 #[serde(rename_all = "snake_case")]
@@ -37,15 +30,16 @@ pub struct Origin {
     pub client: Option<ProcessView>,
     /// The daemon process that served the request.
     #[serde(skip_serializing_if = "Option::is_none")]
-    pub daemon: Option<DaemonView>,
+    pub daemon: Option<ServingDaemon>,
     /// The image store the request was served from (a trusted daemon's, or a daemon-less
     /// builder's own).
     #[serde(skip)]
     pub store: Option<String>,
 }
 
+/// The trusted daemon that served a request.
 #[derive(Debug, Clone, PartialEq, Eq, Serialize)]
-pub struct DaemonView {
+pub struct ServingDaemon {
     pub pid: u32,
     pub comm: String,
     /// The image store of this trusted daemon, where the operation's provenance is kept.
@@ -97,67 +91,6 @@ impl Origin {
             client: None,
             daemon: None,
             store: None,
-        }
-    }
-}
-
-/// One API request (or command line) that buildwatch follows.
-#[derive(Debug, Clone, Serialize)]
-pub struct OperationView {
-    pub id: OperationId,
-    #[serde(flatten)]
-    pub operation: Operation,
-    #[serde(skip_serializing_if = "Option::is_none")]
-    pub api: Option<Api>,
-    #[serde(skip_serializing_if = "Option::is_none")]
-    pub method: Option<String>,
-    #[serde(skip_serializing_if = "Option::is_none")]
-    pub path: Option<String>,
-    #[serde(skip_serializing_if = "Option::is_none")]
-    pub api_version: Option<String>,
-    #[serde(flatten)]
-    pub origin: Origin,
-    /// A trusted daemon's side (or a builder's own command line) showed it. An unconfirmed
-    /// operation was only seen written by a client and never changes the image ledger.
-    pub confirmed: bool,
-    /// Ids of the event lines that carried it.
-    pub evidence: Vec<String>,
-}
-
-impl OperationView {
-    /// The image store the operation happened in, when a trusted daemon (or the builder's own
-    /// command line) showed it.
-    pub fn store(&self) -> Option<&str> {
-        if !self.confirmed {
-            return None;
-        }
-        self.origin.store.as_deref()
-    }
-}
-
-#[derive(Debug, Clone, Serialize)]
-pub struct DetectionView {
-    /// Stable: the same rule on the same build or operation has the same id, live or replayed.
-    pub id: String,
-    pub rule: &'static str,
-    pub severity: Severity,
-    pub summary: String,
-    pub attack: Attack,
-    pub reasons: Vec<String>,
-    /// Ids of the event lines (socket.data, process.exec, socket.connect) that show it.
-    pub evidence: Vec<String>,
-}
-
-impl DetectionView {
-    pub fn new(verdict: Verdict, subject_id: &str, evidence: Vec<String>) -> Self {
-        Self {
-            id: stable_id("det", &[verdict.rule.name(), subject_id]),
-            rule: verdict.rule.name(),
-            severity: verdict.severity,
-            summary: verdict.summary,
-            attack: verdict.rule.attack(),
-            reasons: verdict.reasons,
-            evidence,
         }
     }
 }
