@@ -7,6 +7,7 @@ mod fixture;
 mod fuzz;
 mod image;
 mod install;
+mod layers;
 mod prerequisites;
 mod run;
 mod test;
@@ -50,6 +51,9 @@ enum Command {
         #[arg(long, default_value = "/")]
         destdir: std::path::PathBuf,
     },
+    /// Check the agent's house rules from its own imports: no import circle, no import a layer
+    /// must never make, no file over 600 lines outside its tests (docs/design.md).
+    Layers,
     /// Build a Debian package (target/debian/buildwatch_<version>_amd64.deb): the binary, the
     /// unit, the example configuration as a conffile, the docs.
     Deb {
@@ -123,6 +127,7 @@ fn main() -> ExitCode {
     let result = match cli.command {
         Command::Build => build::build().map(drop),
         Command::Deb { out } => deb::deb(out).map(drop),
+        Command::Layers => layers::check(),
         Command::Image { tag, binary, save } => image::image(image::Options { tag, binary, save }).map(drop),
         Command::Run { args } => run::run(&args),
         Command::Test { unit_only } => test::test(unit_only),
