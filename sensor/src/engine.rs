@@ -540,6 +540,8 @@ mod tests {
         output::sink::Captured,
     };
 
+    /// An engine whose host knows pid 11 as a dockerd serving TCP 2375, and pids 30 and 31 as
+    /// processes that are no daemon binary.
     fn engine() -> Engine {
         let scripted = std::rc::Rc::new(crate::host::scripted::ScriptedHost::default());
         scripted.identities.borrow_mut().insert(
@@ -551,6 +553,15 @@ mod tests {
                 ..Default::default()
             },
         );
+        for impostor in [30, 31] {
+            scripted.identities.borrow_mut().insert(
+                impostor,
+                DaemonIdentity {
+                    answered: true,
+                    ..Default::default()
+                },
+            );
+        }
         let host: crate::host::SharedHost = scripted;
         let detector = Detector::new(
             crate::detect::Settings {
@@ -564,7 +575,7 @@ mod tests {
         Engine::new(
             ProcessTable::new(host.clone()),
             ConnectionTable::new(host.clone()),
-            Daemons::new(&["dockerd".to_string()], host, None),
+            Daemons::new(&["dockerd".to_string(), "containerd".to_string()], host, None),
             Emitter::new("test-host".into()),
             detector,
         )
@@ -621,6 +632,48 @@ mod tests {
         assert_eq!(exec["process"]["exe"], "/usr/sbin/dockerd");
         assert_eq!(engine.daemons.tgids(), [11]);
         assert!(exec.get("old_pid").is_none());
+    }
+
+    /// Two processes taking daemons' names at once (a dockerd and a containerd at other paths)
+    /// are two findings with two ids, and a replay of the same inputs gives the same two.
+    #[test]
+    fn two_impersonators_are_two_findings() {
+        let events = || {
+            [
+                (30, "dockerd", "/tmp/x/dockerd"),
+                (31, "containerd", "/home/eve/containerd"),
+            ]
+            .into_iter()
+            .enumerate()
+            .flat_map(|(i, (pid, comm, exe))| {
+                let at = 10 * (i as u64 + 1);
+                [
+                    RawEvent::Fork {
+                        header: header(1, "bash", at),
+                        child_pid: pid,
+                    },
+                    RawEvent::Exec {
+                        header: header(pid, comm, at + 1),
+                        old_pid: pid,
+                        filename: exe.into(),
+                    },
+                ]
+            })
+            .collect::<Vec<_>>()
+        };
+        let ids = |lines: &[Value]| -> Vec<String> {
+            lines
+                .iter()
+                .filter(|l| l["kind"] == "detection" && l["detection"]["rule"] == "daemon_impersonation")
+                .map(|l| l["detection"]["id"].as_str().unwrap_or_default().to_string())
+                .collect()
+        };
+        let (_, lines) = run(events());
+        let found = ids(&lines);
+        assert_eq!(found.len(), 2, "{lines:?}");
+        assert_ne!(found[0], found[1], "two impersonators, two findings");
+        let (_, replayed) = run(events());
+        assert_eq!(ids(&replayed), found, "the same inputs, the same ids");
     }
 
     #[test]

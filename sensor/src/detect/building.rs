@@ -170,7 +170,7 @@ impl Detector {
                 .origin(&build.origin, &|id| self.host.container_image(id))
                 .or_else(|| self.settings.allow.all_repositories(&targets));
             if !self.suppress(&verdict, suppressed) {
-                let detection = DetectionView::new(verdict, id.as_str(), evidence);
+                let detection = DetectionView::new(verdict, &[id.as_str()], evidence);
                 build.detection_id = Some(detection.id.clone());
                 build.severity = Some(detection.severity);
                 build.raised_for_egress = !build.egress.is_empty();

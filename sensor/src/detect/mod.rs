@@ -85,7 +85,34 @@ const MAX_EXPOSED: usize = 4096;
 enum Subject {
     Build(Box<Build>),
     Operation(Box<OperationView>),
-    Api(Box<Origin>),
+    /// An API endpoint reachable from a peer (`api_exposed`).
+    Exposure(Box<Origin>),
+    /// A process, by its pid and the time of the exec (or of the sensor's start) at which it
+    /// was found to be what it is (`daemon_impersonation`).
+    Process {
+        origin: Box<Origin>,
+        tgid: u32,
+        seen_ns: u64,
+    },
+}
+
+impl Subject {
+    /// What makes a finding about this subject distinct from every other finding of its rule,
+    /// and the same when a recording is replayed: the detection's id is hashed from it.
+    fn identity(&self) -> Vec<String> {
+        match self {
+            Subject::Build(build) => vec![build.id.to_string()],
+            Subject::Operation(operation) => vec![operation.id.to_string()],
+            Subject::Exposure(origin) => vec![format!(
+                "{} {}",
+                origin.endpoint.as_deref().unwrap_or_default(),
+                origin.peer_ip().map(|ip| ip.to_string()).unwrap_or_default()
+            )],
+            Subject::Process { tgid, seen_ns, .. } => {
+                vec!["process".into(), tgid.to_string(), seen_ns.to_string()]
+            }
+        }
+    }
 }
 
 /// Settings the detector needs from the configuration.
@@ -386,7 +413,12 @@ impl Detector {
             .settings
             .allow
             .origin(&origin, &|id| self.host.container_image(id));
-        self.report(now, verdict, Subject::Api(Box::new(origin)), evidence, allowed);
+        let subject = Subject::Process {
+            origin: Box::new(origin),
+            tgid: process.pid,
+            seen_ns: now,
+        };
+        self.report(now, verdict, subject, evidence, allowed);
     }
 
     /// Why detections now may lack history: the ledger was reset within the lookback window.

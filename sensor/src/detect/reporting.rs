@@ -27,7 +27,7 @@ impl Detector {
         self.report(
             now,
             verdict,
-            Subject::Api(Box::new(origin.clone())),
+            Subject::Exposure(Box::new(origin.clone())),
             evidence.to_vec(),
             allowed,
         );
@@ -64,21 +64,14 @@ impl Detector {
         if self.suppress(&verdict, suppressed) {
             return;
         }
-        let subject_id = match &subject {
-            Subject::Build(build) => build.id.to_string(),
-            Subject::Operation(operation) => operation.id.to_string(),
-            Subject::Api(origin) => format!(
-                "{} {}",
-                origin.endpoint.as_deref().unwrap_or_default(),
-                origin.peer_ip().map(|ip| ip.to_string()).unwrap_or_default()
-            ),
-        };
-        let detection = DetectionView::new(verdict, &subject_id, evidence);
+        let identity = subject.identity();
+        let identity: Vec<&str> = identity.iter().map(String::as_str).collect();
+        let detection = DetectionView::new(verdict, &identity, evidence);
         self.count_detection(&detection);
         let (build, operation, api) = match subject {
             Subject::Build(build) => (Some(build), None, None),
             Subject::Operation(operation) => (None, Some(operation), None),
-            Subject::Api(origin) => (None, None, Some(origin)),
+            Subject::Exposure(origin) | Subject::Process { origin, .. } => (None, None, Some(origin)),
         };
         self.findings.push((
             at,

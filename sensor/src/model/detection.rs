@@ -121,9 +121,11 @@ pub struct Verdict {
     pub reasons: Vec<String>,
 }
 
+/// A detection line's `detection` object.
 #[derive(Debug, Clone, Serialize)]
 pub struct DetectionView {
-    /// Stable: the same rule on the same build or operation has the same id, live or replayed.
+    /// Unique per finding and stable: hashed from the rule and what makes the finding distinct
+    /// (see [`DetectionView::new`]), so the same finding replayed keeps its id.
     pub id: String,
     pub rule: &'static str,
     pub severity: Severity,
@@ -135,9 +137,14 @@ pub struct DetectionView {
 }
 
 impl DetectionView {
-    pub fn new(verdict: Verdict, subject_id: &str, evidence: Vec<String>) -> Self {
+    /// `identity` is what sets this finding apart from every other of its rule: a build's or an
+    /// operation's id, an endpoint and its peer, a process and when it was seen. Two distinct
+    /// findings never share it; a replay gives the same.
+    pub fn new(verdict: Verdict, identity: &[&str], evidence: Vec<String>) -> Self {
+        let mut parts = vec![verdict.rule.name()];
+        parts.extend_from_slice(identity);
         Self {
-            id: stable_id("det", &[verdict.rule.name(), subject_id]),
+            id: stable_id("det", &parts),
             rule: verdict.rule.name(),
             severity: verdict.severity,
             summary: verdict.summary,
