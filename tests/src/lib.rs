@@ -11,9 +11,10 @@ pub mod sensor;
 
 use std::path::PathBuf;
 
-/// True when running under CI, where a missing prerequisite fails instead of skipping.
+/// True when running under CI, where a missing prerequisite fails instead of skipping: any
+/// `CI` value but empty, `false` or `0` (as `cargo xtask test` reads it).
 pub fn ci() -> bool {
-    std::env::var("CI").is_ok_and(|v| v == "true" || v == "1")
+    std::env::var("CI").is_ok_and(|v| !matches!(v.trim(), "" | "false" | "0"))
 }
 
 pub fn is_root() -> bool {

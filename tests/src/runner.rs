@@ -11,7 +11,8 @@ pub struct Scenario<'a, E> {
 }
 
 /// Runs every scenario (or those whose name contains the first command line argument) and
-/// returns whether all passed. Prints a closing `N passed, N failed` line.
+/// returns whether all passed: a filter that matches no scenario fails. Prints a closing
+/// `N passed, N failed` line.
 pub fn run_all<E>(environment: &E, scenarios: &[Scenario<'_, E>]) -> bool {
     let filter = std::env::args().skip(1).find(|arg| !arg.starts_with('-'));
     let mut passed = 0;
@@ -45,6 +46,10 @@ pub fn run_all<E>(environment: &E, scenarios: &[Scenario<'_, E>]) -> bool {
         println!("failed scenarios: {}", failed.join(", "));
     }
     println!("{passed} passed, {} failed", failed.len());
+    if let (Some(filter), 0) = (&filter, passed + failed.len()) {
+        println!("no scenario matches {filter:?}: nothing was tested");
+        return false;
+    }
     failed.is_empty()
 }
 

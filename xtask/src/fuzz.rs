@@ -49,6 +49,7 @@ pub fn fuzz(seconds: u64) -> anyhow::Result<()> {
     let fuzz_dir = root.join("sensor/fuzz");
     let target_dir = root.join("target/fuzz");
     let mut results = Vec::new();
+    let mut failed = Vec::new();
     for (target, seeds) in TARGETS {
         let corpus = target_dir.join("corpus").join(target);
         fs::create_dir_all(&corpus).with_context(|| format!("creating {}", corpus.display()))?;
@@ -75,10 +76,14 @@ pub fn fuzz(seconds: u64) -> anyhow::Result<()> {
         println!("xtask: fuzz {target}: {execs} executions in {seconds} s");
         if !output.status.success() {
             let tail: Vec<&str> = stderr.lines().rev().take(40).collect();
-            bail!(
-                "fuzz target {target} failed (a crash is a bug: make its input a unit test):\n{}",
-                tail.into_iter().rev().collect::<Vec<_>>().join("\n")
-            );
+            eprintln!("{}", tail.into_iter().rev().collect::<Vec<_>>().join("\n"));
+            failed.push(format!(
+                "{target} failed (a crash is a bug: make its input a unit test)"
+            ));
+        } else if execs == 0 {
+            failed.push(format!(
+                "{target} ran no input (it did not start, or libFuzzer printed no final stats)"
+            ));
         }
         results.push((target, execs));
     }
@@ -86,6 +91,9 @@ pub fn fuzz(seconds: u64) -> anyhow::Result<()> {
     println!("|---|---|---|");
     for (target, execs) in results {
         println!("| {target} | {execs} | {seconds} |");
+    }
+    if !failed.is_empty() {
+        bail!("{} fuzz target(s) failed: {}", failed.len(), failed.join("; "));
     }
     Ok(())
 }

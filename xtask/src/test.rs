@@ -1,51 +1,74 @@
-//! `cargo xtask test`: unit tests, then the integration tests against a real dockerd.
+//! `cargo xtask test`: the house rules, unit tests (the agent's and xtask's own), then the
+//! integration tests against a real dockerd and the fuzz targets. Every suite runs even when an
+//! earlier one failed; the run fails at the end, naming each failure.
 use std::process::Command;
 
 use anyhow::{bail, Context as _};
 
-use crate::{build, prerequisites};
+use crate::{build, layers, prerequisites};
+
+/// CI mode, where a missing prerequisite fails instead of skipping: any `CI` value but empty,
+/// `false` or `0` (CI systems set `true`, `1`, `yes`...).
+pub fn ci() -> bool {
+    std::env::var("CI").is_ok_and(|v| !matches!(v.trim(), "" | "false" | "0"))
+}
 
 pub fn test(unit_only: bool) -> anyhow::Result<()> {
+    layers::check()?;
     let binary = build::build()?;
     let root = build::workspace_root();
-    let ci = std::env::var("CI").is_ok_and(|v| v == "true" || v == "1");
+    let ci = ci();
+    let mut failed = Vec::new();
 
-    cargo(
+    let unit = cargo(
         &root,
         &[
             "test",
             "--release",
+            "--no-fail-fast",
             "--package",
             "sensor",
             "--package",
             "sensor-common",
+            "--package",
+            "xtask",
         ],
-    )?;
+    );
+    if !unit? {
+        failed.push("unit tests".to_string());
+    }
     if unit_only {
-        return Ok(());
+        return verdict(failed);
     }
     let mut docker_26 = None;
     if prerequisites::is_root() {
         prerequisites::install_test_packages()?;
         match crate::engines::ensure_docker_26(&root) {
             Ok(prefix) => docker_26 = Some(prefix),
-            Err(err) if ci => return Err(err.context("CI=true: the Docker 26.1 engine is required")),
+            Err(err) if ci => return Err(err.context("CI: the Docker 26.1 engine is required")),
             Err(err) => eprintln!("xtask: no Docker 26.1 engine, its scenarios will be skipped: {err:#}"),
         }
     } else if ci {
-        bail!("CI=true: the integration tests need root (they load eBPF programs and start dockerd)");
+        bail!("CI: the integration tests need root (they load eBPF programs and start dockerd)");
     }
+    // Every integration binary runs even when one fails (`--no-fail-fast`).
     let mut integration = Command::new(env!("CARGO"));
     integration
         .current_dir(&root)
-        .args(["test", "--release", "--package", "buildwatch-integration-tests"])
+        .args([
+            "test",
+            "--release",
+            "--no-fail-fast",
+            "--package",
+            "buildwatch-integration-tests",
+        ])
         .env("BUILDWATCH_BIN", &binary);
     if let Some(prefix) = &docker_26 {
         integration.env("BUILDWATCH_DOCKER_26", prefix);
     }
     let status = integration.status().context("running the integration tests")?;
     if !status.success() {
-        bail!("integration tests failed");
+        failed.push("integration tests (see each binary's result above)".to_string());
     }
     // The detection scenarios again, on Docker 26.1 as the test daemon: its classic image
     // store, then containerd's.
@@ -68,7 +91,7 @@ pub fn test(unit_only: bool) -> anyhow::Result<()> {
                 .status()
                 .context("running the detection scenarios on Docker 26.1")?;
             if !status.success() {
-                bail!("the detection scenarios failed on {engine}");
+                failed.push(format!("the detection scenarios on {engine}"));
             }
         }
     }
@@ -77,17 +100,53 @@ pub fn test(unit_only: bool) -> anyhow::Result<()> {
         .ok()
         .and_then(|s| s.parse().ok())
         .unwrap_or(20);
-    crate::fuzz::fuzz(seconds)
+    if let Err(err) = crate::fuzz::fuzz(seconds) {
+        failed.push(format!("fuzzing: {err:#}"));
+    }
+    verdict(failed)
 }
 
-fn cargo(root: &std::path::Path, args: &[&str]) -> anyhow::Result<()> {
+fn verdict(failed: Vec<String>) -> anyhow::Result<()> {
+    if failed.is_empty() {
+        return Ok(());
+    }
+    bail!("{} failed:\n  {}", failed.len(), failed.join("\n  "))
+}
+
+/// Runs cargo; `Ok(false)` when it ran and failed.
+fn cargo(root: &std::path::Path, args: &[&str]) -> anyhow::Result<bool> {
     let status = Command::new(env!("CARGO"))
         .current_dir(root)
         .args(args)
         .status()
         .context("running cargo")?;
-    if !status.success() {
-        bail!("`cargo {}` failed", args.join(" "));
+    Ok(status.success())
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn any_ci_value_but_false_is_ci() {
+        let with = |value: Option<&str>| {
+            // SAFETY: this test alone reads or writes CI in this process.
+            unsafe {
+                match value {
+                    Some(v) => std::env::set_var("CI", v),
+                    None => std::env::remove_var("CI"),
+                }
+            }
+            ci()
+        };
+        let saved = std::env::var("CI").ok();
+        for yes in ["true", "1", "yes", "TRUE", "github"] {
+            assert!(with(Some(yes)), "{yes}");
+        }
+        for no in ["", "false", "0"] {
+            assert!(!with(Some(no)), "{no:?}");
+        }
+        assert!(!with(None));
+        with(saved.as_deref());
     }
-    Ok(())
 }
