@@ -23,15 +23,22 @@ struct Collected {
     events: Vec<Value>,
     /// When each event's line was read from the sensor's stdout.
     arrivals: Vec<std::time::SystemTime>,
-    /// Lines on stdout that were not JSON objects (there must be none).
-    invalid: Vec<String>,
+    /// Lines on stdout that were not JSON objects (there must be none), with how many lines
+    /// came before each.
+    invalid: Vec<(usize, String)>,
+    /// Lines read in all.
+    lines: usize,
     closed: bool,
 }
 
+/// A running sensor. When it is dropped (outside a panic), every line it printed must have
+/// been a JSON object: each suite checks its sensors' stdout that way.
 pub struct Sensor {
     child: Mutex<Child>,
     collected: Arc<(Mutex<Collected>, Condvar)>,
     stderr: Arc<Mutex<String>>,
+    /// SIGKILLed by the test: its last line may have been cut.
+    killed: std::sync::atomic::AtomicBool,
 }
 
 impl Sensor {
@@ -98,8 +105,12 @@ impl Sensor {
                         collected.events.push(value);
                         collected.arrivals.push(std::time::SystemTime::now());
                     }
-                    _ => collected.invalid.push(line),
+                    _ => {
+                        let before = collected.lines;
+                        collected.invalid.push((before, line));
+                    }
                 }
+                collected.lines += 1;
                 ready.notify_all();
             }
             let (lock, ready) = &*sink;
@@ -127,6 +138,7 @@ impl Sensor {
             child: Mutex::new(child),
             collected,
             stderr,
+            killed: std::sync::atomic::AtomicBool::new(false),
         }
     }
 
@@ -272,23 +284,34 @@ impl Sensor {
             .collect()
     }
 
+    /// Lines on stdout that were not JSON objects; after a SIGKILL, a cut last line is not
+    /// counted.
     pub fn invalid_lines(&self) -> Vec<String> {
-        self.collected
+        let collected = self
+            .collected
             .0
             .lock()
-            .unwrap_or_else(std::sync::PoisonError::into_inner)
+            .unwrap_or_else(std::sync::PoisonError::into_inner);
+        let killed = self.killed.load(std::sync::atomic::Ordering::Relaxed);
+        collected
             .invalid
-            .clone()
+            .iter()
+            .filter(|(before, _)| !(killed && collected.closed && before + 1 == collected.lines))
+            .map(|(_, line)| line.clone())
+            .collect()
     }
 
     pub fn is_running(&self) -> bool {
-        self.child
+        let status = self
+            .child
             .lock()
             .unwrap_or_else(std::sync::PoisonError::into_inner)
-            .try_wait()
-            .ok()
-            .flatten()
-            .is_none()
+            .try_wait();
+        match status {
+            Ok(None) => true,
+            Ok(Some(_)) => false,
+            Err(err) => panic!("cannot tell whether the sensor runs: {err}"),
+        }
     }
 
     pub fn stderr(&self) -> String {
@@ -310,6 +333,7 @@ impl Sensor {
 
     /// SIGKILL (a crash): nothing is flushed or saved; waits for the exit.
     pub fn kill(&self) {
+        self.killed.store(true, std::sync::atomic::Ordering::Relaxed);
         let mut child = self
             .child
             .lock()
@@ -359,9 +383,24 @@ impl Sensor {
 impl Drop for Sensor {
     fn drop(&mut self) {
         if let Ok(mut child) = self.child.lock() {
+            if matches!(child.try_wait(), Ok(None)) {
+                self.killed.store(true, std::sync::atomic::Ordering::Relaxed);
+            }
             let _ = child.kill();
             let _ = child.wait();
         }
+        if std::thread::panicking() {
+            return;
+        }
+        // Its stdout is a stream of JSON lines and nothing else, in every suite.
+        self.wait_closed(Instant::now() + Duration::from_secs(5));
+        let invalid = self.invalid_lines();
+        assert!(
+            invalid.is_empty(),
+            "the sensor printed {} non-JSON lines on stdout, the first: {:?}",
+            invalid.len(),
+            invalid.first()
+        );
     }
 }
 
@@ -376,7 +415,6 @@ fn truncate(text: &str, max: usize) -> String {
     format!("{}…", &text[..end])
 }
 
-/// Helpers to read events.
 /// How long a scenario waits for a line it expects.
 pub const EXPECT_TIMEOUT: Duration = Duration::from_secs(60);
 
