@@ -418,6 +418,12 @@ fn truncate(text: &str, max: usize) -> String {
 /// How long a scenario waits for a line it expects.
 pub const EXPECT_TIMEOUT: Duration = Duration::from_secs(60);
 
+/// How long after the line that shows the sensor saw some traffic a verdict about that traffic
+/// may still come: an operation waits at most 0.8 s for its body, a side load 2 s for the names
+/// of what it loaded, and a question to the daemon at most 0.9 s; the suites' own allowance for
+/// a detection is a second after its request.
+pub const VERDICT_ALLOWANCE: Duration = Duration::from_secs(3);
+
 impl Sensor {
     /// The first detection of `rule` after `mark` that satisfies `predicate`.
     pub fn detection(
@@ -430,6 +436,42 @@ impl Sensor {
         self.wait_for(mark, EXPECT_TIMEOUT, what, |e| {
             event::kind(e) == "detection" && e["detection"]["rule"] == rule && predicate(e)
         })
+    }
+
+    /// "Stays quiet", the only way the suites write it: first waits for the `proof`, a line that
+    /// shows the sensor saw the very traffic in question (its operation line, a confirmed pull,
+    /// the build's summary, the next operation on the same connection), then lets the verdict
+    /// allowance pass after it, then asserts that no line after `mark` is `forbidden`. Returns
+    /// the proof.
+    pub fn stays_quiet(
+        &self,
+        mark: usize,
+        proof: &str,
+        seen: impl Fn(&Value) -> bool,
+        quiet: &str,
+        forbidden: impl Fn(&Value) -> bool,
+    ) -> Value {
+        let shown = self.wait_for(mark, EXPECT_TIMEOUT, proof, seen);
+        let arrived = shown["id"]
+            .as_str()
+            .and_then(|id| self.arrival(id))
+            .unwrap_or_else(std::time::SystemTime::now);
+        let due = arrived + VERDICT_ALLOWANCE;
+        if let Ok(left) = due.duration_since(std::time::SystemTime::now()) {
+            std::thread::sleep(left);
+        }
+        let found = self.all(mark, forbidden);
+        assert!(
+            found.is_empty(),
+            "{quiet}, yet the sensor wrote (having seen {proof}: {}):\n{}",
+            truncate(&shown.to_string(), 600),
+            found
+                .iter()
+                .map(|e| truncate(&e.to_string(), 600))
+                .collect::<Vec<_>>()
+                .join("\n")
+        );
+        shown
     }
 
     /// The first `build` line (written when a build ends) after `mark` whose build satisfies
