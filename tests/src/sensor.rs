@@ -519,6 +519,14 @@ pub mod event {
         }
     }
 
+    /// A line's `time`; a missing or malformed time fails the test.
+    pub fn time(event: &Value) -> std::time::SystemTime {
+        let text = event["time"]
+            .as_str()
+            .unwrap_or_else(|| panic!("a line without a time: {event}"));
+        humantime::parse_rfc3339(text).unwrap_or_else(|err| panic!("time {text:?}: {err}"))
+    }
+
     pub fn role(event: &Value) -> &str {
         event["socket"]["role"].as_str().unwrap_or_default()
     }
