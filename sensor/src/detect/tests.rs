@@ -991,8 +991,10 @@ fn podman_build_from_its_command_line() {
     assert_eq!(h.of_kind("build")[0]["build"]["state"], "finished");
 }
 
+/// HTTP-ish garbage on a daemon's connection: no panic, the parser gives up and resyncs (counted
+/// as desyncs), and the next real request on a fresh connection is still understood.
 #[test]
-fn malformed_streams_never_panic() {
+fn malformed_streams_are_counted_and_the_next_request_is_understood() {
     let mut h = Harness::new();
     let side = Side::daemon(1);
     let mut seed = 0x9e37_79b9_u32;
@@ -1027,6 +1029,14 @@ fn malformed_streams_never_panic() {
             clean_end: false,
         });
     }
+    assert!(
+        h.detector.stats().http_desyncs > 0,
+        "the garbage was parsed as HTTP"
+    );
+    h.close(side.conn_id);
+    h.feed(&Side::daemon(2), "classic_build.recv.jsonl", false);
+    h.wait(PAIR_WAIT_NS / MS);
+    assert_eq!(h.detections("build_without_pull").len(), 1, "{:?}", h.json());
     h.detector.flush(h.now);
     h.collect();
 }
