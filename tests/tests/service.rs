@@ -218,7 +218,9 @@ fn install_keeps_an_existing_config_and_uninstall_keeps_state() {
 }
 
 /// With `WatchdogSec=`, systemd passes WATCHDOG_USEC; the event loop itself pings at half that
-/// period, so a stalled loop misses pings and gets restarted.
+/// period, so a stalled loop misses pings and gets restarted. The loop's thread is stopped alone
+/// (ptrace stops one thread; the writer, metrics and worker threads run on): the pings stop, and
+/// come back when it is released.
 #[test]
 fn the_event_loop_pings_the_watchdog() {
     let Some(binary) = sensor_binary(true) else { return };
@@ -257,10 +259,84 @@ fn the_event_loop_pings_the_watchdog() {
         health["health"]["loop_stall_max_ms"].as_u64().is_some(),
         "{health}"
     );
+    // The event loop runs on the main thread (a current-thread runtime): stop that thread alone.
+    let stalled = StoppedThread::stop(sensor.pid());
+    let states = thread_states(sensor.pid());
+    assert!(
+        states.iter().filter(|state| **state == 't').count() == 1 && states.iter().any(|state| *state != 't'),
+        "only the loop's thread is stopped: {states:?}"
+    );
+    socket.set_nonblocking(true).unwrap();
+    while socket.recv(&mut buffer).is_ok() {}
+    std::thread::sleep(Duration::from_millis(2500));
+    let mut while_stalled = 0;
+    while let Ok(n) = socket.recv(&mut buffer) {
+        while_stalled += usize::from(&buffer[..n] == b"WATCHDOG=1");
+    }
+    assert_eq!(
+        while_stalled, 0,
+        "pings came from elsewhere than the stalled loop"
+    );
+    drop(stalled);
+    socket.set_nonblocking(false).unwrap();
+    socket.set_read_timeout(Some(Duration::from_secs(5))).unwrap();
+    let n = socket
+        .recv(&mut buffer)
+        .expect("no ping after the loop was released");
+    assert_eq!(&buffer[..n], b"WATCHDOG=1");
     let status = sensor
         .terminate(Duration::from_secs(10))
         .expect("no exit after SIGTERM");
     assert!(status.success());
+}
+
+/// One thread held in a ptrace stop (the others run on) until dropped.
+struct StoppedThread(libc::pid_t);
+
+impl StoppedThread {
+    fn stop(tid: u32) -> Self {
+        let tid = tid as libc::pid_t;
+        // SAFETY: attaching to and interrupting a thread of our own child; no memory is passed.
+        unsafe {
+            assert_eq!(
+                libc::ptrace(libc::PTRACE_SEIZE, tid, 0, 0),
+                0,
+                "PTRACE_SEIZE: {}",
+                std::io::Error::last_os_error()
+            );
+            assert_eq!(
+                libc::ptrace(libc::PTRACE_INTERRUPT, tid, 0, 0),
+                0,
+                "PTRACE_INTERRUPT: {}",
+                std::io::Error::last_os_error()
+            );
+        }
+        let mut status = 0;
+        // SAFETY: waiting for the stop of the thread this thread traces.
+        let waited = unsafe { libc::waitpid(tid, &mut status, libc::__WALL) };
+        assert!(
+            waited == tid && libc::WIFSTOPPED(status),
+            "waitpid: {waited}, status {status:#x}"
+        );
+        Self(tid)
+    }
+}
+
+impl Drop for StoppedThread {
+    fn drop(&mut self) {
+        // SAFETY: detaching resumes the thread this thread traces.
+        unsafe { libc::ptrace(libc::PTRACE_DETACH, self.0, 0, 0) };
+    }
+}
+
+/// The state letter of each thread of `pid` (`t`: stopped by a tracer).
+fn thread_states(pid: u32) -> Vec<char> {
+    std::fs::read_dir(format!("/proc/{pid}/task"))
+        .expect("the sensor's threads")
+        .flatten()
+        .filter_map(|task| std::fs::read_to_string(task.path().join("stat")).ok())
+        .filter_map(|stat| stat.rsplit_once(") ").and_then(|(_, rest)| rest.chars().next()))
+        .collect()
 }
 
 #[test]
