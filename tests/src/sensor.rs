@@ -474,6 +474,26 @@ impl Sensor {
         shown
     }
 
+    /// Asserts that every detection this sensor wrote has an id of its own (a SIEM that
+    /// deduplicates on `detection.id` keeps every finding); returns how many there were.
+    pub fn assert_unique_detection_ids(&self) -> usize {
+        let detections = self.all(0, |e| event::kind(e) == "detection");
+        let mut seen = std::collections::HashMap::new();
+        for detection in &detections {
+            let id = detection["detection"]["id"]
+                .as_str()
+                .unwrap_or_else(|| panic!("a detection without an id: {detection}"));
+            if let Some(first) = seen.insert(id.to_string(), detection) {
+                panic!(
+                    "two findings share the id {id}:\n{}\n{}",
+                    truncate(&first.to_string(), 600),
+                    truncate(&detection.to_string(), 600)
+                );
+            }
+        }
+        detections.len()
+    }
+
     /// The first `build` line (written when a build ends) after `mark` whose build satisfies
     /// `predicate`.
     pub fn build_summary(&self, mark: usize, what: &str, predicate: impl Fn(&Value) -> bool) -> Value {

@@ -148,6 +148,10 @@ fn main() -> ExitCode {
             name: "container_image_detects_like_the_host_sensor",
             run: container_image_detects_like_the_host_sensor,
         },
+        Scenario {
+            name: "detection_ids_are_unique_across_the_suite",
+            run: detection_ids_are_unique_across_the_suite,
+        },
         // Last: stops the main sensor.
         Scenario {
             name: "replay_equals_live",
@@ -1244,6 +1248,50 @@ fn replay(binary: &Path, recording: &Path, all: bool) -> Vec<Value> {
         .lines()
         .map(|l| serde_json::from_str(l).expect("replay prints JSON lines"))
         .collect()
+}
+
+/// Two processes take daemons' names at once (copies of `sleep` named dockerd and containerd):
+/// two findings, two ids. Then every detection the main sensor wrote in the whole suite has an
+/// id of its own.
+fn detection_ids_are_unique_across_the_suite(world: &World) {
+    let dir = world.env.dir.join("impostors");
+    std::fs::create_dir_all(&dir).expect("creating the impostors' directory");
+    let impostors: Vec<PathBuf> = ["dockerd", "containerd"]
+        .iter()
+        .map(|name| {
+            let path = dir.join(name);
+            std::fs::copy("/bin/sleep", &path).expect("copying sleep");
+            path
+        })
+        .collect();
+    let mark = world.sensor.mark();
+    let running: Vec<std::process::Child> = impostors
+        .iter()
+        .map(|path| Command::new(path).arg("3").spawn().expect("starting an impostor"))
+        .collect();
+    for path in &impostors {
+        let exe = path.to_string_lossy().into_owned();
+        world.sensor.detection(
+            mark,
+            "daemon_impersonation",
+            &format!("daemon_impersonation of {exe}"),
+            |e| e["api"]["client"]["exe"] == exe.as_str(),
+        );
+    }
+    for mut child in running {
+        let _ = child.wait();
+    }
+    let count = world.sensor.assert_unique_detection_ids();
+    let rules: BTreeSet<String> = world
+        .sensor
+        .all(0, |e| kind(e) == "detection")
+        .iter()
+        .filter_map(|e| e["detection"]["rule"].as_str().map(String::from))
+        .collect();
+    assert!(
+        count >= 10 && rules.len() >= 5,
+        "the suite raised only {count} detections of {rules:?}"
+    );
 }
 
 /// Every detection of the live run, byte for byte, from the replay of its recording.

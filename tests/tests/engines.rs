@@ -101,6 +101,13 @@ fn main() -> ExitCode {
         name: "each_daemon_keeps_its_own_provenance",
         run: each_daemon_keeps_its_own_provenance,
     });
+    scenarios.push(Scenario {
+        name: "detection_ids_are_unique",
+        run: |w: &World| {
+            let count = w.sensor.assert_unique_detection_ids();
+            assert!(count >= 10, "the engines raised only {count} detections");
+        },
+    });
     // Last: stops the sensor.
     scenarios.push(Scenario {
         name: "replay_of_the_buildx_builds_equals_live",
