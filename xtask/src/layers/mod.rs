@@ -42,14 +42,16 @@ const PARTS: &[(&str, &[&str])] = &[
             "existing.rs",
             "procfs.rs",
             "daemon_config.rs",
-            "saferead.rs",
         ],
     ),
     ("docker", &["docker/"]),
     ("kernel", &["kernel/", "decode.rs", "watch.rs"]),
     ("protocol", &["protocol/", "redact.rs"]),
     ("model", &["model/"]),
-    ("utility", &["clock.rs", "files.rs", "worker.rs", "notify.rs"]),
+    (
+        "utility",
+        &["clock.rs", "files.rs", "worker.rs", "notify.rs", "saferead.rs"],
+    ),
 ];
 
 /// (from, to, why): no file of `from` may import a file of `to`. `*` is every other part.
@@ -65,7 +67,11 @@ const NEVER: &[(&str, &str, &str)] = &[
         "*",
         "the model is plain data at the bottom and imports nothing of ours",
     ),
-    ("utility", "*", "utilities are leaves"),
+    (
+        "utility",
+        "*",
+        "utilities are leaves: they import only each other",
+    ),
 ];
 
 pub const MAX_FILE_LINES: usize = 600;
