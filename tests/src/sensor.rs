@@ -474,6 +474,17 @@ impl Sensor {
         shown
     }
 
+    /// The `docker.operation` line of a pull of `image` after `mark` that the daemon's own
+    /// registry traffic confirmed.
+    pub fn confirmed_pull(&self, mark: usize, image: &str) -> Value {
+        self.wait_for(
+            mark,
+            EXPECT_TIMEOUT,
+            &format!("the pull of {image}, confirmed"),
+            |e| is_confirmed_pull(e, image),
+        )
+    }
+
     /// Asserts that every detection this sensor wrote has an id of its own (a SIEM that
     /// deduplicates on `detection.id` keeps every finding); returns how many there were.
     pub fn assert_unique_detection_ids(&self) -> usize {
@@ -501,6 +512,15 @@ impl Sensor {
             event::kind(e) == "build" && predicate(&e["build"])
         })
     }
+}
+
+/// Whether a line is the `docker.operation` of a pull of `image` that the daemon's own registry
+/// traffic confirmed.
+pub fn is_confirmed_pull(line: &Value, image: &str) -> bool {
+    event::kind(line) == "docker.operation"
+        && line["operation"]["type"] == "pull"
+        && line["operation"]["image"] == image
+        && line["operation"]["confirmed"] == true
 }
 
 pub mod event {

@@ -16,7 +16,7 @@ use buildwatch_integration_tests::{
     command::run_command,
     environment::{Environment, BASE_IMAGE, REGISTRY},
     runner::{dump_events, prerequisites, run_all, Scenario},
-    sensor::{event::*, Sensor},
+    sensor::{event::*, is_confirmed_pull, Sensor},
 };
 use serde_json::Value;
 
@@ -401,13 +401,7 @@ fn a_fake_dockerd_is_reported_and_its_fetch_ignored(world: &World) {
     sensor.stays_quiet(
         mark,
         "the real dockerd's pull after the fake's fetch, confirmed by its registry traffic",
-        |e| {
-            kind(e) == "docker.operation"
-                && e["operation"]["type"] == "pull"
-                && e["operation"]["image"] == BASE_IMAGE
-                && e["operation"]["confirmed"] == true
-                && time(e) > fake_done
-        },
+        |e| is_confirmed_pull(e, BASE_IMAGE) && time(e) > fake_done,
         "the fake dockerd's connection is no daemon's",
         |e| role(e) == "daemon_outbound" && e["process"]["pid"] == fake_pid,
     );
@@ -420,21 +414,24 @@ fn a_fake_dockerd_is_reported_and_its_fetch_ignored(world: &World) {
     assert_alive(sensor);
 }
 
-/// A pull, a second and a half, SIGKILL, a restart: the pull is remembered.
+/// A pull, a second and a half, SIGKILL, a restart: the pull is remembered. The repository is
+/// this scenario's own, so only the remembered pull can excuse the build.
 fn sigkill_right_after_a_pull_keeps_the_pull(world: &World) {
     let env = &world.env;
     let state = env.dir.join("sigkill-state");
     let config = sensor_config(env, &state, "");
-    let tag = format!("{REGISTRY}/bwbase:sigkill-{}", env.nonce);
+    let repository = format!("{REGISTRY}/bwsigkill-{}", env.nonce);
+    let pulled = format!("{repository}:1");
+    let tag = format!("{repository}:2");
+    run_command(env.docker().args(["pull", BASE_IMAGE]));
+    run_command(env.docker().args(["tag", BASE_IMAGE, &pulled]));
+    run_command(env.docker().args(["push", &pulled]));
+    run_command(env.docker().args(["rmi", &pulled]));
     {
         let first = Sensor::start(&world.binary, &config);
         let mark = first.mark();
-        run_command(env.docker().args(["pull", BASE_IMAGE]));
-        first.wait_for(mark, TIMEOUT, "the pull", |e| {
-            kind(e) == "docker.operation"
-                && e["operation"]["type"] == "pull"
-                && e["operation"]["confirmed"] == true
-        });
+        run_command(env.docker().args(["pull", &pulled]));
+        first.confirmed_pull(mark, &pulled);
         std::thread::sleep(Duration::from_millis(1500));
         first.kill();
     }
@@ -445,10 +442,12 @@ fn sigkill_right_after_a_pull_keeps_the_pull(world: &World) {
     );
     let mark = second.mark();
     run_command(env.docker().args(["build", "-t", &tag]).arg(&context));
-    let build = build_of_tag(&second, mark, &tag);
-    assert!(
-        build["build"]["detection_id"].is_null(),
-        "the pull was lost with the crash: {build}"
+    second.stays_quiet(
+        mark,
+        "the build after the crash",
+        |e| kind(e) == "build" && has_tag(&e["build"], &tag),
+        "the pull must survive the crash",
+        |e| kind(e) == "detection" && has_tag(&e["build"], &tag),
     );
     next_build_is_detected(&second, env, "sigkill");
     assert_alive(&second);

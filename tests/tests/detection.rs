@@ -344,14 +344,7 @@ fn pull_then_build_is_not_flagged(world: &World) {
     let context = env.context("det-ci", &format!("FROM {BASE_IMAGE}\nLABEL ci={nonce}\n"));
     let mark = world.sensor.mark();
     run_command(env.docker().args(["pull", &pulled]));
-    world
-        .sensor
-        .wait_for(mark, TIMEOUT, "the CI pull, confirmed", |e| {
-            kind(e) == "docker.operation"
-                && e["operation"]["type"] == "pull"
-                && e["operation"]["image"] == pulled.as_str()
-                && e["operation"]["confirmed"] == true
-        });
+    world.sensor.confirmed_pull(mark, &pulled);
     run_command(env.docker().args(["build", "-t", &tag]).arg(&context));
     let summary = world.sensor.stays_quiet(
         mark,
@@ -660,12 +653,7 @@ fn a_pulled_name_built_over_then_run_is_caught(world: &World) {
     publish_as(env, &cached);
     let mark = world.sensor.mark();
     run_command(env.docker().args(["pull", &app]));
-    world.sensor.wait_for(mark, TIMEOUT, "the confirmed pull", |e| {
-        kind(e) == "docker.operation"
-            && e["operation"]["type"] == "pull"
-            && e["operation"]["image"] == app.as_str()
-            && e["operation"]["confirmed"] == true
-    });
+    world.sensor.confirmed_pull(mark, &app);
     std::thread::sleep(Duration::from_millis(500));
     let evil = env.context(
         "det-reuse",
@@ -1094,12 +1082,7 @@ fn ledger_survives_a_restart(world: &World) {
         let first = Sensor::start(&world.binary, &config);
         let mark = first.mark();
         run_command(env.docker().args(["pull", &pulled]));
-        first.wait_for(mark, TIMEOUT, "the pull, confirmed by the first sensor", |e| {
-            kind(e) == "docker.operation"
-                && e["operation"]["type"] == "pull"
-                && e["operation"]["image"] == pulled.as_str()
-                && e["operation"]["confirmed"] == true
-        });
+        first.confirmed_pull(mark, &pulled);
         let status = first
             .terminate(Duration::from_secs(15))
             .expect("the first sensor did not stop");

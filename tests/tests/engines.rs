@@ -344,14 +344,7 @@ fn pull_then_build_is_not_flagged(world: &World, engine: &ModernEngine) {
     );
     let mark = world.sensor.mark();
     run_command(engine.docker().args(["pull", &name]));
-    world
-        .sensor
-        .wait_for(mark, TIMEOUT, "the CI pull, confirmed", |e| {
-            kind(e) == "docker.operation"
-                && e["operation"]["type"] == "pull"
-                && e["operation"]["image"] == name.as_str()
-                && e["operation"]["confirmed"] == true
-        });
+    world.sensor.confirmed_pull(mark, &name);
     run_command(engine.docker().args(["build", "-t", &name]).arg(&context));
     let summary = world.sensor.stays_quiet(
         mark,
@@ -371,12 +364,7 @@ fn a_pulled_name_built_over_then_run_is_caught(world: &World, engine: &ModernEng
     publish_as(engine, &app);
     let mark = world.sensor.mark();
     run_command(engine.docker().args(["pull", &app]));
-    world.sensor.wait_for(mark, TIMEOUT, "the confirmed pull", |e| {
-        kind(e) == "docker.operation"
-            && e["operation"]["type"] == "pull"
-            && e["operation"]["image"] == app.as_str()
-            && e["operation"]["confirmed"] == true
-    });
+    world.sensor.confirmed_pull(mark, &app);
     let evil = context(
         env,
         engine,
