@@ -259,7 +259,7 @@ impl Environment {
     fn spawn_daemon(&mut self, command: Command, client: &str, socket: &Path, name: &str) -> u32 {
         let log = format!("{name}.log");
         let nsenter_pid = self.spawn_logged(command, &log);
-        let deadline = Instant::now() + DOCKERD_START_TIMEOUT;
+        let deadline = Instant::now() + crate::scaled(DOCKERD_START_TIMEOUT);
         loop {
             let ready = Command::new(client)
                 .args(["-H", &format!("unix://{}", socket.display()), "version"])

@@ -9,7 +9,20 @@ pub mod environment;
 pub mod runner;
 pub mod sensor;
 
-use std::path::PathBuf;
+use std::{path::PathBuf, time::Duration};
+
+/// `d` stretched by `BUILDWATCH_TEST_SLOWDOWN` (a whole number, 1 when unset): the kernel
+/// matrix runs the suites in an emulated machine several times slower than this one. Waits for
+/// something to happen grow; so does the time a "stays quiet" check waits for a verdict, which
+/// keeps that check as strict as here.
+pub fn scaled(d: Duration) -> Duration {
+    let factor = std::env::var("BUILDWATCH_TEST_SLOWDOWN")
+        .ok()
+        .and_then(|v| v.trim().parse::<u32>().ok())
+        .filter(|f| *f >= 1)
+        .unwrap_or(1);
+    d * factor
+}
 
 /// True when running under CI, where a missing prerequisite fails instead of skipping: any
 /// `CI` value but empty, `false` or `0` (as `cargo xtask test` reads it).

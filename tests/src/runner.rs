@@ -10,15 +10,19 @@ pub struct Scenario<'a, E> {
     pub run: fn(&E),
 }
 
-/// Runs every scenario (or those whose name contains the first command line argument) and
+/// Runs every scenario (or those whose name contains one of the command line arguments) and
 /// returns whether all passed: a filter that matches no scenario fails. Prints a closing
 /// `N passed, N failed` line.
 pub fn run_all<E>(environment: &E, scenarios: &[Scenario<'_, E>]) -> bool {
-    let filter = std::env::args().skip(1).find(|arg| !arg.starts_with('-'));
+    let filters: Vec<String> = std::env::args()
+        .skip(1)
+        .filter(|arg| !arg.starts_with('-'))
+        .collect();
+    let selected = |name: &str| filters.is_empty() || filters.iter().any(|f| name.contains(f.as_str()));
     let mut passed = 0;
     let mut failed = Vec::new();
     for scenario in scenarios {
-        if filter.as_deref().is_some_and(|f| !scenario.name.contains(f)) {
+        if !selected(scenario.name) {
             continue;
         }
         println!("scenario {} ...", scenario.name);
@@ -46,8 +50,12 @@ pub fn run_all<E>(environment: &E, scenarios: &[Scenario<'_, E>]) -> bool {
         println!("failed scenarios: {}", failed.join(", "));
     }
     println!("{passed} passed, {} failed", failed.len());
-    if let (Some(filter), 0) = (&filter, passed + failed.len()) {
-        println!("no scenario matches {filter:?}: nothing was tested");
+    let unmatched: Vec<&String> = filters
+        .iter()
+        .filter(|f| !scenarios.iter().any(|s| s.name.contains(f.as_str())))
+        .collect();
+    if !unmatched.is_empty() {
+        println!("no scenario matches {unmatched:?}: nothing was tested for it");
         return false;
     }
     failed.is_empty()

@@ -236,7 +236,7 @@ impl Sensor {
         what: &str,
         check: impl Fn(&[Value]) -> Option<T>,
     ) -> T {
-        let deadline = Instant::now() + timeout;
+        let deadline = Instant::now() + crate::scaled(timeout);
         let (lock, ready) = &*self.collected;
         let mut collected = lock.lock().unwrap_or_else(std::sync::PoisonError::into_inner);
         loop {
@@ -456,7 +456,7 @@ impl Sensor {
             .as_str()
             .and_then(|id| self.arrival(id))
             .unwrap_or_else(std::time::SystemTime::now);
-        let due = arrived + VERDICT_ALLOWANCE;
+        let due = arrived + crate::scaled(VERDICT_ALLOWANCE);
         if let Ok(left) = due.duration_since(std::time::SystemTime::now()) {
             std::thread::sleep(left);
         }

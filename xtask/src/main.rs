@@ -2,11 +2,13 @@
 mod bench;
 mod build;
 mod deb;
+mod debian;
 mod engines;
 mod fixture;
 mod fuzz;
 mod image;
 mod install;
+mod kernels;
 mod layers;
 mod prerequisites;
 mod run;
@@ -50,6 +52,13 @@ enum Command {
         /// Prepended to every installed path (packaging, or a trial into a scratch directory).
         #[arg(long, default_value = "/")]
         destdir: std::path::PathBuf,
+    },
+    /// The kernel matrix: boot Debian's kernels (5.10, 6.1, 6.12; fetched into target/kernels)
+    /// in qemu with this machine's root and run the detection suite's core scenarios in each.
+    Kernels {
+        /// Only these Debian releases (bullseye, bookworm, trixie).
+        #[arg(long = "release")]
+        releases: Vec<String>,
     },
     /// Check the agent's house rules from its own imports: no import circle, no import a layer
     /// must never make, no file over 600 lines outside its tests (docs/design.md).
@@ -128,6 +137,9 @@ fn main() -> ExitCode {
         Command::Build => build::build().map(drop),
         Command::Deb { out } => deb::deb(out).map(drop),
         Command::Layers => layers::check(),
+        Command::Kernels { releases } => {
+            build::build().and_then(|binary| kernels::matrix(&binary, &releases))
+        }
         Command::Image { tag, binary, save } => image::image(image::Options { tag, binary, save }).map(drop),
         Command::Run { args } => run::run(&args),
         Command::Test { unit_only } => test::test(unit_only),

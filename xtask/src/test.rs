@@ -1,5 +1,5 @@
 //! `cargo xtask test`: the house rules, unit tests (the agent's and xtask's own), then the
-//! integration tests against a real dockerd and the fuzz targets. Every suite runs even when an
+//! integration tests against a real dockerd, the kernel matrix and the fuzz targets. Every suite runs even when an
 //! earlier one failed; the run fails at the end, naming each failure.
 use std::process::Command;
 
@@ -93,6 +93,13 @@ pub fn test(unit_only: bool) -> anyhow::Result<()> {
             if !status.success() {
                 failed.push(format!("the detection scenarios on {engine}"));
             }
+        }
+    }
+    // The kernel matrix: the core detection scenarios on Debian's 5.10, 6.1 and 6.12, in qemu.
+    if prerequisites::is_root() {
+        println!("xtask: the kernel matrix");
+        if let Err(err) = crate::kernels::matrix(&binary, &[]) {
+            failed.push(format!("the kernel matrix: {err:#}"));
         }
     }
     // Every parser attacker bytes reach, briefly (`cargo xtask fuzz` runs them longer).

@@ -14,10 +14,20 @@ pub struct Workload {
     pub script: String,
 }
 
-/// dd, the exec storm and the mixed workload; the mixed one works in `dir`.
-pub fn workloads(dir: &Path) -> anyhow::Result<Vec<Workload>> {
+/// Round trips per run of the socket workloads.
+const ROUND_TRIPS: u32 = 100_000;
+
+/// The API socket the bench's sensors watch (under `dir`): the tracked round trips connect to it.
+pub fn tracked_socket(dir: &Path) -> PathBuf {
+    dir.join("api.sock")
+}
+
+/// dd, the exec storm, the mixed workload (it works in `dir`) and 64-byte round trips with
+/// `roundtrip` (bw-roundtrip) on sockets nobody tracks, then on a tracked one.
+pub fn workloads(dir: &Path, roundtrip: &Path) -> anyhow::Result<Vec<Workload>> {
     let tree = large_git_tree(dir)?;
     let crate_dir = small_crate(dir)?;
+    let roundtrip = roundtrip.display();
     Ok(vec![
         Workload {
             name: "dd",
@@ -35,6 +45,21 @@ pub fn workloads(dir: &Path) -> anyhow::Result<Vec<Workload>> {
                 manifest = crate_dir.join("Cargo.toml").display(),
                 target = dir.join("mixed-target").display(),
                 tree = tree.display(),
+            ),
+        },
+        Workload {
+            name: "64 B round trips, unix socketpair",
+            script: format!("{roundtrip} unix {ROUND_TRIPS}"),
+        },
+        Workload {
+            name: "64 B round trips, loopback TCP",
+            script: format!("{roundtrip} tcp {ROUND_TRIPS}"),
+        },
+        Workload {
+            name: "64 B round trips, tracked API socket",
+            script: format!(
+                "{roundtrip} path {} {ROUND_TRIPS}",
+                tracked_socket(dir).display()
             ),
         },
     ])
@@ -272,7 +297,9 @@ fn start_buildwatch(binary: &Path, dir: &Path, label: &str) -> anyhow::Result<Ru
     fs::write(
         &config,
         format!(
-            "[output]\nhealth_interval = \"0s\"\n[detect]\nstate_dir = \"{}\"\n",
+            "[watch]\nunix_sockets = [\"/var/run/docker.sock\", \"/run/docker.sock\", \"{}\"]\n\
+             [output]\nhealth_interval = \"0s\"\n[detect]\nstate_dir = \"{}\"\n",
+            tracked_socket(dir).display(),
             dir.join(format!("state-{label}")).display()
         ),
     )?;

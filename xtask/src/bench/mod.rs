@@ -4,6 +4,8 @@
 //!   watcher over its CPU time bare, in rounds that run bare and every watcher in rotating order;
 //!   watchers are this build, the baseline (the previous commit's build), bpftrace on the same
 //!   hooks, raw syscall tracepoints (dd) and auditd with an execve rule (exec storm);
+//! - 64-byte round trips on a socketpair and on loopback TCP (nobody tracks them), and on a
+//!   connection to an API socket the sensor watches (tracked: its writes are captured);
 //! - a 64 MiB `docker build` (wall ratio, sensor CPU, ring bytes, drops, output), the
 //!   detection latency of 20 remote builds and the agent's RSS (`bw-bench`, on the test
 //!   harness's private dockerd);
@@ -72,7 +74,8 @@ pub fn bench(options: Options) -> anyhow::Result<()> {
         sensors.push((format!("baseline ({name})"), path.clone()));
     }
 
-    let host_results = host_workloads(&dir, &sensors, options.rounds)?;
+    let roundtrip = build_test_binary(&root, "bw-roundtrip")?;
+    let host_results = host_workloads(&dir, &roundtrip, &sensors, options.rounds)?;
     // Shown now, so a failure of the Docker half does not lose them.
     println!("{}", report::host_table(&host_results));
     let docker = docker_workloads(&root, &sensors, options.rounds)?;
@@ -84,9 +87,14 @@ pub fn bench(options: Options) -> anyhow::Result<()> {
     Ok(())
 }
 
-fn host_workloads(dir: &Path, sensors: &[(String, PathBuf)], rounds: usize) -> anyhow::Result<Vec<Series>> {
+fn host_workloads(
+    dir: &Path,
+    roundtrip: &Path,
+    sensors: &[(String, PathBuf)],
+    rounds: usize,
+) -> anyhow::Result<Vec<Series>> {
     let mut results = Vec::new();
-    for workload in host::workloads(dir)? {
+    for workload in host::workloads(dir, roundtrip)? {
         let mut watchers: Vec<(String, Watcher)> = sensors
             .iter()
             .map(|(name, path)| (name.clone(), Watcher::Buildwatch(path.clone())))
@@ -109,6 +117,8 @@ fn host_workloads(dir: &Path, sensors: &[(String, PathBuf)], rounds: usize) -> a
                 ));
                 watchers.push(("auditd, execve rule".into(), Watcher::Auditd));
             }
+            // Round trips: this build and the baseline only.
+            name if name.starts_with("64 B") => {}
             // What one-program dispatch would cost work that is not reads and writes.
             _ => watchers.push((
                 "raw sys_enter/sys_exit, empty".into(),
@@ -157,22 +167,7 @@ fn docker_workloads(
     sensors: &[(String, PathBuf)],
     rounds: usize,
 ) -> anyhow::Result<serde_json::Value> {
-    let status = Command::new(env!("CARGO"))
-        .current_dir(root)
-        .args([
-            "build",
-            "--release",
-            "-p",
-            "buildwatch-integration-tests",
-            "--bin",
-            "bw-bench",
-        ])
-        .status()
-        .context("building bw-bench")?;
-    if !status.success() {
-        bail!("building bw-bench failed");
-    }
-    let mut command = Command::new(root.join("target/release/bw-bench"));
+    let mut command = Command::new(build_test_binary(root, "bw-bench")?);
     for (name, path) in sensors {
         command.arg("--sensor").arg(format!("{name}={}", path.display()));
     }
@@ -195,6 +190,26 @@ fn docker_workloads(
         );
     }
     serde_json::from_slice(&output.stdout).context("bw-bench printed no JSON report")
+}
+
+/// Builds one of the integration crate's binaries (release); returns its path.
+fn build_test_binary(root: &Path, name: &str) -> anyhow::Result<PathBuf> {
+    let status = Command::new(env!("CARGO"))
+        .current_dir(root)
+        .args([
+            "build",
+            "--release",
+            "-p",
+            "buildwatch-integration-tests",
+            "--bin",
+            name,
+        ])
+        .status()
+        .with_context(|| format!("building {name}"))?;
+    if !status.success() {
+        bail!("building {name} failed");
+    }
+    Ok(root.join("target/release").join(name))
 }
 
 /// Builds `revision` in a worktree of its own; returns its `buildwatch` binary.
