@@ -177,6 +177,15 @@ pub const BPFTRACE_EXEC: &str =
 /// (every syscall of the host enters both).
 pub const BPFTRACE_RAW: &str = "tracepoint:raw_syscalls:sys_enter {} tracepoint:raw_syscalls:sys_exit {}";
 
+/// One empty program on a syscall dd never makes: the fee every syscall of the host pays once
+/// any syscall tracepoint is attached (the traced syscall path), whatever the program.
+pub const BPFTRACE_SYSCALL_FEE: &str = "tracepoint:syscalls:sys_enter_close {}";
+
+/// The socket layer's tracepoints (Linux 6.3+) with the lookup by socket a capture there would
+/// make: the floor of capturing at the socket layer instead of on read and write.
+pub const BPFTRACE_SOCKET_LAYER: &str = "BEGIN { @tracked[0] = 1; } \
+    tracepoint:sock:sock_send_length,tracepoint:sock:sock_recv_length { if (@tracked[(uint64)args->sk]) { @hits = count(); } }";
+
 /// A running watcher, stopped on drop.
 pub struct Running {
     child: Child,

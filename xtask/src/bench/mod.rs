@@ -3,7 +3,9 @@
 //!   small `cargo build` and `git status` on a 20,000-file tree): the workload's CPU time under a
 //!   watcher over its CPU time bare, in rounds that run bare and every watcher in rotating order;
 //!   watchers are this build, the baseline (the previous commit's build), bpftrace on the same
-//!   hooks, raw syscall tracepoints (dd) and auditd with an execve rule (exec storm);
+//!   hooks, raw syscall tracepoints and one empty syscall tracepoint (dd), the socket layer's
+//!   tracepoints with a lookup (dd and the round trips, where the kernel has them) and auditd
+//!   with an execve rule (exec storm);
 //! - 64-byte round trips on a socketpair and on loopback TCP (nobody tracks them), and on a
 //!   connection to an API socket the sensor watches (tracked: its writes are captured);
 //! - a 64 MiB `docker build` (wall ratio, sensor CPU, ring bytes, drops, output), the
@@ -22,7 +24,9 @@ use std::{
 
 use anyhow::{bail, Context as _};
 
-use self::host::{Watcher, BPFTRACE_DATA, BPFTRACE_EXEC, BPFTRACE_RAW};
+use self::host::{
+    Watcher, BPFTRACE_DATA, BPFTRACE_EXEC, BPFTRACE_RAW, BPFTRACE_SOCKET_LAYER, BPFTRACE_SYSCALL_FEE,
+};
 use crate::{build, prerequisites};
 
 /// Packages the peers and the workloads need, each with a binary that proves it is installed.
@@ -109,6 +113,16 @@ fn host_workloads(
                     "raw sys_enter/sys_exit, empty".into(),
                     Watcher::Bpftrace(BPFTRACE_RAW),
                 ));
+                watchers.push((
+                    "one empty syscall tracepoint (close)".into(),
+                    Watcher::Bpftrace(BPFTRACE_SYSCALL_FEE),
+                ));
+                if socket_layer_tracepoints() {
+                    watchers.push((
+                        "socket-layer tracepoints + lookup".into(),
+                        Watcher::Bpftrace(BPFTRACE_SOCKET_LAYER),
+                    ));
+                }
             }
             "exec storm" => {
                 watchers.push((
@@ -117,8 +131,15 @@ fn host_workloads(
                 ));
                 watchers.push(("auditd, execve rule".into(), Watcher::Auditd));
             }
-            // Round trips: this build and the baseline only.
-            name if name.starts_with("64 B") => {}
+            // Round trips: the builds, and the floor of a capture at the socket layer.
+            name if name.starts_with("64 B") => {
+                if socket_layer_tracepoints() {
+                    watchers.push((
+                        "socket-layer tracepoints + lookup".into(),
+                        Watcher::Bpftrace(BPFTRACE_SOCKET_LAYER),
+                    ));
+                }
+            }
             // What one-program dispatch would cost work that is not reads and writes.
             _ => watchers.push((
                 "raw sys_enter/sys_exit, empty".into(),
@@ -159,6 +180,13 @@ fn host_workloads(
         }
     }
     Ok(results)
+}
+
+/// Whether this kernel has `sock:sock_send_length` (Linux 6.3+).
+fn socket_layer_tracepoints() -> bool {
+    ["/sys/kernel/tracing", "/sys/kernel/debug/tracing"]
+        .iter()
+        .any(|tracefs| Path::new(tracefs).join("events/sock/sock_send_length").is_dir())
 }
 
 /// Runs `bw-bench` (the integration harness's private dockerd) and returns its report.

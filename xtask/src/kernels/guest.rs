@@ -44,7 +44,9 @@ mount -t cgroup2 cgroup2 sys/fs/cgroup
 mount -t tracefs tracefs sys/kernel/tracing
 mount -t debugfs debugfs sys/kernel/debug
 mount -t bpf bpf sys/fs/bpf
-mkdir -p run/kernel-matrix
+mkdir -p run/kernel-matrix run/host-root
+# The host's root stays reachable, for what the tmpfs mounts above hide (a workspace in /tmp).
+mount --move /host run/host-root || fail "moving the host's root"
 mount -t 9p -o trans=virtio,version=9p2000.L,msize=512000 results run/kernel-matrix || fail "mounting the results share"
 # The guest's root becomes pid 1's, so the kernel's module loader (/sbin/modprobe) is this
 # machine's kmod, finding the kernel's own modules where guest.sh binds them.

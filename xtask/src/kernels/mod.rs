@@ -301,8 +301,20 @@ fn run_kernel(root: &Path, kernel: &Kernel, binary: &Path, suite: &Path) -> Outc
 /// The guest's script: the kernel's own modules where modprobe looks, then the scenarios.
 fn guest_script(root: &Path, kernel: &Kernel, binary: &Path, suite: &Path) -> String {
     let events = root.join("target/tmp/detection-events.jsonl");
+    // The guest's /tmp is a tmpfs of its own: a workspace there (a CI clone) comes back as an
+    // overlay of the host's copy, writable like the rest of the guest's root.
+    let workspace = if root.starts_with("/tmp") {
+        format!(
+            "mkdir -p /tmp/.workspace/upper /tmp/.workspace/work {root}
+             mount -t overlay overlay -o lowerdir=/run/host-root{root},upperdir=/tmp/.workspace/upper,workdir=/tmp/.workspace/work {root} || exit 90
+",
+            root = root.display()
+        )
+    } else {
+        String::new()
+    };
     format!(
-        "export PATH=/usr/local/sbin:/usr/local/bin:/usr/sbin:/usr/bin:/sbin:/bin HOME=/root CI=true\n\
+        "{workspace}export PATH=/usr/local/sbin:/usr/local/bin:/usr/sbin:/usr/bin:/sbin:/bin HOME=/root CI=true\n\
          export BUILDWATCH_BIN={binary} BUILDWATCH_TEST_SLOWDOWN={SLOWDOWN}\n\
          hostname kernel-matrix\n\
          ip link set lo up\n\
