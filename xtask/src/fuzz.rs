@@ -13,12 +13,13 @@ use base64::Engine as _;
 use crate::{build, prerequisites};
 
 /// Every target, and which seeds it starts from.
-const TARGETS: [(&str, Seeds); 12] = [
+const TARGETS: [(&str, Seeds); 13] = [
     ("decode", Seeds::None),
     ("http_stream", Seeds::Streams),
     ("docker_api", Seeds::Streams),
     ("buildkit", Seeds::Streams),
     ("buildkit_grpc", Seeds::Upgraded),
+    ("containerd_grpc", Seeds::PriorKnowledge),
     ("dockerfile_tar", Seeds::Streams),
     ("dns", Seeds::Dns),
     ("tls", Seeds::Streams),
@@ -36,6 +37,9 @@ enum Seeds {
     /// What those streams carried after an h2c upgrade (buildx's `/grpc` and `/session`),
     /// behind the target's one shape byte.
     Upgraded,
+    /// The streams that are HTTP/2 from their first byte (containerd's socket), behind the
+    /// target's one shape byte.
+    PriorKnowledge,
     Dns,
     Ledger,
     Config,
@@ -144,6 +148,19 @@ fn seed(root: &Path, corpus: &Path, seeds: Seeds) -> anyhow::Result<()> {
                 };
                 let mut seed = vec![0];
                 seed.extend_from_slice(&bytes[end + 4..]);
+                seed.truncate(64 * 1024);
+                write(&name, &seed)?;
+            }
+        }
+        Seeds::PriorKnowledge => {
+            for fixture in fixtures(&testdata)? {
+                let name = fixture.file_name().map(|n| n.to_string_lossy().into_owned()).unwrap_or_default();
+                let bytes = stream_bytes(&fixture)?;
+                if !bytes.starts_with(b"PRI * HTTP/2.0") {
+                    continue;
+                }
+                let mut seed = vec![0];
+                seed.extend_from_slice(&bytes);
                 seed.truncate(64 * 1024);
                 write(&name, &seed)?;
             }

@@ -1,12 +1,8 @@
 //! Correlation on byte streams recorded from a real dockerd (sensor/testdata, cut out of
 //! integration runs with `cargo xtask fixture`), fed as the kernel delivered them and also one
 //! byte per syscall.
-use std::{
-    net::{IpAddr, Ipv4Addr},
-    path::PathBuf,
-};
+use std::net::{IpAddr, Ipv4Addr};
 
-use base64::Engine as _;
 use serde_json::Value;
 
 use super::*;
@@ -17,38 +13,12 @@ use crate::{
         transfers::SIDE_LOAD_WAIT_NS,
     },
     model::{image_ref::ImageRef, process::Ancestor},
+    protocol::testdata::{fixture, Record},
 };
 
 const MS: u64 = 1_000_000;
 const DOCKERD: u32 = 100;
 const SOCKET: &str = "/run/docker.sock";
-
-/// One recorded syscall: bytes moved and the prefix captured.
-struct Record {
-    length: u32,
-    bytes: Vec<u8>,
-}
-
-fn fixture(name: &str) -> Vec<Record> {
-    let path = PathBuf::from(env!("CARGO_MANIFEST_DIR"))
-        .join("testdata")
-        .join(name);
-    let text = std::fs::read_to_string(&path).unwrap_or_else(|e| panic!("{}: {e}", path.display()));
-    text.lines()
-        .map(|line| {
-            let record: Value = serde_json::from_str(line).unwrap();
-            let content = record["content"].as_str().unwrap();
-            let bytes = match record["encoding"].as_str().unwrap() {
-                "text" => content.as_bytes().to_vec(),
-                _ => base64::engine::general_purpose::STANDARD.decode(content).unwrap(),
-            };
-            Record {
-                length: record["length"].as_u64().unwrap() as u32,
-                bytes,
-            }
-        })
-        .collect()
-}
 
 fn client_process(pid: u32, comm: &str) -> ProcessView {
     ProcessView {

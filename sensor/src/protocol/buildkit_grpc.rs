@@ -55,7 +55,8 @@ impl SessionDecoder {
 
     /// `len` bytes moved that the capture left out.
     pub fn gap(&mut self, len: u64) {
-        self.h2.gap(len);
+        // A cut Solve or file-sync packet is of no use: the marker scanner has the rest.
+        let _cut = self.h2.gap(len);
     }
 
     /// Decodes the next bytes; returns whether `facts` or `dockerfiles` learned something.
@@ -88,7 +89,7 @@ impl SessionDecoder {
                     path: None,
                     bytes,
                 } => self.sync_packet(stream, &bytes),
-                H2Event::Message { .. } => {}
+                H2Event::Message { .. } | H2Event::Truncated { .. } => {}
             }
         }
         (facts.clone(), self.dockerfiles.len()) != before

@@ -65,6 +65,14 @@ pub enum H2Event {
         path: Option<String>,
         bytes: Vec<u8>,
     },
+    /// The captured start of a gRPC message whose rest a gap in the capture cut off (the kernel
+    /// keeps 4 KiB of each read): protobuf writes fields in order, so the first ones may be
+    /// whole.
+    Truncated {
+        stream: u32,
+        path: Option<String>,
+        prefix: Vec<u8>,
+    },
 }
 
 #[derive(Debug, Default)]
@@ -124,10 +132,12 @@ impl H2Reader {
         self.failed.as_ref()
     }
 
-    /// `len` bytes moved that the capture left out.
-    pub fn gap(&mut self, len: u64) {
+    /// `len` bytes moved that the capture left out; returns the start of the message they cut,
+    /// if there was one.
+    pub fn gap(&mut self, len: u64) -> Vec<H2Event> {
+        let mut events = Vec::new();
         if len == 0 || self.failed.is_some() {
-            return;
+            return events;
         }
         let len = usize::try_from(len).unwrap_or(usize::MAX);
         match self.position {
@@ -139,7 +149,13 @@ impl H2Reader {
             } if self.buffer.is_empty() && len <= data + padding => {
                 let lost = len.min(data);
                 if let Some(state) = self.streams.get_mut(&stream) {
-                    state.lose(lost);
+                    if let Some(prefix) = state.lose(lost) {
+                        events.push(H2Event::Truncated {
+                            stream,
+                            path: state.path.clone(),
+                            prefix,
+                        });
+                    }
                 }
                 self.position = Position::Data {
                     stream,
@@ -159,6 +175,7 @@ impl H2Reader {
             }
             _ => self.fail(H2Error::Gap),
         }
+        events
     }
 
     fn fail(&mut self, error: H2Error) {
@@ -435,9 +452,11 @@ impl H2Reader {
 impl Stream {
     /// `len` bytes of the stream's DATA went missing: the message they cut is dropped, and the
     /// next one starts where its length says; without a length the stream is lost.
-    fn lose(&mut self, len: usize) {
+    /// Loses `len` bytes of the stream's data; returns the captured start of the message they
+    /// cut, when there is one.
+    fn lose(&mut self, len: usize) -> Option<Vec<u8>> {
         if len == 0 || self.lost {
-            return;
+            return None;
         }
         if self.skipping > 0 && self.pending.is_empty() {
             if len <= self.skipping {
@@ -445,21 +464,23 @@ impl Stream {
             } else {
                 self.lost = true;
             }
-            return;
+            return None;
         }
         if self.pending.len() < 5 {
             self.lost = true;
-            return;
+            return None;
         }
         let length =
             u32::from_be_bytes([self.pending[1], self.pending[2], self.pending[3], self.pending[4]]) as usize;
         let missing = (5 + length).saturating_sub(self.pending.len());
-        self.pending.clear();
+        let compressed = self.pending[0] != 0;
+        let prefix = std::mem::take(&mut self.pending).split_off(5);
         if len <= missing {
             self.skipping = missing - len;
         } else {
             self.lost = true;
         }
+        (!compressed && !prefix.is_empty()).then_some(prefix)
     }
 }
 
@@ -545,7 +566,7 @@ pub mod tests {
                 .iter()
                 .filter_map(|e| match e {
                     H2Event::Message { path, bytes, .. } => Some((path.clone(), bytes.clone())),
-                    H2Event::Headers { .. } => None,
+                    H2Event::Headers { .. } | H2Event::Truncated { .. } => None,
                 })
                 .collect();
             let path = Some("/moby.buildkit.v1.Control/Solve".to_string());

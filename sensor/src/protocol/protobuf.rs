@@ -46,6 +46,47 @@ pub fn fields(message: &[u8]) -> Option<Vec<(u32, Value<'_>)>> {
     Some(out)
 }
 
+/// The fields of the start of a message whose end is missing: every whole field, then the
+/// captured part of a length-delimited field the end cut (as its bytes). Stops at the first
+/// field it cannot read.
+pub fn prefix_fields(message: &[u8]) -> Vec<(u32, Value<'_>)> {
+    let mut out = Vec::new();
+    let mut rest = message;
+    while !rest.is_empty() {
+        let Some((key, used)) = varint(rest) else {
+            break;
+        };
+        rest = &rest[used..];
+        let Some(number) = u32::try_from(key >> 3).ok().filter(|n| *n > 0) else {
+            break;
+        };
+        match key & 7 {
+            0 => {
+                let Some((value, used)) = varint(rest) else {
+                    break;
+                };
+                rest = &rest[used..];
+                out.push((number, Value::Varint(value)));
+            }
+            2 => {
+                let Some((length, used)) = varint(rest) else {
+                    break;
+                };
+                let available = &rest[used..];
+                let length = usize::try_from(length).unwrap_or(usize::MAX);
+                if length >= available.len() {
+                    out.push((number, Value::Bytes(available)));
+                    break;
+                }
+                out.push((number, Value::Bytes(&available[..length])));
+                rest = &available[length..];
+            }
+            _ => break,
+        }
+    }
+    out
+}
+
 fn varint(bytes: &[u8]) -> Option<(u64, usize)> {
     let mut value = 0u64;
     for (i, byte) in bytes.iter().enumerate().take(10) {
@@ -69,6 +110,60 @@ pub fn string_entry(entry: &[u8]) -> Option<(String, String)> {
         }
     }
     Some((key?, value))
+}
+
+/// Labels kept of an image or container.
+const MAX_LABELS: usize = 32;
+
+/// The `map<string, string>` field `number` of `message`, bounded.
+pub fn labels(message: &[u8], number: u32) -> Vec<(String, String)> {
+    fields(message)
+        .unwrap_or_default()
+        .into_iter()
+        .filter_map(|(n, value)| match (n, value) {
+            (n, Value::Bytes(entry)) if n == number => string_entry(entry),
+            _ => None,
+        })
+        .take(MAX_LABELS)
+        .map(|(key, value)| (bounded(key.as_bytes()), bounded(value.as_bytes())))
+        .collect()
+}
+
+/// The first length-delimited field `number` of `message`.
+pub fn bytes_field(message: &[u8], number: u32) -> Option<&[u8]> {
+    fields(message)?.into_iter().find_map(|(n, value)| match value {
+        Value::Bytes(bytes) if n == number => Some(bytes),
+        _ => None,
+    })
+}
+
+/// Every length-delimited field `number` of `message`.
+pub fn repeated_bytes(message: &[u8], number: u32) -> Vec<&[u8]> {
+    fields(message)
+        .unwrap_or_default()
+        .into_iter()
+        .filter_map(|(n, value)| match value {
+            Value::Bytes(bytes) if n == number => Some(bytes),
+            _ => None,
+        })
+        .collect()
+}
+
+pub fn string_field(message: &[u8], number: u32) -> Option<String> {
+    bytes_field(message, number).map(bounded)
+}
+
+pub fn varint_field(message: &[u8], number: u32) -> Option<u64> {
+    fields(message)?.into_iter().find_map(|(n, value)| match value {
+        Value::Varint(v) if n == number => Some(v),
+        _ => None,
+    })
+}
+
+/// Text from the wire, cut at 1 KiB (names, digests, paths: longer is an attack, not a name).
+pub fn bounded(bytes: &[u8]) -> String {
+    let text = String::from_utf8_lossy(&bytes[..bytes.len().min(1024)]);
+    text.into_owned()
 }
 
 #[cfg(test)]
