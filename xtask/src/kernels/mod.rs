@@ -62,6 +62,20 @@ pub struct Outcome {
 }
 
 impl Outcome {
+    fn new(release: &'static str, version: String) -> Self {
+        Self {
+            release,
+            version,
+            passed: Vec::new(),
+            failed: Vec::new(),
+            programs_attached: None,
+            programs_skipped: Vec::new(),
+            socket_tracepoints: None,
+            seconds: 0.0,
+            error: None,
+        }
+    }
+
     fn ok(&self) -> bool {
         self.error.is_none() && self.failed.is_empty() && self.passed.len() == SCENARIOS.len()
     }
@@ -97,15 +111,8 @@ pub fn matrix(binary: &Path, releases: &[String]) -> anyhow::Result<()> {
         let outcome = match ensure_kernel(&root, release) {
             Ok(kernel) => run_kernel(&root, &kernel, binary, &suite),
             Err(err) => Outcome {
-                release,
-                version: String::new(),
-                passed: Vec::new(),
-                failed: Vec::new(),
-                programs_attached: None,
-                programs_skipped: Vec::new(),
-                socket_tracepoints: None,
-                seconds: 0.0,
                 error: Some(format!("{err:#}")),
+                ..Outcome::new(release, String::new())
             },
         };
         println!(
@@ -220,17 +227,7 @@ fn detection_suite(root: &Path) -> anyhow::Result<PathBuf> {
 }
 
 fn run_kernel(root: &Path, kernel: &Kernel, binary: &Path, suite: &Path) -> Outcome {
-    let mut outcome = Outcome {
-        release: kernel.release,
-        version: kernel.version.clone(),
-        passed: Vec::new(),
-        failed: Vec::new(),
-        programs_attached: None,
-        programs_skipped: Vec::new(),
-        socket_tracepoints: None,
-        seconds: 0.0,
-        error: None,
-    };
+    let mut outcome = Outcome::new(kernel.release, kernel.version.clone());
     let dir = root.join("target/kernels").join(kernel.release);
     let initramfs = dir.join("initramfs.cpio");
     if let Err(err) = initramfs::build(&kernel.modules, guest::INIT, &initramfs) {
