@@ -22,7 +22,8 @@ const CONTAINERS_CREATE: &str = "/containerd.services.containers.v1.Containers/C
 const TASKS: &str = "/containerd.services.tasks.v1.Tasks/";
 const TRANSFER: &str = "/containerd.services.transfer.v1.Transfer/Transfer";
 const NAMESPACE_HEADER: &str = "containerd-namespace";
-/// The namespace header of a CRI call (the CRI plugin serves `k8s.io` unless configured).
+/// The CRI's services (`runtime.v1.ImageService`, `runtime.v1.RuntimeService`), served on the
+/// same socket by containerd's CRI plugin.
 const CRI_PREFIX: &str = "/runtime.v1.";
 /// Streams whose request headers are remembered at once (older ones are forgotten first).
 const MAX_STREAMS: usize = 256;

@@ -450,10 +450,9 @@ impl H2Reader {
 }
 
 impl Stream {
-    /// `len` bytes of the stream's DATA went missing: the message they cut is dropped, and the
-    /// next one starts where its length says; without a length the stream is lost.
-    /// Loses `len` bytes of the stream's data; returns the captured start of the message they
-    /// cut, when there is one.
+    /// `len` bytes of the stream's DATA went missing: the message they cut is dropped (its
+    /// captured start is returned, when there is one), and the next one starts where its length
+    /// says; without a length the stream is lost.
     fn lose(&mut self, len: usize) -> Option<Vec<u8>> {
         if len == 0 || self.lost {
             return None;

@@ -220,4 +220,28 @@ pub mod tests {
         assert_eq!(fields(&[0x07]), None, "wire type 7");
         assert_eq!(fields(&[0x00, 0x01]), None, "field number 0");
     }
+
+    #[test]
+    fn the_start_of_a_cut_message_gives_its_whole_fields_and_the_cut_one() {
+        let mut inner = bytes_field(1, b"c1");
+        inner.extend(bytes_field(3, b"evil:1"));
+        inner.extend(bytes_field(5, &[b'{'; 100]));
+        let mut message = bytes_field(1, &inner);
+        message.extend(varint_field(2, 7));
+        // Cut inside the spec (field 5 of the nested message).
+        let cut = &message[..message.len() - 60];
+        assert_eq!(fields(cut), None);
+        let outer = prefix_fields(cut);
+        assert_eq!(outer.len(), 1);
+        let Value::Bytes(container) = outer[0].1 else {
+            panic!("{outer:?}");
+        };
+        let inner = prefix_fields(container);
+        assert_eq!(inner[0], (1, Value::Bytes(b"c1")));
+        assert_eq!(inner[1], (3, Value::Bytes(b"evil:1")));
+        assert_eq!(inner[2].0, 5);
+        assert!(matches!(inner[2].1, Value::Bytes(b) if b.len() < 100));
+        // A varint cut in the middle ends the reading, nothing invented.
+        assert!(prefix_fields(&[0x08, 0x80]).is_empty());
+    }
 }
